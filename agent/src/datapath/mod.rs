@@ -1,0 +1,234 @@
+//! The eBPF data plane as the agent sees it: load the embedded object with its maps pinned,
+//! attach one program per hook, re-adopt what an earlier agent attached, and remove it all.
+
+mod attach;
+mod pins;
+pub mod tc;
+mod uninstall;
+
+use std::{fmt, io, path::Path};
+
+use aya::{
+    maps::{HashMap, MapData, PerCpuHashMap},
+    programs::{tc::TcAttachType, SchedClassifier},
+    Ebpf, EbpfLoader,
+};
+use eniflow_common::{
+    maps, programs, Attachment, IfaceKey, IfaceStats, DIRECTION_EGRESS, DIRECTION_INGRESS,
+};
+
+pub use attach::{AttachMode, Outcome};
+pub use pins::Pins;
+pub use uninstall::uninstall;
+
+/// The tc programs, built by `cargo xtask build-ebpf` and embedded at build time.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("ENIFLOW_EBPF_OBJECT"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    #[error(transparent)]
+    Bpffs(#[from] crate::bpffs::BpffsError),
+    #[error("cannot create {0}: {1}")]
+    Dir(std::path::PathBuf, io::Error),
+    #[error("cannot load the tc programs: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("map {0}: {1}")]
+    Map(&'static str, aya::maps::MapError),
+    #[error("program {0}: {1}")]
+    Program(&'static str, aya::programs::ProgramError),
+    #[error("interface {0}: {1}")]
+    Interface(String, io::Error),
+    #[error("{hook}: {message}")]
+    Attach { hook: String, message: String },
+    #[error("netlink: {0}")]
+    Netlink(#[from] rtnetlink::Error),
+    #[error("netlink socket: {0}")]
+    NetlinkSocket(io::Error),
+}
+
+/// A tc direction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+impl Direction {
+    pub const BOTH: [Direction; 2] = [Direction::Ingress, Direction::Egress];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
+
+    fn code(self) -> u32 {
+        match self {
+            Direction::Ingress => DIRECTION_INGRESS,
+            Direction::Egress => DIRECTION_EGRESS,
+        }
+    }
+
+    fn from_code(code: u32) -> Option<Self> {
+        match code {
+            DIRECTION_INGRESS => Some(Direction::Ingress),
+            DIRECTION_EGRESS => Some(Direction::Egress),
+            _ => None,
+        }
+    }
+
+    fn attach_type(self) -> TcAttachType {
+        match self {
+            Direction::Ingress => TcAttachType::Ingress,
+            Direction::Egress => TcAttachType::Egress,
+        }
+    }
+}
+
+/// One tc hook of one interface.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Hook {
+    pub ifname: String,
+    pub ifindex: u32,
+    pub direction: Direction,
+}
+
+impl Hook {
+    /// Resolves an interface name in the current network namespace.
+    pub fn new(ifname: &str, direction: Direction) -> Result<Self, DatapathError> {
+        let ifindex = ifindex(ifname)?;
+        Ok(Self { ifname: ifname.to_owned(), ifindex, direction })
+    }
+
+    fn key(&self) -> IfaceKey {
+        IfaceKey { ifindex: self.ifindex, direction: self.direction.code() }
+    }
+
+    /// The program eniflow runs on an ENI at this hook.
+    fn eni_program(&self) -> &'static str {
+        match self.direction {
+            Direction::Ingress => programs::ENI_INGRESS,
+            Direction::Egress => programs::ENI_EGRESS,
+        }
+    }
+}
+
+impl fmt::Display for Hook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (ifindex {}) {}", self.ifname, self.ifindex, self.direction.name())
+    }
+}
+
+fn ifindex(ifname: &str) -> Result<u32, DatapathError> {
+    let c = std::ffi::CString::new(ifname).map_err(|e| DatapathError::Interface(ifname.into(), e.into()))?;
+    // SAFETY: c is a valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(DatapathError::Interface(ifname.into(), io::Error::last_os_error())),
+        index => Ok(index),
+    }
+}
+
+/// The loaded object, its pinned maps, and where things are pinned.
+pub struct Datapath {
+    ebpf: Ebpf,
+    pins: Pins,
+    mode: AttachMode,
+    nl: rtnetlink::Handle,
+}
+
+impl Datapath {
+    /// Loads the embedded object, reusing maps already pinned under `pins` (so counters and
+    /// state survive restarts) and pinning the ones that are new.
+    pub fn load(pins: Pins, mode: AttachMode) -> Result<Self, DatapathError> {
+        crate::bpffs::ensure(pins.root())?;
+        let maps_dir = pins.maps_dir();
+        std::fs::create_dir_all(&maps_dir).map_err(|e| DatapathError::Dir(maps_dir.clone(), e))?;
+        let links_dir = pins.links_dir();
+        std::fs::create_dir_all(&links_dir).map_err(|e| DatapathError::Dir(links_dir, e))?;
+        let mut loader = EbpfLoader::new();
+        let map_paths: Vec<_> = maps::ALL.iter().map(|name| (*name, pins.map(name))).collect();
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let ebpf = loader.load(OBJECT)?;
+        let nl = tc::connect().map_err(DatapathError::NetlinkSocket)?;
+        Ok(Self { ebpf, pins, mode, nl })
+    }
+
+    pub fn pins(&self) -> &Pins {
+        &self.pins
+    }
+
+    /// Attaches eniflow's ENI programs to both hooks of `ifname`, re-adopting what is already
+    /// there. Idempotent.
+    pub async fn attach_eni(&mut self, ifname: &str) -> Result<Vec<(Hook, Outcome)>, DatapathError> {
+        let mut done = Vec::new();
+        for direction in Direction::BOTH {
+            let hook = Hook::new(ifname, direction)?;
+            let outcome = attach::ensure(self, &hook).await?;
+            log::info!("{hook}: {outcome}");
+            done.push((hook, outcome));
+        }
+        Ok(done)
+    }
+
+    fn program(&mut self, name: &'static str) -> Result<&mut SchedClassifier, DatapathError> {
+        let program: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(DatapathError::Program(name, aya::programs::ProgramError::NotLoaded))?
+            .try_into()
+            .map_err(|e| DatapathError::Program(name, e))?;
+        if program.fd().is_err() {
+            program.load().map_err(|e| DatapathError::Program(name, e))?;
+        }
+        Ok(program)
+    }
+
+    fn attachments(&mut self) -> Result<HashMap<&mut MapData, IfaceKey, Attachment>, DatapathError> {
+        let map = self
+            .ebpf
+            .map_mut(maps::ATTACHMENTS)
+            .ok_or(DatapathError::Map(maps::ATTACHMENTS, aya::maps::MapError::InvalidName {
+                name: maps::ATTACHMENTS.into(),
+            }))?;
+        HashMap::try_from(map).map_err(|e| DatapathError::Map(maps::ATTACHMENTS, e))
+    }
+}
+
+/// Packets and bytes seen by eniflow's program on each hook, summed over CPUs, read from the
+/// pinned map (works while the agent is down).
+pub fn read_stats(pins: &Pins) -> Result<Vec<(IfaceKey, IfaceStats)>, DatapathError> {
+    let data = MapData::from_pin(pins.map(maps::IFACE_STATS))
+        .map_err(|e| DatapathError::Map(maps::IFACE_STATS, e))?;
+    let map = aya::maps::Map::PerCpuHashMap(data);
+    let stats: PerCpuHashMap<_, IfaceKey, IfaceStats> =
+        PerCpuHashMap::try_from(map).map_err(|e| DatapathError::Map(maps::IFACE_STATS, e))?;
+    let mut out = Vec::new();
+    for entry in stats.iter() {
+        let (key, per_cpu) = entry.map_err(|e| DatapathError::Map(maps::IFACE_STATS, e))?;
+        let total = per_cpu.iter().fold(IfaceStats::default(), |acc, s| IfaceStats {
+            packets: acc.packets + s.packets,
+            bytes: acc.bytes + s.bytes,
+        });
+        out.push((key, total));
+    }
+    Ok(out)
+}
+
+fn direction_of(key: &IfaceKey) -> Option<Direction> {
+    Direction::from_code(key.direction)
+}
+
+fn pinned_attachments(
+    pins: &Pins,
+) -> Result<Option<HashMap<MapData, IfaceKey, Attachment>>, DatapathError> {
+    let path = pins.map(maps::ATTACHMENTS);
+    if !Path::new(&path).exists() {
+        return Ok(None);
+    }
+    let data = MapData::from_pin(&path).map_err(|e| DatapathError::Map(maps::ATTACHMENTS, e))?;
+    let map = aya::maps::Map::HashMap(data);
+    Ok(Some(HashMap::try_from(map).map_err(|e| DatapathError::Map(maps::ATTACHMENTS, e))?))
+}

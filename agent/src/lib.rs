@@ -1,0 +1,6 @@
+//! eniflow's node agent: hands pods VPC addresses from ENIs and keeps the eBPF data plane that
+//! moves their packets.
+
+pub mod bpffs;
+pub mod datapath;
+pub mod netns;

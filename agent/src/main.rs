@@ -1,0 +1,120 @@
+//! `eniflow-agent`: one per node.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use eniflow_agent::{
+    datapath::{self, AttachMode, Datapath, Pins},
+    netns,
+};
+
+#[derive(Parser)]
+#[command(version, about = "eniflow's node agent")]
+struct Cli {
+    /// eniflow's directory on bpffs; objects are pinned under <dir>/v1/.
+    #[arg(long, env = "ENIFLOW_BPFFS_ROOT", default_value = "/sys/fs/bpf/eniflow", global = true)]
+    bpffs_root: PathBuf,
+    /// Run inside this network namespace (e.g. /run/netns/node) instead of the current one.
+    #[arg(long, env = "ENIFLOW_NETNS", global = true)]
+    netns: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load the tc programs, attach them to the ENIs, and keep serving until SIGTERM/SIGINT.
+    /// Attachments stay in place when the agent stops.
+    Run {
+        /// ENI interfaces to attach to (comma separated).
+        #[arg(long, env = "ENIFLOW_INTERFACES", value_delimiter = ',', required = true)]
+        interfaces: Vec<String>,
+        /// tc attachment API: auto (tcx, else clsact), tcx or clsact.
+        #[arg(long, env = "ENIFLOW_ATTACH_MODE", default_value = "auto")]
+        attach_mode: AttachMode,
+        /// Written once every interface is attached (readiness for scripts and tests).
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+    },
+    /// Print what eniflow attached and the per-hook counters from the pinned maps.
+    Status,
+    /// Detach and unpin everything eniflow made, and nothing else.
+    Uninstall,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    // Before any thread exists, so every runtime thread lives in the namespace too.
+    if let Some(ns) = &cli.netns {
+        if let Err(e) = netns::enter(ns) {
+            eprintln!("eniflow-agent: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("eniflow-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("eniflow-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<()> {
+    let pins = Pins::new(cli.bpffs_root);
+    match cli.command {
+        Command::Run { interfaces, attach_mode, ready_file } => {
+            run(pins, &interfaces, attach_mode, ready_file).await
+        }
+        Command::Status => status(&pins),
+        Command::Uninstall => datapath::uninstall(&pins).await.map_err(|errors| {
+            anyhow::anyhow!("uninstall left things behind:\n  {}", errors.join("\n  "))
+        }),
+    }
+}
+
+async fn run(
+    pins: Pins,
+    interfaces: &[String],
+    mode: AttachMode,
+    ready_file: Option<PathBuf>,
+) -> Result<()> {
+    let mut dp = Datapath::load(pins, mode)?;
+    for ifname in interfaces {
+        dp.attach_eni(ifname).await?;
+    }
+    if let Some(path) = ready_file {
+        std::fs::write(&path, b"ready\n").with_context(|| format!("write {}", path.display()))?;
+    }
+    log::info!("serving {} interface(s); pinned under {}", interfaces.len(), dp.pins().versioned().display());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    log::info!("stopping; attachments stay pinned (`eniflow-agent uninstall` removes them)");
+    Ok(())
+}
+
+fn status(pins: &Pins) -> Result<()> {
+    println!("pinned under {}", pins.versioned().display());
+    for (key, stats) in datapath::read_stats(pins)? {
+        println!(
+            "ifindex {:>4} {:<7} packets {:>10} bytes {:>12}",
+            key.ifindex,
+            if key.direction == eniflow_common::DIRECTION_INGRESS { "ingress" } else { "egress" },
+            stats.packets,
+            stats.bytes
+        );
+    }
+    Ok(())
+}

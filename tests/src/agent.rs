@@ -1,0 +1,110 @@
+//! eniflow-agent as a real process, as a node would run it.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// Path to a freshly built workspace binary (built once per test process, so the tests never
+/// run a stale agent).
+pub fn binary(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "--package", "eniflow-agent", "--package", "eniflow-cni"])
+            .current_dir(workspace())
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build of the agent failed");
+    });
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target"));
+    target.join("debug").join(name)
+}
+
+/// Where one test pins its objects: its own directory on bpffs, removed by `uninstall`.
+pub fn bpffs_root(name: &str) -> PathBuf {
+    PathBuf::from("/sys/fs/bpf").join(name)
+}
+
+/// A running `eniflow-agent run`; killed (SIGKILL) if still running when dropped.
+pub struct Agent {
+    child: Option<Child>,
+    ready: PathBuf,
+}
+
+impl Agent {
+    /// Starts the agent in `netns` (a /run/netns path) attaching to `interfaces`, and waits
+    /// until it reports every interface attached.
+    pub fn start(netns: &str, bpffs_root: &Path, interfaces: &[&str], mode: &str) -> Self {
+        let ready = std::env::temp_dir().join(format!("{}.ready", crate::unique_name("agent")));
+        let _ = std::fs::remove_file(&ready);
+        let mut child = Command::new(binary("eniflow-agent"))
+            .arg("--netns")
+            .arg(netns)
+            .arg("--bpffs-root")
+            .arg(bpffs_root)
+            .args(["run", "--interfaces", &interfaces.join(","), "--attach-mode", mode])
+            .arg("--ready-file")
+            .arg(&ready)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start eniflow-agent");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !ready.exists() {
+            if let Some(status) = child.try_wait().expect("poll agent") {
+                panic!("eniflow-agent exited before it was ready: {status}");
+            }
+            assert!(Instant::now() < deadline, "eniflow-agent not ready after 20 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self { child: Some(child), ready }
+    }
+
+    /// SIGTERM, then waits: a clean stop.
+    pub fn stop(mut self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// SIGKILL, then waits: a crash.
+    pub fn kill(mut self) {
+        self.signal(libc::SIGKILL);
+    }
+
+    fn signal(&mut self, signal: i32) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: the pid of a child we started and have not reaped yet.
+            unsafe { libc::kill(child.id() as i32, signal) };
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.ready);
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.signal(libc::SIGKILL);
+    }
+}
+
+/// Runs a one-shot agent command (`status`, `uninstall`) and returns its output.
+pub fn command(netns: &str, bpffs_root: &Path, args: &[&str]) -> Output {
+    Command::new(binary("eniflow-agent"))
+        .arg("--netns")
+        .arg(netns)
+        .arg("--bpffs-root")
+        .arg(bpffs_root)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run eniflow-agent")
+}

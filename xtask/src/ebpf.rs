@@ -1,0 +1,34 @@
+//! The nightly build of the tc programs.
+
+use std::{path::PathBuf, process::Command};
+
+use anyhow::Result;
+
+/// Where the linked object lands; the agent's build script embeds it from here.
+pub fn object() -> PathBuf {
+    crate::root().join("ebpf/eniflow-ebpf/target/bpfel-unknown-none/release/eniflow-ebpf")
+}
+
+/// Builds the tc programs on nightly with `-Z build-std=core` and BTF (see the crate's
+/// `.cargo/config.toml`).
+pub fn build() -> Result<()> {
+    crate::step("build-ebpf: cargo +nightly build --release (bpfel-unknown-none)");
+    let mut cmd = Command::new("cargo");
+    cmd.args(["+nightly", "build", "--release"])
+        .current_dir(crate::root().join("ebpf/eniflow-ebpf"));
+    // Settings meant for the outer stable build must not leak into the nightly one.
+    for var in [
+        "RUSTC",
+        "RUSTDOC",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTUP_TOOLCHAIN",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+    ] {
+        cmd.env_remove(var);
+    }
+    crate::cmd::run(&mut cmd)?;
+    println!("    object: {}", object().display());
+    Ok(())
+}

@@ -1,0 +1,105 @@
+//! `cargo xtask`: everything a fresh machine needs to build, test and demo eniflow.
+
+mod cmd;
+mod ebpf;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "eniflow's build, test and demo tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Make this machine ready: nightly rust-src, bpf-linker, Debian packages, the lab's Python venv.
+    Setup,
+    /// Build the tc programs (nightly, bpfel-unknown-none, with BTF).
+    BuildEbpf,
+    /// Build the tc programs, then every userspace crate.
+    Build {
+        /// Build with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up, build, lint (fmt, clippy -D warnings), then run every test (needs root).
+    Test {
+        /// Passed to `cargo test` as a test-name filter.
+        filter: Option<String>,
+    },
+    /// Set up, build, and run eniflow on an emulated node in network namespaces (needs root).
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().task {
+        Task::Setup => setup::run_all(),
+        Task::BuildEbpf => ebpf::build(),
+        Task::Build { release } => build(release),
+        Task::Test { filter } => test(filter),
+        Task::Demo => demo(),
+    };
+    // One line per cause; a backtrace of xtask itself helps nobody.
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask has a parent directory")
+        .to_path_buf()
+}
+
+fn build(release: bool) -> Result<()> {
+    ebpf::build()?;
+    let mut args = vec!["build", "--workspace", "--all-targets"];
+    if release {
+        args.push("--release");
+    }
+    cmd::cargo(&args)
+}
+
+fn test(filter: Option<String>) -> Result<()> {
+    cmd::require_root("the tests create network namespaces and attach tc programs")?;
+    setup::run_all()?;
+    ebpf::build()?;
+    step("lint: cargo fmt --check");
+    cmd::cargo(&["fmt", "--all", "--check"])?;
+    step("lint: cargo clippy -D warnings");
+    cmd::cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    step("test: cargo test --workspace");
+    let mut args = vec!["test", "--workspace"];
+    if let Some(filter) = filter.as_deref() {
+        args.push(filter);
+    }
+    cmd::cargo(&args)
+}
+
+fn demo() -> Result<()> {
+    cmd::require_root("the demo creates network namespaces and attaches tc programs")?;
+    setup::run_all()?;
+    ebpf::build()?;
+    step("demo: an emulated node in network namespaces");
+    cmd::cargo(&["run", "--quiet", "--package", "eniflow-tests", "--bin", "eniflow-demo"])
+}
+
+/// Prints a step header so long runs say where they are.
+pub fn step(what: &str) {
+    println!("==> {what}");
+}

@@ -1,0 +1,209 @@
+//! `cargo xtask setup`: makes a fresh machine of the project's kind ready, idempotently.
+//!
+//! Each step checks before it acts and says what it did; a second run installs nothing.
+
+use std::{
+    env, fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::cmd::{capture, run, succeeds};
+
+/// Debian packages the tests, the demo and the lab use.
+const DEBIAN_PACKAGES: &[&str] =
+    &["bpftool", "iproute2", "iptables", "iputils-ping", "tcpdump", "procps"];
+
+/// bpf-linker release known to link aya programs with the nightly toolchain's LLVM.
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// The lab's EC2 emulator requirements (exact pins), relative to the workspace root.
+const LAB_REQUIREMENTS: &str = "tests/lab/emulator/requirements.txt";
+
+enum Outcome {
+    Present,
+    Installed,
+}
+
+struct Step {
+    name: &'static str,
+    run: fn() -> Result<Outcome>,
+}
+
+const STEPS: &[Step] = &[
+    Step { name: "nightly rust-src", run: rust_src },
+    Step { name: "bpf-linker", run: bpf_linker },
+    Step { name: "Debian packages", run: debian_packages },
+    Step { name: "lab Python venv", run: lab_venv },
+];
+
+/// Runs every step; keeps going past a failed one so a single run reports every missing piece.
+pub fn run_all() -> Result<()> {
+    crate::step("setup");
+    let mut installed = 0;
+    let mut failed = Vec::new();
+    for step in STEPS {
+        match (step.run)() {
+            Ok(Outcome::Present) => println!("    {}: already there", step.name),
+            Ok(Outcome::Installed) => {
+                installed += 1;
+                println!("    {}: installed", step.name);
+            }
+            Err(err) => {
+                println!("    {}: cannot install: {err:#}", step.name);
+                failed.push(step.name);
+            }
+        }
+    }
+    if !failed.is_empty() {
+        bail!("setup incomplete: {}", failed.join(", "));
+    }
+    if installed == 0 {
+        println!("    nothing to do: this machine is ready");
+    }
+    Ok(())
+}
+
+fn rust_src() -> Result<Outcome> {
+    let installed = capture(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .context("rustup is not on PATH")?;
+    if !installed.status.success() {
+        bail!("the nightly toolchain is not installed under rustup (it cannot be downloaded here)");
+    }
+    if String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|line| line.starts_with("rust-src"))
+    {
+        return Ok(Outcome::Present);
+    }
+    println!("    nightly rust-src: rustup component add rust-src --toolchain nightly");
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+    Ok(Outcome::Installed)
+}
+
+/// bpf-linker must link against the same LLVM major as nightly rustc. No system LLVM of that
+/// version exists, so it is built against the libLLVM the nightly toolchain ships
+/// (see shared/notes/toolchain.md).
+fn bpf_linker() -> Result<Outcome> {
+    if succeeds(Command::new("bpf-linker").arg("--version")) {
+        return Ok(Outcome::Present);
+    }
+    let sysroot = nightly_output(&["--print", "sysroot"])?;
+    let version = nightly_output(&["-vV"])?;
+    let llvm_major = version
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .context("nightly rustc does not report its LLVM version")?
+        .to_owned();
+    let lib_dir = Path::new(sysroot.trim()).join("lib");
+    let libllvm = fs::read_dir(&lib_dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|name| name.starts_with("libLLVM.so."))
+        .with_context(|| format!("no libLLVM.so.* in {}", lib_dir.display()))?;
+
+    // The linker records this prefix as its rpath, so it lives outside any clone.
+    let prefix = cargo_home().join("eniflow-llvm").join(&libllvm);
+    let prefix_lib = prefix.join("lib");
+    fs::create_dir_all(&prefix_lib)?;
+    for link in ["libLLVM.so", libllvm.as_str()] {
+        let path = prefix_lib.join(link);
+        let _ = fs::remove_file(&path);
+        std::os::unix::fs::symlink(lib_dir.join(&libllvm), &path)
+            .with_context(|| format!("cannot link {}", path.display()))?;
+    }
+    println!(
+        "    bpf-linker: cargo install bpf-linker@{BPF_LINKER_VERSION} --features llvm-{llvm_major} \
+         against {} (a few minutes)",
+        lib_dir.join(&libllvm).display()
+    );
+    run(Command::new("cargo")
+        .args([
+            "install",
+            "--locked",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{llvm_major}"),
+        ])
+        .env("LLVM_PREFIX", &prefix)
+        .env_remove("RUSTUP_TOOLCHAIN"))?;
+    Ok(Outcome::Installed)
+}
+
+fn debian_packages() -> Result<Outcome> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|pkg| {
+            !capture(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
+                .is_some_and(|out| String::from_utf8_lossy(&out.stdout).ends_with("installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(Outcome::Present);
+    }
+    println!("    Debian packages: apt-get install {}", missing.join(" "));
+    run(Command::new("apt-get")
+        .args(["update", "-qq"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    Ok(Outcome::Installed)
+}
+
+/// The EC2 emulator runs from a venv pinned by its requirements file; the venv is rebuilt
+/// whenever that file changes.
+fn lab_venv() -> Result<Outcome> {
+    let requirements = crate::root().join(LAB_REQUIREMENTS);
+    let wanted = fs::read_to_string(&requirements)
+        .with_context(|| format!("cannot read {}", requirements.display()))?;
+    let venv = lab_venv_dir();
+    let marker = venv.join("eniflow-requirements.txt");
+    if fs::read_to_string(&marker).ok().as_deref() == Some(wanted.as_str()) {
+        return Ok(Outcome::Present);
+    }
+    println!("    lab Python venv: python3 -m venv {} + pip install", venv.display());
+    let _ = fs::remove_dir_all(&venv);
+    run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+        .arg(&requirements))?;
+    fs::write(&marker, wanted)?;
+    Ok(Outcome::Installed)
+}
+
+/// Where the lab's venv lives; the tests read the same default (`ENIFLOW_LAB_VENV` overrides).
+pub fn lab_venv_dir() -> PathBuf {
+    env::var_os("ENIFLOW_LAB_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home().join(".cache/eniflow/lab-venv"))
+}
+
+fn nightly_output(args: &[&str]) -> Result<String> {
+    let out = capture(Command::new("rustc").arg("+nightly").args(args))
+        .context("cannot run rustc +nightly")?;
+    if !out.status.success() {
+        bail!("rustc +nightly {} failed", args.join(" "));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn home() -> PathBuf {
+    env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"))
+}
+
+fn cargo_home() -> PathBuf {
+    env::var_os("CARGO_HOME").map(PathBuf::from).unwrap_or_else(|| home().join(".cargo"))
+}
