@@ -26,7 +26,10 @@ pub enum BpffsError {
 /// Ensures `dir` (which may not exist yet) would be created on bpffs, mounting bpffs at
 /// `/sys/fs/bpf` when `dir` is below it and nothing is mounted there yet.
 pub fn ensure(dir: &Path) -> Result<(), BpffsError> {
-    let existing = dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    let existing = dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
     if is_bpffs(existing)? {
         return Ok(());
     }
@@ -40,7 +43,10 @@ pub fn ensure(dir: &Path) -> Result<(), BpffsError> {
 }
 
 fn first_existing(dir: &Path) -> PathBuf {
-    dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/")).to_path_buf()
+    dir.ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"))
+        .to_path_buf()
 }
 
 fn is_bpffs(path: &Path) -> Result<bool, BpffsError> {
@@ -49,7 +55,10 @@ fn is_bpffs(path: &Path) -> Result<bool, BpffsError> {
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: c is a valid NUL-terminated path and st a properly sized out-parameter.
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(BpffsError::Statfs(path.to_path_buf(), io::Error::last_os_error()));
+        return Err(BpffsError::Statfs(
+            path.to_path_buf(),
+            io::Error::last_os_error(),
+        ));
     }
     Ok(st.f_type as i64 == BPF_FS_MAGIC)
 }
@@ -59,7 +68,13 @@ fn mount_default() -> Result<(), BpffsError> {
     let fstype = CString::new("bpf").expect("no NUL in a constant");
     // SAFETY: all pointers are valid NUL-terminated strings; no mount data.
     let rc = unsafe {
-        libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
         return Err(BpffsError::Mount(io::Error::last_os_error()));

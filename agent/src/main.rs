@@ -8,12 +8,20 @@ use eniflow_agent::{
     datapath::{self, AttachMode, Datapath, Pins},
     netns,
 };
+use eniflow_common::{
+    ATTACH_FLAG_CREATED_CLSACT, ATTACH_MODE_CLSACT, ATTACH_MODE_TCX, DIRECTION_INGRESS,
+};
 
 #[derive(Parser)]
 #[command(version, about = "eniflow's node agent")]
 struct Cli {
     /// eniflow's directory on bpffs; objects are pinned under <dir>/v1/.
-    #[arg(long, env = "ENIFLOW_BPFFS_ROOT", default_value = "/sys/fs/bpf/eniflow", global = true)]
+    #[arg(
+        long,
+        env = "ENIFLOW_BPFFS_ROOT",
+        default_value = "/sys/fs/bpf/eniflow",
+        global = true
+    )]
     bpffs_root: PathBuf,
     /// Run inside this network namespace (e.g. /run/netns/node) instead of the current one.
     #[arg(long, env = "ENIFLOW_NETNS", global = true)]
@@ -28,7 +36,12 @@ enum Command {
     /// Attachments stay in place when the agent stops.
     Run {
         /// ENI interfaces to attach to (comma separated).
-        #[arg(long, env = "ENIFLOW_INTERFACES", value_delimiter = ',', required = true)]
+        #[arg(
+            long,
+            env = "ENIFLOW_INTERFACES",
+            value_delimiter = ',',
+            required = true
+        )]
         interfaces: Vec<String>,
         /// tc attachment API: auto (tcx, else clsact), tcx or clsact.
         #[arg(long, env = "ENIFLOW_ATTACH_MODE", default_value = "auto")]
@@ -53,7 +66,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("eniflow-agent: cannot start the runtime: {e}");
@@ -72,9 +89,11 @@ fn main() -> ExitCode {
 async fn dispatch(cli: Cli) -> Result<()> {
     let pins = Pins::new(cli.bpffs_root);
     match cli.command {
-        Command::Run { interfaces, attach_mode, ready_file } => {
-            run(pins, &interfaces, attach_mode, ready_file).await
-        }
+        Command::Run {
+            interfaces,
+            attach_mode,
+            ready_file,
+        } => run(pins, &interfaces, attach_mode, ready_file).await,
         Command::Status => status(&pins),
         Command::Uninstall => datapath::uninstall(&pins).await.map_err(|errors| {
             anyhow::anyhow!("uninstall left things behind:\n  {}", errors.join("\n  "))
@@ -88,6 +107,10 @@ async fn run(
     mode: AttachMode,
     ready_file: Option<PathBuf>,
 ) -> Result<()> {
+    // All names are checked before anything is loaded or attached: a typo attaches nothing.
+    for ifname in interfaces {
+        datapath::ifindex(ifname)?;
+    }
     let mut dp = Datapath::load(pins, mode)?;
     for ifname in interfaces {
         dp.attach_eni(ifname).await?;
@@ -95,7 +118,11 @@ async fn run(
     if let Some(path) = ready_file {
         std::fs::write(&path, b"ready\n").with_context(|| format!("write {}", path.display()))?;
     }
-    log::info!("serving {} interface(s); pinned under {}", interfaces.len(), dp.pins().versioned().display());
+    log::info!(
+        "serving {} interface(s); pinned under {}",
+        interfaces.len(),
+        dp.pins().versioned().display()
+    );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = term.recv() => {}
@@ -107,14 +134,45 @@ async fn run(
 
 fn status(pins: &Pins) -> Result<()> {
     println!("pinned under {}", pins.versioned().display());
+    println!("attachments:");
+    for (key, a) in datapath::read_attachments(pins)? {
+        let how = match a.mode {
+            ATTACH_MODE_TCX => "tcx link".to_owned(),
+            ATTACH_MODE_CLSACT => format!(
+                "clsact cls_bpf pref {:#x} handle {}{}",
+                a.priority,
+                a.handle,
+                if a.flags & ATTACH_FLAG_CREATED_CLSACT != 0 {
+                    " (eniflow added the qdisc)"
+                } else {
+                    ""
+                }
+            ),
+            other => format!("unknown mode {other}"),
+        };
+        println!(
+            "  ifindex {:>4} {:<7} {how}",
+            key.ifindex,
+            direction(key.direction)
+        );
+    }
+    println!("counters:");
     for (key, stats) in datapath::read_stats(pins)? {
         println!(
-            "ifindex {:>4} {:<7} packets {:>10} bytes {:>12}",
+            "  ifindex {:>4} {:<7} packets {:>10} bytes {:>12}",
             key.ifindex,
-            if key.direction == eniflow_common::DIRECTION_INGRESS { "ingress" } else { "egress" },
+            direction(key.direction),
             stats.packets,
             stats.bytes
         );
     }
     Ok(())
+}
+
+fn direction(code: u32) -> &'static str {
+    if code == DIRECTION_INGRESS {
+        "ingress"
+    } else {
+        "egress"
+    }
 }

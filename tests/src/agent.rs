@@ -9,7 +9,10 @@ use std::{
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// Path to a freshly built workspace binary (built once per test process, so the tests never
@@ -19,7 +22,14 @@ pub fn binary(name: &str) -> PathBuf {
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "--quiet", "--package", "eniflow-agent", "--package", "eniflow-cni"])
+            .args([
+                "build",
+                "--quiet",
+                "--package",
+                "eniflow-agent",
+                "--package",
+                "eniflow-cni",
+            ])
             .current_dir(workspace())
             .status()
             .expect("run cargo build");
@@ -29,11 +39,6 @@ pub fn binary(name: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("target"));
     target.join("debug").join(name)
-}
-
-/// Where one test pins its objects: its own directory on bpffs, removed by `uninstall`.
-pub fn bpffs_root(name: &str) -> PathBuf {
-    PathBuf::from("/sys/fs/bpf").join(name)
 }
 
 /// A running `eniflow-agent run`; killed (SIGKILL) if still running when dropped.
@@ -53,7 +58,13 @@ impl Agent {
             .arg(netns)
             .arg("--bpffs-root")
             .arg(bpffs_root)
-            .args(["run", "--interfaces", &interfaces.join(","), "--attach-mode", mode])
+            .args([
+                "run",
+                "--interfaces",
+                &interfaces.join(","),
+                "--attach-mode",
+                mode,
+            ])
             .arg("--ready-file")
             .arg(&ready)
             .stdin(Stdio::null())
@@ -64,10 +75,16 @@ impl Agent {
             if let Some(status) = child.try_wait().expect("poll agent") {
                 panic!("eniflow-agent exited before it was ready: {status}");
             }
-            assert!(Instant::now() < deadline, "eniflow-agent not ready after 20 s");
+            assert!(
+                Instant::now() < deadline,
+                "eniflow-agent not ready after 20 s"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Self { child: Some(child), ready }
+        Self {
+            child: Some(child),
+            ready,
+        }
     }
 
     /// SIGTERM, then waits: a clean stop.

@@ -6,7 +6,10 @@ use serde_json::Value;
 
 /// `bpftool -j map dump pinned <path>`: one JSON object per entry.
 pub fn dump(path: &Path) -> Vec<Value> {
-    let out = crate::sh::run("bpftool", &["-j", "map", "dump", "pinned", &path.to_string_lossy()]);
+    let out = crate::sh::run(
+        "bpftool",
+        &["-j", "map", "dump", "pinned", &path.to_string_lossy()],
+    );
     match serde_json::from_str(&out).expect("bpftool -j prints JSON") {
         Value::Array(entries) => entries,
         other => panic!("bpftool map dump: expected a list, got {other}"),

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod bpftool;
+pub mod hooks;
 pub mod netns;
 pub mod sh;
 
@@ -12,12 +13,61 @@ pub mod sh;
 /// and skipping them silently would make a missing feature look green.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "eniflow's end-to-end tests must run as root");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "eniflow's end-to-end tests must run as root"
+    );
 }
 
 /// A name unique to this process and call, with a prefix that says it is eniflow's.
 pub fn unique_name(what: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    format!("efl{}-{}-{}", what, std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "efl{}-{}-{}",
+        what,
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A uniquely named directory on bpffs for one test's pins, removed with everything under it
+/// when dropped (so a failed test leaves no pins behind). The directory itself is not created:
+/// the agent does that.
+pub struct BpffsDir(std::path::PathBuf);
+
+/// bpffs's magic number in statfs(2).
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+pub fn bpffs_dir(what: &str) -> BpffsDir {
+    let base = std::path::Path::new("/sys/fs/bpf");
+    let c = std::ffi::CString::new("/sys/fs/bpf").unwrap();
+    // SAFETY: a zeroed statfs is a valid out-parameter; c is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let mounted =
+        unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC;
+    if !mounted {
+        sh::run("mount", &["-t", "bpf", "bpf", "/sys/fs/bpf"]);
+    }
+    BpffsDir(base.join(unique_name(what)))
+}
+
+impl std::ops::Deref for BpffsDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for BpffsDir {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for BpffsDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -64,7 +64,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -84,7 +86,18 @@ impl Wire {
         let left = Netns::new("l");
         let right = Netns::new("r");
         let (left_if, right_if) = ("eth0".to_owned(), "peer0".to_owned());
-        left.ip(&["link", "add", &left_if, "type", "veth", "peer", "name", &right_if, "netns", right.name()]);
+        left.ip(&[
+            "link",
+            "add",
+            &left_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &right_if,
+            "netns",
+            right.name(),
+        ]);
         let [a, b, c] = subnet;
         let left_addr = std::net::Ipv4Addr::new(a, b, c, 1);
         let right_addr = std::net::Ipv4Addr::new(a, b, c, 2);
@@ -92,14 +105,21 @@ impl Wire {
         right.ip(&["addr", "add", &format!("{right_addr}/24"), "dev", &right_if]);
         left.ip(&["link", "set", &left_if, "up"]);
         right.ip(&["link", "set", &right_if, "up"]);
-        Self { left, right, left_if, right_if, left_addr, right_addr }
+        Self {
+            left,
+            right,
+            left_if,
+            right_if,
+            left_addr,
+            right_addr,
+        }
     }
 
     /// Sends `count` UDP datagrams from left to right and returns how many arrived.
     pub fn send_udp(&self, count: usize) -> usize {
-        let receiver = self.right.within(|| {
-            std::net::UdpSocket::bind((self.right_addr, 0)).expect("bind receiver")
-        });
+        let receiver = self
+            .right
+            .within(|| std::net::UdpSocket::bind((self.right_addr, 0)).expect("bind receiver"));
         receiver
             .set_read_timeout(Some(std::time::Duration::from_millis(500)))
             .expect("set timeout");
@@ -107,10 +127,14 @@ impl Wire {
         self.left.within(|| {
             let sender = std::net::UdpSocket::bind((self.left_addr, 0)).expect("bind sender");
             for i in 0..count {
-                sender.send_to(format!("eniflow {i}").as_bytes(), to).expect("send");
+                sender
+                    .send_to(format!("eniflow {i}").as_bytes(), to)
+                    .expect("send");
             }
         });
         let mut buf = [0u8; 64];
-        (0..count).take_while(|_| receiver.recv(&mut buf).is_ok()).count()
+        (0..count)
+            .take_while(|_| receiver.recv(&mut buf).is_ok())
+            .count()
     }
 }

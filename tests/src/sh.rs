@@ -8,7 +8,9 @@ pub fn run(program: &str, args: &[&str]) -> String {
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e} (is it installed? `cargo xtask setup`)"));
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program}: {e} (is it installed? `cargo xtask setup`)")
+        });
     assert!(
         out.status.success(),
         "{program} {} failed ({}): {}",

@@ -6,13 +6,17 @@ use anyhow::{bail, Context, Result};
 
 /// Runs `cargo` (stable, the workspace's toolchain) in the workspace root.
 pub fn cargo(args: &[&str]) -> Result<()> {
-    run(Command::new(env!("CARGO")).args(args).current_dir(crate::root()))
+    run(Command::new(env!("CARGO"))
+        .args(args)
+        .current_dir(crate::root()))
 }
 
 /// Runs a command with inherited stdio and fails unless it exits 0.
 pub fn run(cmd: &mut Command) -> Result<()> {
     let line = format!("{cmd:?}");
-    let status = cmd.status().with_context(|| format!("cannot start {line}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {line}"))?;
     if !status.success() {
         bail!("{line} failed: {status}");
     }

@@ -82,7 +82,14 @@ fn test(filter: Option<String>) -> Result<()> {
     step("lint: cargo fmt --check");
     cmd::cargo(&["fmt", "--all", "--check"])?;
     step("lint: cargo clippy -D warnings");
-    cmd::cargo(&["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])?;
+    cmd::cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
     step("test: cargo test --workspace");
     let mut args = vec!["test", "--workspace"];
     if let Some(filter) = filter.as_deref() {
@@ -96,7 +103,14 @@ fn demo() -> Result<()> {
     setup::run_all()?;
     ebpf::build()?;
     step("demo: an emulated node in network namespaces");
-    cmd::cargo(&["run", "--quiet", "--package", "eniflow-tests", "--bin", "eniflow-demo"])
+    cmd::cargo(&[
+        "run",
+        "--quiet",
+        "--package",
+        "eniflow-tests",
+        "--bin",
+        "eniflow-demo",
+    ])
 }
 
 /// Prints a step header so long runs say where they are.

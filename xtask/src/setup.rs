@@ -13,8 +13,14 @@ use anyhow::{bail, Context, Result};
 use crate::cmd::{capture, run, succeeds};
 
 /// Debian packages the tests, the demo and the lab use.
-const DEBIAN_PACKAGES: &[&str] =
-    &["bpftool", "iproute2", "iptables", "iputils-ping", "tcpdump", "procps"];
+const DEBIAN_PACKAGES: &[&str] = &[
+    "bpftool",
+    "iproute2",
+    "iptables",
+    "iputils-ping",
+    "tcpdump",
+    "procps",
+];
 
 /// bpf-linker release known to link aya programs with the nightly toolchain's LLVM.
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -33,10 +39,22 @@ struct Step {
 }
 
 const STEPS: &[Step] = &[
-    Step { name: "nightly rust-src", run: rust_src },
-    Step { name: "bpf-linker", run: bpf_linker },
-    Step { name: "Debian packages", run: debian_packages },
-    Step { name: "lab Python venv", run: lab_venv },
+    Step {
+        name: "nightly rust-src",
+        run: rust_src,
+    },
+    Step {
+        name: "bpf-linker",
+        run: bpf_linker,
+    },
+    Step {
+        name: "Debian packages",
+        run: debian_packages,
+    },
+    Step {
+        name: "lab Python venv",
+        run: lab_venv,
+    },
 ];
 
 /// Runs every step; keeps going past a failed one so a single run reports every missing piece.
@@ -174,7 +192,10 @@ fn lab_venv() -> Result<Outcome> {
     if fs::read_to_string(&marker).ok().as_deref() == Some(wanted.as_str()) {
         return Ok(Outcome::Present);
     }
-    println!("    lab Python venv: python3 -m venv {} + pip install", venv.display());
+    println!(
+        "    lab Python venv: python3 -m venv {} + pip install",
+        venv.display()
+    );
     let _ = fs::remove_dir_all(&venv);
     run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
     run(Command::new(venv.join("bin/pip"))
@@ -201,9 +222,13 @@ fn nightly_output(args: &[&str]) -> Result<String> {
 }
 
 fn home() -> PathBuf {
-    env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"))
+    env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"))
 }
 
 fn cargo_home() -> PathBuf {
-    env::var_os("CARGO_HOME").map(PathBuf::from).unwrap_or_else(|| home().join(".cargo"))
+    env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home().join(".cargo"))
 }

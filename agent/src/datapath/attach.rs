@@ -9,9 +9,7 @@ use aya::programs::{
     tc::{self as aya_tc, NlOptions, TcAttachOptions, TcHandle},
     LinkOrder, SchedClassifier,
 };
-use eniflow_common::{
-    Attachment, ATTACH_FLAG_CREATED_CLSACT, ATTACH_MODE_CLSACT, ATTACH_MODE_TCX,
-};
+use eniflow_common::{Attachment, ATTACH_FLAG_CREATED_CLSACT, ATTACH_MODE_CLSACT, ATTACH_MODE_TCX};
 
 use super::{tc, Datapath, DatapathError, Hook};
 
@@ -37,7 +35,9 @@ impl FromStr for AttachMode {
             "auto" => Ok(Self::Auto),
             "tcx" => Ok(Self::Tcx),
             "clsact" => Ok(Self::Clsact),
-            other => Err(format!("unknown attach mode {other:?} (expected auto, tcx or clsact)")),
+            other => Err(format!(
+                "unknown attach mode {other:?} (expected auto, tcx or clsact)"
+            )),
         }
     }
 }
@@ -84,7 +84,9 @@ enum Adoption {
     Kept,
     /// Nothing usable is attached; `flags` carries over what the stale record knew (such as
     /// "eniflow created this clsact qdisc").
-    Stale { flags: u32 },
+    Stale {
+        flags: u32,
+    },
 }
 
 async fn adopt(dp: &mut Datapath, hook: &Hook) -> Result<Adoption, DatapathError> {
@@ -93,7 +95,9 @@ async fn adopt(dp: &mut Datapath, hook: &Hook) -> Result<Adoption, DatapathError
         Some(ATTACH_MODE_TCX) => tcx_link_in_place(dp, hook)?,
         Some(ATTACH_MODE_CLSACT) => {
             let record = record.expect("matched Some");
-            own_filter(dp, hook).await?.is_some_and(|f| u32::from(f.priority) == record.priority && f.handle == record.handle)
+            own_filter(dp, hook).await?.is_some_and(|f| {
+                u32::from(f.priority) == record.priority && f.handle == record.handle
+            })
         }
         _ => false,
     };
@@ -139,7 +143,14 @@ async fn own_filter(dp: &Datapath, hook: &Hook) -> Result<Option<tc::BpfFilter>,
 
 fn attach_tcx(dp: &mut Datapath, hook: &Hook) -> Result<Outcome, DatapathError> {
     // The record goes in first: a crash after attaching must not leave an unrecorded attachment.
-    record(dp, hook, Attachment { mode: ATTACH_MODE_TCX, ..Default::default() })?;
+    record(
+        dp,
+        hook,
+        Attachment {
+            mode: ATTACH_MODE_TCX,
+            ..Default::default()
+        },
+    )?;
     let path = dp.pins.link(hook.ifindex, hook.direction);
     let result = (|| {
         let program = dp.program(hook.eni_program())?;
@@ -150,10 +161,15 @@ fn attach_tcx(dp: &mut Datapath, hook: &Hook) -> Result<Outcome, DatapathError> 
                 TcAttachOptions::TcxOrder(LinkOrder::default()),
             )
             .map_err(|e| attach_error(hook, format!("tcx: {e}")))?;
-        let link = program.take_link(id).map_err(|e| attach_error(hook, e.to_string()))?;
-        let link: FdLink = link.try_into().map_err(|e: LinkError| attach_error(hook, e.to_string()))?;
+        let link = program
+            .take_link(id)
+            .map_err(|e| attach_error(hook, e.to_string()))?;
+        let link: FdLink = link
+            .try_into()
+            .map_err(|e: LinkError| attach_error(hook, e.to_string()))?;
         // Pinned, the link outlives the agent: forwarding continues across restarts.
-        link.pin(&path).map_err(|e| attach_error(hook, format!("pin {}: {e}", path.display())))?;
+        link.pin(&path)
+            .map_err(|e| attach_error(hook, format!("pin {}: {e}", path.display())))?;
         Ok(Outcome::AttachedTcx)
     })();
     if result.is_err() {
@@ -178,10 +194,21 @@ async fn attach_clsact(
             ));
         }
         // Our own unrecorded filter (a crash between attach and record): replace it.
-        tc::delete_filter(&dp.nl, hook.ifindex, hook.direction, CLSACT_PRIORITY, CLSACT_HANDLE).await?;
+        tc::delete_filter(
+            &dp.nl,
+            hook.ifindex,
+            hook.direction,
+            CLSACT_PRIORITY,
+            CLSACT_HANDLE,
+        )
+        .await?;
     }
     let existed = tc::has_clsact(&dp.nl, hook.ifindex).await?;
-    let created = if existed { 0 } else { ATTACH_FLAG_CREATED_CLSACT };
+    let created = if existed {
+        0
+    } else {
+        ATTACH_FLAG_CREATED_CLSACT
+    };
     let attachment = Attachment {
         mode: ATTACH_MODE_CLSACT,
         flags: (inherited_flags & ATTACH_FLAG_CREATED_CLSACT) | created,
@@ -206,7 +233,9 @@ async fn attach_clsact(
                 }),
             )
             .map_err(|e| attach_error(hook, format!("cls_bpf: {e}")))?;
-        let link = program.take_link(id).map_err(|e| attach_error(hook, e.to_string()))?;
+        let link = program
+            .take_link(id)
+            .map_err(|e| attach_error(hook, e.to_string()))?;
         // The filter must outlive the agent; dropping the link would delete it. It holds no
         // file descriptor, so forgetting it leaks nothing.
         std::mem::forget(link);
@@ -229,5 +258,8 @@ fn record(dp: &mut Datapath, hook: &Hook, attachment: Attachment) -> Result<(), 
 }
 
 fn attach_error(hook: &Hook, message: String) -> DatapathError {
-    DatapathError::Attach { hook: hook.to_string(), message }
+    DatapathError::Attach {
+        hook: hook.to_string(),
+        message,
+    }
 }

@@ -98,11 +98,18 @@ impl Hook {
     /// Resolves an interface name in the current network namespace.
     pub fn new(ifname: &str, direction: Direction) -> Result<Self, DatapathError> {
         let ifindex = ifindex(ifname)?;
-        Ok(Self { ifname: ifname.to_owned(), ifindex, direction })
+        Ok(Self {
+            ifname: ifname.to_owned(),
+            ifindex,
+            direction,
+        })
     }
 
     fn key(&self) -> IfaceKey {
-        IfaceKey { ifindex: self.ifindex, direction: self.direction.code() }
+        IfaceKey {
+            ifindex: self.ifindex,
+            direction: self.direction.code(),
+        }
     }
 
     /// The program eniflow runs on an ENI at this hook.
@@ -116,15 +123,26 @@ impl Hook {
 
 impl fmt::Display for Hook {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} (ifindex {}) {}", self.ifname, self.ifindex, self.direction.name())
+        write!(
+            f,
+            "{} (ifindex {}) {}",
+            self.ifname,
+            self.ifindex,
+            self.direction.name()
+        )
     }
 }
 
-fn ifindex(ifname: &str) -> Result<u32, DatapathError> {
-    let c = std::ffi::CString::new(ifname).map_err(|e| DatapathError::Interface(ifname.into(), e.into()))?;
+/// The ifindex of `ifname` in the current network namespace.
+pub fn ifindex(ifname: &str) -> Result<u32, DatapathError> {
+    let c = std::ffi::CString::new(ifname)
+        .map_err(|e| DatapathError::Interface(ifname.into(), e.into()))?;
     // SAFETY: c is a valid NUL-terminated string.
     match unsafe { libc::if_nametoindex(c.as_ptr()) } {
-        0 => Err(DatapathError::Interface(ifname.into(), io::Error::last_os_error())),
+        0 => Err(DatapathError::Interface(
+            ifname.into(),
+            io::Error::last_os_error(),
+        )),
         index => Ok(index),
     }
 }
@@ -147,13 +165,21 @@ impl Datapath {
         let links_dir = pins.links_dir();
         std::fs::create_dir_all(&links_dir).map_err(|e| DatapathError::Dir(links_dir, e))?;
         let mut loader = EbpfLoader::new();
-        let map_paths: Vec<_> = maps::ALL.iter().map(|name| (*name, pins.map(name))).collect();
+        let map_paths: Vec<_> = maps::ALL
+            .iter()
+            .map(|name| (*name, pins.map(name)))
+            .collect();
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }
         let ebpf = loader.load(OBJECT)?;
         let nl = tc::connect().map_err(DatapathError::NetlinkSocket)?;
-        Ok(Self { ebpf, pins, mode, nl })
+        Ok(Self {
+            ebpf,
+            pins,
+            mode,
+            nl,
+        })
     }
 
     pub fn pins(&self) -> &Pins {
@@ -162,7 +188,10 @@ impl Datapath {
 
     /// Attaches eniflow's ENI programs to both hooks of `ifname`, re-adopting what is already
     /// there. Idempotent.
-    pub async fn attach_eni(&mut self, ifname: &str) -> Result<Vec<(Hook, Outcome)>, DatapathError> {
+    pub async fn attach_eni(
+        &mut self,
+        ifname: &str,
+    ) -> Result<Vec<(Hook, Outcome)>, DatapathError> {
         let mut done = Vec::new();
         for direction in Direction::BOTH {
             let hook = Hook::new(ifname, direction)?;
@@ -177,22 +206,32 @@ impl Datapath {
         let program: &mut SchedClassifier = self
             .ebpf
             .program_mut(name)
-            .ok_or(DatapathError::Program(name, aya::programs::ProgramError::NotLoaded))?
+            .ok_or(DatapathError::Program(
+                name,
+                aya::programs::ProgramError::NotLoaded,
+            ))?
             .try_into()
             .map_err(|e| DatapathError::Program(name, e))?;
         if program.fd().is_err() {
-            program.load().map_err(|e| DatapathError::Program(name, e))?;
+            program
+                .load()
+                .map_err(|e| DatapathError::Program(name, e))?;
         }
         Ok(program)
     }
 
-    fn attachments(&mut self) -> Result<HashMap<&mut MapData, IfaceKey, Attachment>, DatapathError> {
+    fn attachments(
+        &mut self,
+    ) -> Result<HashMap<&mut MapData, IfaceKey, Attachment>, DatapathError> {
         let map = self
             .ebpf
             .map_mut(maps::ATTACHMENTS)
-            .ok_or(DatapathError::Map(maps::ATTACHMENTS, aya::maps::MapError::InvalidName {
-                name: maps::ATTACHMENTS.into(),
-            }))?;
+            .ok_or(DatapathError::Map(
+                maps::ATTACHMENTS,
+                aya::maps::MapError::InvalidName {
+                    name: maps::ATTACHMENTS.into(),
+                },
+            ))?;
         HashMap::try_from(map).map_err(|e| DatapathError::Map(maps::ATTACHMENTS, e))
     }
 }
@@ -208,12 +247,27 @@ pub fn read_stats(pins: &Pins) -> Result<Vec<(IfaceKey, IfaceStats)>, DatapathEr
     let mut out = Vec::new();
     for entry in stats.iter() {
         let (key, per_cpu) = entry.map_err(|e| DatapathError::Map(maps::IFACE_STATS, e))?;
-        let total = per_cpu.iter().fold(IfaceStats::default(), |acc, s| IfaceStats {
-            packets: acc.packets + s.packets,
-            bytes: acc.bytes + s.bytes,
-        });
+        let total = per_cpu
+            .iter()
+            .fold(IfaceStats::default(), |acc, s| IfaceStats {
+                packets: acc.packets + s.packets,
+                bytes: acc.bytes + s.bytes,
+            });
         out.push((key, total));
     }
+    Ok(out)
+}
+
+/// What eniflow attached, per hook, as recorded in the pinned `attachments` map.
+pub fn read_attachments(pins: &Pins) -> Result<Vec<(IfaceKey, Attachment)>, DatapathError> {
+    let Some(map) = pinned_attachments(pins)? else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for entry in map.iter() {
+        out.push(entry.map_err(|e| DatapathError::Map(maps::ATTACHMENTS, e))?);
+    }
+    out.sort_by_key(|(key, _)| (key.ifindex, key.direction));
     Ok(out)
 }
 
@@ -230,5 +284,7 @@ fn pinned_attachments(
     }
     let data = MapData::from_pin(&path).map_err(|e| DatapathError::Map(maps::ATTACHMENTS, e))?;
     let map = aya::maps::Map::HashMap(data);
-    Ok(Some(HashMap::try_from(map).map_err(|e| DatapathError::Map(maps::ATTACHMENTS, e))?))
+    Ok(Some(
+        HashMap::try_from(map).map_err(|e| DatapathError::Map(maps::ATTACHMENTS, e))?,
+    ))
 }

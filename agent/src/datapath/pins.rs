@@ -43,6 +43,7 @@ impl Pins {
 
     /// The tcx link of one hook (ifindex rather than name: names can be reused by new links).
     pub fn link(&self, ifindex: u32, direction: Direction) -> PathBuf {
-        self.links_dir().join(format!("if{ifindex}_{}", direction.name()))
+        self.links_dir()
+            .join(format!("if{ifindex}_{}", direction.name()))
     }
 }

@@ -42,10 +42,18 @@ fn parent(direction: Direction) -> TcHandle {
 
 /// Whether the interface has a clsact qdisc.
 pub async fn has_clsact(nl: &Handle, ifindex: u32) -> Result<bool, rtnetlink::Error> {
-    let qdiscs: Vec<TcMessage> = nl.qdisc().get().index(ifindex as i32).execute().try_collect().await?;
+    let qdiscs: Vec<TcMessage> = nl
+        .qdisc()
+        .get()
+        .index(ifindex as i32)
+        .execute()
+        .try_collect()
+        .await?;
     Ok(qdiscs.iter().any(|q| {
         q.header.index == ifindex as i32
-            && q.attributes.iter().any(|a| matches!(a, TcAttribute::Kind(k) if k == "clsact"))
+            && q.attributes
+                .iter()
+                .any(|a| matches!(a, TcAttribute::Kind(k) if k == "clsact"))
     }))
 }
 
@@ -70,7 +78,11 @@ pub async fn bpf_filters(
 }
 
 fn bpf_filter(msg: &TcMessage) -> Option<BpfFilter> {
-    if !msg.attributes.iter().any(|a| matches!(a, TcAttribute::Kind(k) if k == "bpf")) {
+    if !msg
+        .attributes
+        .iter()
+        .any(|a| matches!(a, TcAttribute::Kind(k) if k == "bpf"))
+    {
         return None;
     }
     let options = msg.attributes.iter().find_map(|a| match a {
@@ -114,7 +126,10 @@ pub async fn delete_filter(
 pub async fn delete_clsact(nl: &Handle, ifindex: u32) -> Result<(), rtnetlink::Error> {
     let mut msg = TcMessage::with_index(ifindex as i32);
     msg.header.parent = TcHandle::CLSACT;
-    msg.header.handle = TcHandle { major: 0xffff, minor: 0 };
+    msg.header.handle = TcHandle {
+        major: 0xffff,
+        minor: 0,
+    };
     ack(nl, RouteNetlinkMessage::DelQueueDiscipline(msg)).await
 }
 

@@ -22,13 +22,21 @@ pub async fn uninstall(pins: &Pins) -> Result<(), Vec<String>> {
     for dir in [pins.links_dir(), pins.maps_dir()] {
         remove_own_files(&dir, &mut errors);
     }
-    for dir in [pins.links_dir(), pins.maps_dir(), pins.versioned(), pins.root().to_path_buf()] {
+    for dir in [
+        pins.links_dir(),
+        pins.maps_dir(),
+        pins.versioned(),
+        pins.root().to_path_buf(),
+    ] {
         match fs::remove_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             // Not empty: something that is not eniflow's lives there; leave it.
             Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
-                log::warn!("kept {}: it holds objects eniflow did not create", dir.display());
+                log::warn!(
+                    "kept {}: it holds objects eniflow did not create",
+                    dir.display()
+                );
             }
             Err(e) => errors.push(format!("remove {}: {e}", dir.display())),
         }
@@ -47,9 +55,13 @@ async fn detach_recorded(pins: &Pins, errors: &mut Vec<String>) -> Result<(), Da
     let nl = tc::connect().map_err(DatapathError::NetlinkSocket)?;
     let mut created_clsact = Vec::new();
     for entry in attachments.iter() {
-        let (key, attachment) = entry.map_err(|e: MapError| DatapathError::Map(maps::ATTACHMENTS, e))?;
+        let (key, attachment) =
+            entry.map_err(|e: MapError| DatapathError::Map(maps::ATTACHMENTS, e))?;
         let Some(direction) = direction_of(&key) else {
-            errors.push(format!("attachments: unknown direction {} for ifindex {}", key.direction, key.ifindex));
+            errors.push(format!(
+                "attachments: unknown direction {} for ifindex {}",
+                key.direction, key.ifindex
+            ));
             continue;
         };
         match attachment.mode {
@@ -61,7 +73,10 @@ async fn detach_recorded(pins: &Pins, errors: &mut Vec<String>) -> Result<(), Da
                     created_clsact.push(key.ifindex);
                 }
             }
-            other => errors.push(format!("attachments: unknown mode {other} for ifindex {}", key.ifindex)),
+            other => errors.push(format!(
+                "attachments: unknown mode {other} for ifindex {}",
+                key.ifindex
+            )),
         }
     }
     created_clsact.sort_unstable();
@@ -81,14 +96,26 @@ async fn delete_own_filter(
     let filters = match tc::bpf_filters(nl, ifindex, direction).await {
         Ok(filters) => filters,
         Err(e) if gone(&e) => return,
-        Err(e) => return errors.push(format!("ifindex {ifindex} {}: list filters: {e}", direction.name())),
+        Err(e) => {
+            return errors.push(format!(
+                "ifindex {ifindex} {}: list filters: {e}",
+                direction.name()
+            ))
+        }
     };
-    if !filters.iter().any(|f| f.priority == CLSACT_PRIORITY && f.handle == CLSACT_HANDLE) {
+    if !filters
+        .iter()
+        .any(|f| f.priority == CLSACT_PRIORITY && f.handle == CLSACT_HANDLE)
+    {
         return;
     }
-    if let Err(e) = tc::delete_filter(nl, ifindex, direction, CLSACT_PRIORITY, CLSACT_HANDLE).await {
+    if let Err(e) = tc::delete_filter(nl, ifindex, direction, CLSACT_PRIORITY, CLSACT_HANDLE).await
+    {
         if !gone(&e) {
-            errors.push(format!("ifindex {ifindex} {}: delete filter: {e}", direction.name()));
+            errors.push(format!(
+                "ifindex {ifindex} {}: delete filter: {e}",
+                direction.name()
+            ));
         }
     }
 }
@@ -121,11 +148,14 @@ fn gone(e: &rtnetlink::Error) -> bool {
 
 /// Removes eniflow's pins in `dir`: link pins by their naming pattern, maps by name.
 fn remove_own_files(dir: &Path, errors: &mut Vec<String>) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let ours = maps::ALL.contains(&name.as_str())
-            || (name.starts_with("if") && (name.ends_with("_ingress") || name.ends_with("_egress")));
+            || (name.starts_with("if")
+                && (name.ends_with("_ingress") || name.ends_with("_egress")));
         if ours {
             remove_file(&entry.path(), errors);
         }
