@@ -21,19 +21,18 @@ pub fn binary(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "--package",
-                "eniflow-agent",
-                "--package",
-                "eniflow-cni",
-            ])
-            .current_dir(workspace())
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "cargo build of the agent failed");
+        for args in [
+            &["--package", "eniflow-agent", "--package", "eniflow-cni"][..],
+            &["--package", "eniflow-tests", "--bin", "eniflow-lab-trunk"][..],
+        ] {
+            let status = Command::new(&cargo)
+                .args(["build", "--quiet"])
+                .args(args)
+                .current_dir(workspace())
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "cargo build {} failed", args.join(" "));
+        }
     });
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)

@@ -6,7 +6,9 @@
 pub mod agent;
 pub mod bpftool;
 pub mod hooks;
+pub mod lab;
 pub mod netns;
+pub mod raw;
 pub mod sh;
 
 /// Fails the test unless it runs as root: these tests create namespaces and attach programs,
@@ -69,5 +71,39 @@ impl AsRef<std::path::Path> for BpffsDir {
 impl Drop for BpffsDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Removes what an earlier, crashed test run left: namespaces and bpffs directories named by
+/// `unique_name` whose process is gone. Those of live processes (other tests) are kept.
+pub fn sweep_crashed_runs() {
+    fn dead_owner(name: &str) -> bool {
+        let Some(rest) = name.strip_prefix("efl") else {
+            return false;
+        };
+        let mut parts = rest.rsplitn(3, '-');
+        let (Some(_n), Some(pid), Some(_what)) = (parts.next(), parts.next(), parts.next()) else {
+            return false;
+        };
+        pid.parse::<u32>()
+            .is_ok_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+    }
+    for (dir, is_netns) in [("/run/netns", true), ("/sys/fs/bpf", false)] {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !dead_owner(&name) {
+                continue;
+            }
+            if is_netns {
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "del", &name])
+                    .status();
+            } else {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
     }
 }

@@ -62,6 +62,46 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// A UDP socket bound in this namespace to `addr` (port chosen by the kernel), with a short
+    /// read timeout.
+    pub fn udp_socket(&self, addr: std::net::Ipv4Addr) -> std::net::UdpSocket {
+        let socket = self
+            .within(|| std::net::UdpSocket::bind((addr, 0)))
+            .unwrap_or_else(|e| panic!("{}: bind {addr}: {e}", self.name));
+        socket
+            .set_read_timeout(Some(std::time::Duration::from_millis(300)))
+            .expect("set timeout");
+        socket
+    }
+
+    /// Sends `count` datagrams from `from` (an address of this namespace) to `to`.
+    pub fn send_udp(&self, from: std::net::Ipv4Addr, to: std::net::SocketAddr, count: usize) {
+        let socket = self.udp_socket(from);
+        for i in 0..count {
+            // Unreachable destinations are part of what tests probe: errors are not failures.
+            let _ = socket.send_to(format!("eniflow {i}").as_bytes(), to);
+        }
+    }
+
+    /// Packets received on `ifname` so far (`ip -s link`).
+    pub fn rx_packets(&self, ifname: &str) -> u64 {
+        let out = self.ip(&["-j", "-s", "link", "show", "dev", ifname]);
+        let links: serde_json::Value = serde_json::from_str(&out).expect("ip -j output is JSON");
+        links[0]["stats64"]["rx"]["packets"]
+            .as_u64()
+            .expect("rx packets in ip -s -j link")
+    }
+}
+
+/// How many datagrams `socket` receives before it times out (at most `count`), and from whom.
+pub fn receive(socket: &std::net::UdpSocket, count: usize) -> Vec<std::net::SocketAddr> {
+    let mut buf = [0u8; 64];
+    (0..count)
+        .map_while(|_| socket.recv_from(&mut buf).ok().map(|(_, from)| from))
+        .collect()
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = std::process::Command::new("ip")

@@ -69,10 +69,50 @@ pub struct Attachment {
     pub handle: u32,
 }
 
+/// The lab's VPC fabric (tests only): how a trunk ENI's port in the fabric maps VLANs to branch
+/// ENIs. EC2 does this in its hypervisor; the lab's kernel has no 8021q module, so BPF does it.
+pub mod lab {
+    /// `BranchKey` → `PortMac`: which (fabric port, VLAN, source address) may enter, and the
+    /// port's own MAC to deliver the untagged frame to.
+    pub const BRANCH_SOURCES: &str = "lab_branch_sources";
+    /// Branch address (network order) → `Branch`: the tag and MAC a reply to it leaves with.
+    pub const BRANCH_BY_ADDR: &str = "lab_branch_by_addr";
+    pub const TRUNK_IN: &str = "lab_trunk_in";
+    pub const TRUNK_OUT: &str = "lab_trunk_out";
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct BranchKey {
+        /// The trunk ENI's port (interface in the fabric namespace).
+        pub ifindex: u32,
+        pub vlan: u32,
+        /// IPv4 address of the branch ENI, network order.
+        pub addr: u32,
+    }
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct PortMac {
+        pub mac: [u8; 6],
+        pub _pad: [u8; 2],
+    }
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Branch {
+        pub vlan: u32,
+        pub mac: [u8; 6],
+        pub _pad: [u8; 2],
+    }
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain #[repr(C)] integers with no padding; every bit pattern is valid.
     unsafe impl aya::Pod for super::IfaceKey {}
     unsafe impl aya::Pod for super::IfaceStats {}
     unsafe impl aya::Pod for super::Attachment {}
+    unsafe impl aya::Pod for super::lab::BranchKey {}
+    unsafe impl aya::Pod for super::lab::PortMac {}
+    unsafe impl aya::Pod for super::lab::Branch {}
 }

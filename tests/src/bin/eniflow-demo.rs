@@ -1,59 +1,72 @@
-//! `cargo xtask demo`: eniflow on an emulated node. A `node` namespace with two ENIs (eth0,
-//! eth1) wired to a `vpc` namespace holding their subnet gateways; the agent attaches its
-//! programs to both ENIs, real pings cross them, and the pinned maps are dumped with bpftool.
-//! Everything is removed at the end (and on a panic).
+//! `cargo xtask demo`: eniflow on the lab. An emulated m5.large (the `node` namespace) in a VPC
+//! with a remote host on each subnet; a second ENI is created and attached through the EC2 API
+//! and the hypervisor plugs it in; the agent attaches its programs to both ENIs; real traffic
+//! crosses them; the pinned maps are dumped with bpftool. Everything is removed at the end.
 
 use eniflow_tests::{
     agent::{self, Agent},
     bpffs_dir,
     hooks::{self, Dir},
-    netns::Netns,
+    lab::{Lab, LabSpec},
     require_root, sh,
 };
 
-fn main() {
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
     require_root();
-    let node = Netns::new("node");
-    let vpc = Netns::new("vpc");
-    // Two ENIs on two subnets; the vpc side answers as each subnet's gateway.
-    let enis = [
-        ("eth0", "10.0.1.10", "10.0.1.1"),
-        ("eth1", "10.0.2.10", "10.0.2.1"),
-    ];
-    for (i, (eni, addr, gateway)) in enis.iter().enumerate() {
-        let far = format!("eni{i}");
-        node.ip(&[
-            "link",
-            "add",
-            eni,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &far,
-            "netns",
-            vpc.name(),
-        ]);
-        node.ip(&["addr", "add", &format!("{addr}/24"), "dev", eni]);
-        vpc.ip(&["addr", "add", &format!("{gateway}/24"), "dev", &far]);
-        node.ip(&["link", "set", eni, "up"]);
-        vpc.ip(&["link", "set", &far, "up"]);
+    section("starting the lab: EC2 + IMDS emulator, VPC fabric, node, remote hosts");
+    let lab = Lab::start(LabSpec::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let node = &lab.node.netns;
+    println!(
+        "instance {} ({}) in {}; primary ENI {} at {}",
+        lab.node.id, lab.spec.instance_type, lab.vpc_id, lab.node.primary_eni, lab.node.primary_ip
+    );
+
+    section("CreateNetworkInterface + AttachNetworkInterface (device 1) on the second subnet");
+    let ec2 = lab.ec2();
+    let eni = ec2
+        .create_network_interface()
+        .subnet_id(&lab.subnets[1])
+        .send()
+        .await
+        .expect("CreateNetworkInterface")
+        .network_interface
+        .expect("an ENI");
+    let eni_ip = eni.private_ip_address.clone().expect("an address");
+    ec2.attach_network_interface()
+        .network_interface_id(eni.network_interface_id.clone().expect("an ENI id"))
+        .instance_id(&lab.node.id)
+        .device_index(1)
+        .send()
+        .await
+        .expect("AttachNetworkInterface");
+    // The hypervisor plugs it in within a second; the node configures it as the agent will.
+    for _ in 0..50 {
+        if node.run("ip", &["-br", "link"]).contains("eth1") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let root = bpffs_dir("demo");
-    section(&format!(
-        "node {} with ENIs eth0, eth1; vpc {}",
-        node.name(),
-        vpc.name()
-    ));
+    node.ip(&["addr", "add", &format!("{eni_ip}/32"), "dev", "eth1"]);
+    // Replies from eth1's address must leave by eth1: the VPC drops them on any other ENI.
+    let gateway = lab.gateway(1);
+    node.ip(&["rule", "add", "from", &eni_ip, "table", "101"]);
+    node.ip(&[
+        "route", "add", "default", "via", &gateway, "dev", "eth1", "onlink", "table", "101",
+    ]);
+    print!("{}", node.ip(&["-br", "link", "show"]));
     print!("{}", node.ip(&["-br", "addr", "show"]));
 
-    section("eniflow-agent run --interfaces eth0,eth1");
+    let root = bpffs_dir("demo");
+    section("eniflow-agent run --interfaces eth0,eth1 (inside the node)");
     let running = Agent::start(&node.path(), &root, &["eth0", "eth1"], "auto");
-    for (eni, _, _) in enis {
+    for eni in ["eth0", "eth1"] {
         for dir in Dir::BOTH {
-            let progs = hooks::tcx_programs(&node, eni, dir);
+            let progs = hooks::tcx_programs(node, eni, dir);
             let progs = if progs.is_empty() {
-                hooks::clsact_programs(&node, eni, dir)
+                hooks::clsact_programs(node, eni, dir)
             } else {
                 progs
             };
@@ -61,16 +74,27 @@ fn main() {
         }
     }
 
-    section("traffic through eniflow's programs: ping each subnet gateway from the node");
-    for (_, _, gateway) in enis {
-        let out = node.run("ping", &["-c", "3", "-i", "0.2", "-W", "1", gateway]);
-        println!(
-            "{}",
-            out.lines()
-                .filter(|l| l.contains("packets transmitted"))
-                .collect::<String>()
+    section("traffic through eniflow's programs: ping each remote host from the node");
+    for host in &lab.hosts {
+        let out = node.run(
+            "ping",
+            &["-c", "3", "-i", "0.2", "-W", "1", &host.primary_ip],
         );
+        let summary: String = out
+            .lines()
+            .filter(|l| l.contains("packets transmitted"))
+            .collect();
+        println!("{}: {summary}", host.primary_ip);
     }
+    let host = &lab.hosts[1];
+    let out = host
+        .netns
+        .run("ping", &["-c", "3", "-i", "0.2", "-W", "1", &eni_ip]);
+    let summary: String = out
+        .lines()
+        .filter(|l| l.contains("packets transmitted"))
+        .collect();
+    println!("host {} -> eth1 {eni_ip}: {summary}", host.primary_ip);
 
     section("eniflow-agent status");
     let status = agent::command(&node.path(), &root, &["status"]);
@@ -97,11 +121,14 @@ fn main() {
         "uninstall failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for (eni, _, _) in enis {
-        let left = hooks::tcx_programs(&node, eni, Dir::Ingress).len()
-            + hooks::tcx_programs(&node, eni, Dir::Egress).len()
-            + hooks::clsact_programs(&node, eni, Dir::Ingress).len()
-            + hooks::clsact_programs(&node, eni, Dir::Egress).len();
+    for eni in ["eth0", "eth1"] {
+        let left: usize = Dir::BOTH
+            .iter()
+            .map(|&dir| {
+                hooks::tcx_programs(node, eni, dir).len()
+                    + hooks::clsact_programs(node, eni, dir).len()
+            })
+            .sum();
         println!("{eni}: {left} program(s) attached after uninstall");
     }
     println!(
@@ -109,7 +136,8 @@ fn main() {
         root.display(),
         root.exists()
     );
-    section("demo done; namespaces removed");
+    drop(lab);
+    section("demo done; the lab is gone");
 }
 
 fn section(title: &str) {

@@ -1,0 +1,101 @@
+//! The lab's VPC fabric on a trunk ENI's port (tests only; EC2's hypervisor does this for real):
+//! a frame tagged with VLAN v from the instance belongs to the branch ENI on v, may carry only
+//! that ENI's addresses, and enters the fabric untagged; a packet for a branch address leaves
+//! toward the instance tagged with its VLAN and addressed to the branch ENI's MAC.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    btf_maps::HashMap,
+    helpers::{bpf_skb_change_type, bpf_skb_vlan_pop, bpf_skb_vlan_push},
+    macros::{btf_map, classifier},
+    programs::TcContext,
+};
+use eniflow_common::lab::{Branch, BranchKey, PortMac};
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETHERTYPE: usize = 12;
+const IP_SADDR: usize = 14 + 12;
+const IP_DADDR: usize = 14 + 16;
+const PACKET_HOST: u32 = 0;
+const MAX_BRANCHES: usize = 4096;
+
+#[btf_map(name = "lab_branch_sources")]
+static BRANCH_SOURCES: HashMap<BranchKey, PortMac, MAX_BRANCHES> = HashMap::new();
+
+#[btf_map(name = "lab_branch_by_addr")]
+static BRANCH_BY_ADDR: HashMap<u32, Branch, MAX_BRANCHES> = HashMap::new();
+
+/// tc ingress of a trunk port: frames from the instance.
+#[classifier]
+pub fn lab_trunk_in(ctx: TcContext) -> i32 {
+    let skb = ctx.skb.skb;
+    // SAFETY: reading fields of the __sk_buff the program was given.
+    let (tagged, tci, ifindex) = unsafe { ((*skb).vlan_present, (*skb).vlan_tci, (*skb).ifindex) };
+    if tagged == 0 {
+        // Untagged frames are the trunk ENI's own: a branch address among them is spoofed.
+        let Ok(saddr) = ctx.load::<u32>(IP_SADDR) else { return TC_ACT_OK as i32 };
+        let ip = ctx.load::<u16>(ETHERTYPE).is_ok_and(|t| u16::from_be(t) == ETH_P_IP);
+        // SAFETY: only tests the key's presence.
+        if ip && unsafe { BRANCH_BY_ADDR.get(&saddr) }.is_some() {
+            return TC_ACT_SHOT;
+        }
+        return TC_ACT_OK as i32;
+    }
+    // SAFETY: the program's own skb.
+    if unsafe { bpf_skb_vlan_pop(skb) } != 0 {
+        return TC_ACT_SHOT;
+    }
+    let Ok(ethertype) = ctx.load::<u16>(ETHERTYPE) else { return TC_ACT_SHOT };
+    let Ok(saddr) = ctx.load::<u32>(IP_SADDR) else { return TC_ACT_SHOT };
+    if u16::from_be(ethertype) != ETH_P_IP {
+        return TC_ACT_SHOT;
+    }
+    let key = BranchKey { ifindex, vlan: u32::from(tci & 0x0fff), addr: saddr };
+    // SAFETY: the value is copied out before the map can change.
+    let Some(port) = (unsafe { BRANCH_SOURCES.get(&key) }).copied() else {
+        // Not this branch ENI's address (or no branch on this VLAN): EC2's source check.
+        return TC_ACT_SHOT;
+    };
+    // To the port's own MAC, so the fabric's stack routes it like any other packet.
+    if ctx.store(0, &port.mac, 0).is_err() {
+        return TC_ACT_SHOT;
+    }
+    // SAFETY: the program's own skb.
+    unsafe { bpf_skb_change_type(skb, PACKET_HOST) };
+    TC_ACT_OK as i32
+}
+
+/// tc egress of a trunk port: packets toward the instance.
+#[classifier]
+pub fn lab_trunk_out(ctx: TcContext) -> i32 {
+    let Ok(ethertype) = ctx.load::<u16>(ETHERTYPE) else { return TC_ACT_OK as i32 };
+    if u16::from_be(ethertype) != ETH_P_IP {
+        return TC_ACT_OK as i32;
+    }
+    let Ok(daddr) = ctx.load::<u32>(IP_DADDR) else { return TC_ACT_OK as i32 };
+    // SAFETY: the value is copied out before the map can change.
+    let Some(branch) = (unsafe { BRANCH_BY_ADDR.get(&daddr) }).copied() else {
+        return TC_ACT_OK as i32;
+    };
+    if ctx.store(0, &branch.mac, 0).is_err() {
+        return TC_ACT_SHOT;
+    }
+    // SAFETY: the program's own skb.
+    if unsafe { bpf_skb_vlan_push(ctx.skb.skb, ETH_P_8021Q.to_be(), branch.vlan as u16) } != 0 {
+        return TC_ACT_SHOT;
+    }
+    TC_ACT_OK as i32
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,143 @@
+//! The lab fabric's VLAN steering on trunk ENI ports, called by the emulator's fabric
+//! (tests/lab/emulator/fabric.py) inside the `vpc` namespace:
+//!
+//!   eniflow-lab-trunk attach <pins> <port>
+//!   eniflow-lab-trunk branch add|del <pins> <port> <vlan> <addr> <branch-mac>
+//!
+//! Maps and tcx links are pinned under <pins>, so they outlive this process; the fabric removes
+//! the directory when it closes.
+
+use std::{net::Ipv4Addr, path::Path, process::ExitCode};
+
+use aya::{
+    maps::{HashMap, MapData},
+    programs::{
+        links::FdLink,
+        tc::{TcAttachOptions, TcAttachType},
+        LinkOrder, SchedClassifier,
+    },
+    EbpfLoader,
+};
+use eniflow_common::lab::{self, Branch, BranchKey, PortMac};
+
+static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("ENIFLOW_LAB_EBPF_OBJECT"));
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match args.as_slice() {
+        ["attach", pins, port] => attach(Path::new(pins), port),
+        ["branch", op @ ("add" | "del"), pins, port, vlan, addr, mac] => {
+            branch(*op == "add", Path::new(pins), port, vlan, addr, mac)
+        }
+        _ => Err("usage: eniflow-lab-trunk attach <pins> <port> | branch add|del <pins> <port> <vlan> <addr> <mac>".into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("eniflow-lab-trunk {}: {e}", args.join(" "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, String>;
+
+fn attach(pins: &Path, port: &str) -> Result<()> {
+    std::fs::create_dir_all(pins).map_err(|e| format!("{}: {e}", pins.display()))?;
+    let mut loader = EbpfLoader::new();
+    let paths = [lab::BRANCH_SOURCES, lab::BRANCH_BY_ADDR].map(|m| (m, pins.join(m)));
+    for (name, path) in &paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader.load(OBJECT).map_err(|e| e.to_string())?;
+    for (name, hook) in [
+        (lab::TRUNK_IN, TcAttachType::Ingress),
+        (lab::TRUNK_OUT, TcAttachType::Egress),
+    ] {
+        let program: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .ok_or(format!("no program {name}"))?
+            .try_into()
+            .map_err(|e| format!("{e}"))?;
+        program.load().map_err(|e| format!("load {name}: {e}"))?;
+        let id = program
+            .attach_with_options(port, hook, TcAttachOptions::TcxOrder(LinkOrder::default()))
+            .map_err(|e| format!("attach {name} to {port}: {e}"))?;
+        let link: FdLink = program
+            .take_link(id)
+            .map_err(|e| e.to_string())?
+            .try_into()
+            .map_err(|e| format!("{e}"))?;
+        let pin = pins.join(format!("{port}_{name}"));
+        link.pin(&pin)
+            .map_err(|e| format!("pin {}: {e}", pin.display()))?;
+    }
+    Ok(())
+}
+
+fn parse_mac(text: &str) -> Result<[u8; 6]> {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| format!("bad MAC {text:?}"))?;
+    bytes.try_into().map_err(|_| format!("bad MAC {text:?}"))
+}
+
+fn port_mac(port: &str) -> Result<[u8; 6]> {
+    let text = std::fs::read_to_string(format!("/sys/class/net/{port}/address"))
+        .map_err(|e| format!("{port}: {e}"))?;
+    parse_mac(text.trim())
+}
+
+fn branch(add: bool, pins: &Path, port: &str, vlan: &str, addr: &str, mac: &str) -> Result<()> {
+    let ifindex: u32 = std::fs::read_to_string(format!("/sys/class/net/{port}/ifindex"))
+        .map_err(|e| format!("{port}: {e}"))?
+        .trim()
+        .parse()
+        .map_err(|e| format!("{port} ifindex: {e}"))?;
+    let vlan: u32 = vlan.parse().map_err(|_| format!("bad VLAN {vlan:?}"))?;
+    let addr: Ipv4Addr = addr.parse().map_err(|_| format!("bad address {addr:?}"))?;
+    let addr = u32::from_ne_bytes(addr.octets());
+    let open = |name: &str| -> Result<aya::maps::Map> {
+        let data = MapData::from_pin(pins.join(name)).map_err(|e| format!("{name}: {e}"))?;
+        Ok(aya::maps::Map::HashMap(data))
+    };
+    let mut sources: HashMap<MapData, BranchKey, PortMac> =
+        HashMap::try_from(open(lab::BRANCH_SOURCES)?).map_err(|e| e.to_string())?;
+    let mut by_addr: HashMap<MapData, u32, Branch> =
+        HashMap::try_from(open(lab::BRANCH_BY_ADDR)?).map_err(|e| e.to_string())?;
+    let key = BranchKey {
+        ifindex,
+        vlan,
+        addr,
+    };
+    if add {
+        sources
+            .insert(
+                key,
+                PortMac {
+                    mac: port_mac(port)?,
+                    _pad: [0; 2],
+                },
+                0,
+            )
+            .map_err(|e| e.to_string())?;
+        by_addr
+            .insert(
+                addr,
+                Branch {
+                    vlan,
+                    mac: parse_mac(mac)?,
+                    _pad: [0; 2],
+                },
+                0,
+            )
+            .map_err(|e| e.to_string())?;
+    } else {
+        let _ = sources.remove(&key);
+        let _ = by_addr.remove(&addr);
+    }
+    Ok(())
+}
