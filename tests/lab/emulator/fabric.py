@@ -117,7 +117,17 @@ class Fabric:
         _run("ip", "-n", netns, "link", "del", plug.node_if, check=False)
         self._vpc("link", "add", vpc_if, "type", "veth", "peer", "name", plug.node_if,
                   "address", plug.mac, "netns", netns)
+        try:
+            self._configure(plug, subnet)
+        except RuntimeError:
+            # Unwind: no half-plugged ENI stays behind.
+            self._vpc("link", "del", vpc_if, check=False)
+            raise
         self.plugs[eni["id"]] = plug
+        log.info("plugged %s as %s in %s (vpc side %s)", eni["id"], plug.node_if, netns, vpc_if)
+
+    def _configure(self, plug, subnet):
+        vpc_if, netns = plug.vpc_if, plug.netns
         self._vpc_sysctl(f"net.ipv4.conf.{vpc_if}.proxy_arp", "1")
         self._vpc_sysctl(f"net.ipv4.conf.{vpc_if}.rp_filter", "1")
         self._vpc("addr", "add", f"{subnet['gateway']}/32", "dev", vpc_if)
@@ -136,7 +146,6 @@ class Fabric:
                  "dev", plug.node_if)
             _run("ip", "-n", netns, "route", "replace", "default", "via", subnet["gateway"],
                  "dev", plug.node_if)
-        log.info("plugged %s as %s in %s (vpc side %s)", eni["id"], plug.node_if, netns, vpc_if)
 
     def _unplug(self, plug):
         # Deleting one end of a veth removes both, and every route through it.

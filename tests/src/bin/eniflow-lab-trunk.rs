@@ -70,6 +70,8 @@ fn attach(pins: &Path, port: &str) -> Result<()> {
             .try_into()
             .map_err(|e| format!("{e}"))?;
         let pin = pins.join(format!("{port}_{name}"));
+        // A pin of that name can only be a dead port's (names are never reused while alive).
+        let _ = std::fs::remove_file(&pin);
         link.pin(&pin)
             .map_err(|e| format!("pin {}: {e}", pin.display()))?;
     }
@@ -85,18 +87,42 @@ fn parse_mac(text: &str) -> Result<[u8; 6]> {
     bytes.try_into().map_err(|_| format!("bad MAC {text:?}"))
 }
 
+/// The port's MAC in this network namespace (/sys would show the host's interfaces).
 fn port_mac(port: &str) -> Result<[u8; 6]> {
-    let text = std::fs::read_to_string(format!("/sys/class/net/{port}/address"))
-        .map_err(|e| format!("{port}: {e}"))?;
-    parse_mac(text.trim())
+    let name = std::ffi::CString::new(port).map_err(|e| e.to_string())?;
+    // SAFETY: an ioctl on a socket this function owns; ifreq is zeroed and its name fits.
+    unsafe {
+        let mut req: libc::ifreq = std::mem::zeroed();
+        let bytes = name.as_bytes_with_nul();
+        if bytes.len() > req.ifr_name.len() {
+            return Err(format!("interface name {port:?} is too long"));
+        }
+        for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
+            *dst = *src as libc::c_char;
+        }
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        let rc = libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req);
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if rc != 0 {
+            return Err(format!("{port}: {err}"));
+        }
+        let data = req.ifr_ifru.ifru_hwaddr.sa_data;
+        Ok(std::array::from_fn(|i| data[i] as u8))
+    }
+}
+
+fn ifindex(port: &str) -> Result<u32> {
+    let name = std::ffi::CString::new(port).map_err(|e| e.to_string())?;
+    // SAFETY: a valid NUL-terminated name.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(format!("{port}: {}", std::io::Error::last_os_error())),
+        index => Ok(index),
+    }
 }
 
 fn branch(add: bool, pins: &Path, port: &str, vlan: &str, addr: &str, mac: &str) -> Result<()> {
-    let ifindex: u32 = std::fs::read_to_string(format!("/sys/class/net/{port}/ifindex"))
-        .map_err(|e| format!("{port}: {e}"))?
-        .trim()
-        .parse()
-        .map_err(|e| format!("{port} ifindex: {e}"))?;
+    let ifindex = ifindex(port)?;
     let vlan: u32 = vlan.parse().map_err(|_| format!("bad VLAN {vlan:?}"))?;
     let addr: Ipv4Addr = addr.parse().map_err(|_| format!("bad address {addr:?}"))?;
     let addr = u32::from_ne_bytes(addr.octets());
