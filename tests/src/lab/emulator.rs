@@ -60,11 +60,13 @@ impl Emulator {
             .arg("--port-file")
             .arg(&port_file)
             .stdin(Stdio::null());
-        cmd.env(
-            "ENIFLOW_LAB_TRUNK_HELPER",
-            crate::agent::binary("eniflow-lab-trunk"),
-        );
         if let Some(ns) = vpc_netns {
+            // Only the fabric needs the trunk helper (and building it builds the workspace's
+            // binaries): API-only emulators start without.
+            cmd.env(
+                "ENIFLOW_LAB_TRUNK_HELPER",
+                crate::agent::binary("eniflow-lab-trunk"),
+            );
             cmd.args(["--vpc-netns", ns]);
         }
         let mut child = cmd.spawn().expect("start the EC2 emulator");
