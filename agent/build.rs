@@ -17,5 +17,5 @@ fn main() {
             object.display()
         );
     }
-    println!("cargo:rustc-env=ENIFLOW_EBPF_OBJECT={}", object.display());
+    println!("cargo:rustc-env=ENIFLOW_EBPF_EMBED={}", object.display());
 }

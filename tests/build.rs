@@ -18,7 +18,7 @@ fn main() {
         );
     }
     println!(
-        "cargo:rustc-env=ENIFLOW_LAB_EBPF_OBJECT={}",
+        "cargo:rustc-env=ENIFLOW_LAB_EBPF_EMBED={}",
         object.display()
     );
 }

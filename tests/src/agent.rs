@@ -20,24 +20,39 @@ pub fn workspace() -> PathBuf {
 pub fn binary(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
+        // Exactly what `cargo xtask test` and `demo` build first, so this is a no-op there:
+        // another package selection would unify features differently and rebuild the SDK.
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        for args in [
-            &["--package", "eniflow-agent", "--package", "eniflow-cni"][..],
-            &["--package", "eniflow-tests", "--bin", "eniflow-lab-trunk"][..],
-        ] {
-            let status = Command::new(&cargo)
-                .args(["build", "--quiet"])
-                .args(args)
-                .current_dir(workspace())
-                .status()
-                .expect("run cargo build");
-            assert!(status.success(), "cargo build {} failed", args.join(" "));
+        let mut build = Command::new(&cargo);
+        build
+            .args(["build", "--quiet", "--workspace", "--bins"])
+            .current_dir(workspace());
+        // `cargo test` gives this process the tests package's CARGO_* variables; build scripts
+        // that watch them (ring's) would see a change and rebuild half the dependency tree.
+        for (name, _) in std::env::vars_os() {
+            if name.to_str().is_some_and(is_package_variable) {
+                build.env_remove(name);
+            }
         }
+        let status = build.status().expect("run cargo build");
+        assert!(status.success(), "cargo build --workspace --bins failed");
     });
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("target"));
     target.join("debug").join(name)
+}
+
+/// The variables cargo sets for one package's build or run, as opposed to configuration.
+fn is_package_variable(name: &str) -> bool {
+    name == "OUT_DIR"
+        || name == "CARGO_MANIFEST_DIR"
+        || name == "CARGO_MANIFEST_PATH"
+        || name == "CARGO_CRATE_NAME"
+        || name == "CARGO_PRIMARY_PACKAGE"
+        || name == "CARGO_TARGET_TMPDIR"
+        || name.starts_with("CARGO_PKG_")
+        || name.starts_with("CARGO_BIN_")
 }
 
 /// A running `eniflow-agent run`; killed (SIGKILL) if still running when dropped.

@@ -43,16 +43,24 @@ pub struct BpffsDir(std::path::PathBuf);
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 pub fn bpffs_dir(what: &str) -> BpffsDir {
-    let base = std::path::Path::new("/sys/fs/bpf");
-    let c = std::ffi::CString::new("/sys/fs/bpf").unwrap();
-    // SAFETY: a zeroed statfs is a valid out-parameter; c is NUL-terminated.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    let mounted =
-        unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC;
-    if !mounted {
-        sh::run("mount", &["-t", "bpf", "bpf", "/sys/fs/bpf"]);
-    }
-    BpffsDir(base.join(unique_name(what)))
+    ensure_bpffs();
+    BpffsDir(std::path::Path::new("/sys/fs/bpf").join(unique_name(what)))
+}
+
+/// Mounts bpffs at /sys/fs/bpf unless it is there (a fresh machine may not have it). Once per
+/// process: two tests mounting at once would stack mounts and hide each other's pins.
+pub fn ensure_bpffs() {
+    static MOUNTED: std::sync::Once = std::sync::Once::new();
+    MOUNTED.call_once(|| {
+        let c = std::ffi::CString::new("/sys/fs/bpf").unwrap();
+        // SAFETY: a zeroed statfs is a valid out-parameter; c is NUL-terminated.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        let mounted =
+            unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC;
+        if !mounted {
+            sh::run("mount", &["-t", "bpf", "bpf", "/sys/fs/bpf"]);
+        }
+    });
 }
 
 impl std::ops::Deref for BpffsDir {

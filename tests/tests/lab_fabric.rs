@@ -449,9 +449,12 @@ async fn trunk_port_steers_vlans_to_branch_enis() {
         .spawn()
         .expect("tcpdump");
     let mut stderr = std::io::BufReader::new(capture.stderr.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
-    assert!(line.contains("listening"), "tcpdump: {line}");
+    // tcpdump says "listening on" once its capture is open; other lines may come first.
+    let mut said = String::new();
+    while !said.contains("listening on") {
+        let n = std::io::BufRead::read_line(&mut stderr, &mut said).unwrap();
+        assert!(n > 0, "tcpdump exited: {said}");
+    }
     host.netns
         .send_udp(host_ip, SocketAddr::from((branch_ip, 4000)), 3);
     let out = capture.wait_with_output().unwrap();

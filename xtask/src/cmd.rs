@@ -6,9 +6,24 @@ use anyhow::{bail, Context, Result};
 
 /// Runs `cargo` (stable, the workspace's toolchain) in the workspace root.
 pub fn cargo(args: &[&str]) -> Result<()> {
-    run(Command::new(env!("CARGO"))
-        .args(args)
-        .current_dir(crate::root()))
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.args(args).current_dir(crate::root());
+    // `cargo run` gives xtask its own package's CARGO_* variables; passed on, build scripts that
+    // watch them (ring's) would rebuild whenever cargo is run from elsewhere, and the SDK with them.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name == "OUT_DIR"
+            || name == "CARGO_MANIFEST_DIR"
+            || name == "CARGO_MANIFEST_PATH"
+            || name == "CARGO_CRATE_NAME"
+            || name == "CARGO_PRIMARY_PACKAGE"
+            || name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_BIN_")
+        {
+            cmd.env_remove(name.as_ref());
+        }
+    }
+    run(&mut cmd)
 }
 
 /// Runs a command with inherited stdio and fails unless it exits 0.

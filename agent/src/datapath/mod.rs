@@ -22,7 +22,7 @@ pub use pins::Pins;
 pub use uninstall::uninstall;
 
 /// The tc programs, built by `cargo xtask build-ebpf` and embedded at build time.
-static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("ENIFLOW_EBPF_OBJECT"));
+static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("ENIFLOW_EBPF_EMBED"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatapathError {

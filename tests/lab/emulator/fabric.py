@@ -130,6 +130,9 @@ class Fabric:
         vpc_if, netns = plug.vpc_if, plug.netns
         self._vpc_sysctl(f"net.ipv4.conf.{vpc_if}.proxy_arp", "1")
         self._vpc_sysctl(f"net.ipv4.conf.{vpc_if}.rp_filter", "1")
+        # EC2 answers ARP at once; Linux delays proxy answers by up to 0.8 s by default (and a
+        # namespace has no neigh "default" to change that for every port).
+        self._vpc_sysctl(f"net.ipv4.neigh.{vpc_if}.proxy_delay", "0")
         self._vpc("addr", "add", f"{subnet['gateway']}/32", "dev", vpc_if)
         self._vpc("link", "set", vpc_if, "up")
         self._vpc("neigh", "replace", plug.primary, "lladdr", plug.mac, "dev", vpc_if,

@@ -20,7 +20,7 @@ use aya::{
 };
 use eniflow_common::lab::{self, Branch, BranchKey, PortMac};
 
-static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("ENIFLOW_LAB_EBPF_OBJECT"));
+static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("ENIFLOW_LAB_EBPF_EMBED"));
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

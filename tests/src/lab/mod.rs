@@ -3,6 +3,7 @@
 //! second node, a remote host per subnet) is a namespace whose ENIs the fabric plugs in as
 //! they are attached. Everything is removed when the lab is dropped.
 
+pub mod api_vpc;
 pub mod emulator;
 pub mod spec;
 
@@ -51,6 +52,7 @@ impl Lab {
     pub async fn start(spec: LabSpec) -> Result<Lab, SpecError> {
         spec.validate()?;
         crate::sweep_crashed_runs();
+        crate::ensure_bpffs(); // the fabric pins its trunk-port programs there
         let fabric = Netns::new("vpc");
         let emulator = Emulator::start(Some(fabric.name()));
         let ec2 = emulator.ec2();
