@@ -3,4 +3,6 @@
 
 pub mod bpffs;
 pub mod datapath;
+pub mod limits;
+pub mod max_pods;
 pub mod netns;

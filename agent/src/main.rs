@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use eniflow_agent::{
     datapath::{self, AttachMode, Datapath, Pins},
-    netns,
+    limits, max_pods, netns,
 };
 use eniflow_common::{
     ATTACH_FLAG_CREATED_CLSACT, ATTACH_MODE_CLSACT, ATTACH_MODE_TCX, DIRECTION_INGRESS,
@@ -54,6 +54,27 @@ enum Command {
     Status,
     /// Detach and unpin everything eniflow made, and nothing else.
     Uninstall,
+    /// Print the max pods of an instance type (VPC CNI's calculator options, with their meaning),
+    /// subtracting the trunk ENI when security groups for pods are on.
+    MaxPods {
+        #[arg(long)]
+        instance_type: String,
+        /// /28 prefixes instead of secondary addresses.
+        #[arg(long, alias = "cni-prefix-delegation-enabled")]
+        prefix_delegation: bool,
+        /// Pods use ENIConfig subnets: the primary ENI carries none.
+        #[arg(long, alias = "cni-custom-networking-enabled")]
+        custom_networking: bool,
+        /// MAX_ENI: at most this many ENIs, the primary included.
+        #[arg(long, alias = "cni-max-eni")]
+        max_eni: Option<u32>,
+        /// Security groups for pods: the trunk ENI takes an ENI slot.
+        #[arg(long)]
+        pod_eni: bool,
+        /// The instance's own figure, without EKS's ceiling (110 up to 30 vCPUs, else 250).
+        #[arg(long, alias = "show-max-allowed")]
+        uncapped: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -95,6 +116,29 @@ async fn dispatch(cli: Cli) -> Result<()> {
             ready_file,
         } => run(pins, &interfaces, attach_mode, ready_file).await,
         Command::Status => status(&pins),
+        Command::MaxPods {
+            instance_type,
+            prefix_delegation,
+            custom_networking,
+            max_eni,
+            pod_eni,
+            uncapped,
+        } => {
+            let limits = limits::bundled(&instance_type).with_context(|| {
+                format!("unknown instance type {instance_type:?} (not in the bundled table)")
+            })?;
+            let opts = max_pods::Options {
+                prefix_delegation,
+                custom_networking,
+                max_eni,
+                pod_eni,
+                uncapped,
+            };
+            let pods =
+                max_pods::max_pods(&instance_type, &limits, &opts).map_err(anyhow::Error::msg)?;
+            println!("{pods}");
+            Ok(())
+        }
         Command::Uninstall => datapath::uninstall(&pins).await.map_err(|errors| {
             anyhow::anyhow!("uninstall left things behind:\n  {}", errors.join("\n  "))
         }),

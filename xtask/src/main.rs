@@ -38,6 +38,8 @@ enum Task {
     },
     /// Set up, build, and run eniflow on an emulated node in network namespaces (needs root).
     Demo,
+    /// Regenerate the agent's bundled instance-type limits from the AWS data the lab's moto carries.
+    GenLimits,
 }
 
 fn main() -> ExitCode {
@@ -47,6 +49,7 @@ fn main() -> ExitCode {
         Task::Build { release } => build(release),
         Task::Test { filter } => test(filter),
         Task::Demo => demo(),
+        Task::GenLimits => gen_limits(),
     };
     // One line per cause; a backtrace of xtask itself helps nobody.
     match result {
@@ -112,6 +115,16 @@ fn demo() -> Result<()> {
     cmd::run(&mut std::process::Command::new(
         root().join("target/debug/eniflow-demo"),
     ))
+}
+
+fn gen_limits() -> Result<()> {
+    setup::run_all()?;
+    step("gen-limits: agent/src/limits/instance_types.csv");
+    cmd::run(
+        std::process::Command::new(setup::lab_venv_dir().join("bin/python"))
+            .arg(root().join("xtask/scripts/instance_limits.py"))
+            .arg(root().join("agent/src/limits/instance_types.csv")),
+    )
 }
 
 /// Prints a step header so long runs say where they are.
