@@ -3,6 +3,7 @@
 
 pub mod bpffs;
 pub mod datapath;
+pub mod ipam;
 pub mod limits;
 pub mod max_pods;
 pub mod netns;

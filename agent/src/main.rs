@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use eniflow_agent::{
     datapath::{self, AttachMode, Datapath, Pins},
-    limits, max_pods, netns,
+    ipam, limits, max_pods, netns,
 };
 use eniflow_common::{
     ATTACH_FLAG_CREATED_CLSACT, ATTACH_MODE_CLSACT, ATTACH_MODE_TCX, DIRECTION_INGRESS,
@@ -151,7 +151,9 @@ async fn run(
     mode: AttachMode,
     ready_file: Option<PathBuf>,
 ) -> Result<()> {
-    // All names are checked before anything is loaded or attached: a typo attaches nothing.
+    // Knobs and interface names are checked before anything is loaded or attached: a typo
+    // attaches nothing.
+    ipam::Knobs::from_env().map_err(anyhow::Error::msg)?;
     for ifname in interfaces {
         datapath::ifindex(ifname)?;
     }

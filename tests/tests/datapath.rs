@@ -365,6 +365,10 @@ fn unknown_interface_is_refused_by_name() {
         "the error does not name the interface: {stderr}"
     );
     // Checked before anything is loaded: nothing attached, nothing pinned.
+    assert_refused_start_left_nothing(&wire, &root);
+}
+
+fn assert_refused_start_left_nothing(wire: &Wire, root: &std::path::Path) {
     assert!(!root.exists(), "a refused start left {}", root.display());
     for dir in Dir::BOTH {
         assert_eq!(
@@ -372,5 +376,37 @@ fn unknown_interface_is_refused_by_name() {
             (vec![], vec![]),
             "a refused start attached to eth0"
         );
+    }
+}
+
+#[test]
+fn contradictory_pool_knobs_stop_the_agent_before_anything_is_attached() {
+    require_root();
+    let wire = Wire::new([10, 71, 7]);
+    let root = bpffs_dir("badknob");
+    for (knob, value) in [
+        ("WARM_PREFIX_TARGET", "2"), // without ENABLE_PREFIX_DELEGATION
+        ("WARM_IP_TARGET", "-1"),
+        ("MAX_ENI", "0"),
+    ] {
+        // Under `timeout`: an agent that accepted the knob would serve until stopped.
+        let out = std::process::Command::new("timeout")
+            .arg("10")
+            .arg(agent::binary("eniflow-agent"))
+            .arg("--netns")
+            .arg(wire.left.path())
+            .arg("--bpffs-root")
+            .arg(&*root)
+            .args(["run", "--interfaces", "eth0"])
+            .env(knob, value)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "the agent accepted {knob}={value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(knob) && stderr.trim().lines().count() == 1,
+            "not one line naming {knob}: {stderr}"
+        );
+        assert_refused_start_left_nothing(&wire, &root);
     }
 }

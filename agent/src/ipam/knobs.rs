@@ -1,0 +1,170 @@
+//! The pool's knobs, read from the environment under VPC CNI's names and with VPC CNI's meaning,
+//! so an aws-node configuration carries over. Anything unknown or contradictory stops the agent at
+//! start with one line naming the knob.
+
+use std::time::Duration;
+
+/// The default cooldown before a released address is handed out again. VPC CNI uses 30 s; the
+/// kernel keeps a stale conntrack entry for a vanished pod's flow up to 120 s (SYN_SENT, TIME_WAIT
+/// and assured UDP streams all time out at 120 s), and a new pod reusing the address within that
+/// window has its first packets captured by the old entry. 120 s outlives them all.
+pub const DEFAULT_IP_COOLDOWN: Duration = Duration::from_secs(120);
+
+/// The value aws-node's own manifests give WARM_PREFIX_TARGET, prefix delegation on or off.
+const AWS_NODE_MANIFEST_WARM_PREFIX_TARGET: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Knobs {
+    /// ENABLE_PREFIX_DELEGATION: /28 prefixes instead of secondary addresses.
+    pub prefix_delegation: bool,
+    /// WARM_ENI_TARGET: whole ENIs' worth of free addresses to keep (default 1).
+    pub warm_eni_target: u32,
+    /// WARM_IP_TARGET: free addresses to keep; 0 or unset means not used.
+    pub warm_ip_target: Option<u32>,
+    /// MINIMUM_IP_TARGET: addresses to hold in total; 0 or unset means not used.
+    pub minimum_ip_target: Option<u32>,
+    /// WARM_PREFIX_TARGET: free /28 prefixes to keep (prefix mode only).
+    pub warm_prefix_target: u32,
+    /// MAX_ENI: at most this many ENIs, the primary included; -1 or unset: the instance's limit.
+    pub max_eni: Option<u32>,
+    /// IP_COOLDOWN_PERIOD: how long a released address rests before reuse.
+    pub ip_cooldown: Duration,
+}
+
+impl Knobs {
+    /// Reads the knobs through `var` (the environment, or a map in tests).
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Knobs, String> {
+        let prefix_delegation = boolean(&var, "ENABLE_PREFIX_DELEGATION")?.unwrap_or(false);
+        let warm_prefix_target = count(&var, "WARM_PREFIX_TARGET")?.unwrap_or(0);
+        if !prefix_delegation
+            && warm_prefix_target != 0
+            && warm_prefix_target != AWS_NODE_MANIFEST_WARM_PREFIX_TARGET
+        {
+            return Err(format!(
+                "WARM_PREFIX_TARGET={warm_prefix_target} needs ENABLE_PREFIX_DELEGATION=true"
+            ));
+        }
+        let max_eni = match var("MAX_ENI").as_deref().map(str::trim) {
+            None | Some("") | Some("-1") => None,
+            Some(text) => match text.parse::<u32>() {
+                Ok(n) if n >= 1 => Some(n),
+                _ => {
+                    return Err(format!(
+                        "MAX_ENI={text:?}: must be -1 (the instance's limit) or at least 1"
+                    ))
+                }
+            },
+        };
+        Ok(Knobs {
+            prefix_delegation,
+            warm_eni_target: count(&var, "WARM_ENI_TARGET")?.unwrap_or(1),
+            warm_ip_target: count(&var, "WARM_IP_TARGET")?.filter(|&n| n > 0),
+            minimum_ip_target: count(&var, "MINIMUM_IP_TARGET")?.filter(|&n| n > 0),
+            warm_prefix_target: if prefix_delegation {
+                warm_prefix_target
+            } else {
+                0
+            },
+            max_eni,
+            ip_cooldown: count(&var, "IP_COOLDOWN_PERIOD")?
+                .map_or(DEFAULT_IP_COOLDOWN, |s| Duration::from_secs(s.into())),
+        })
+    }
+
+    /// Reads the knobs from the process environment.
+    pub fn from_env() -> Result<Knobs, String> {
+        Knobs::from_vars(|name| std::env::var(name).ok())
+    }
+}
+
+/// A whole number ≥ 0, or None when unset or empty.
+fn count(var: &impl Fn(&str) -> Option<String>, name: &str) -> Result<Option<u32>, String> {
+    match var(name).as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(text) => text
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("{name}={text:?}: must be a whole number, 0 or more")),
+    }
+}
+
+fn boolean(var: &impl Fn(&str) -> Option<String>, name: &str) -> Result<Option<bool>, String> {
+    match var(name).as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(text) => Err(format!("{name}={text:?}: must be true or false")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn knobs(vars: &[(&str, &str)]) -> Result<Knobs, String> {
+        Knobs::from_vars(|name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn defaults_are_vpc_cnis_but_the_cooldown() {
+        let k = knobs(&[]).unwrap();
+        assert!(!k.prefix_delegation);
+        assert_eq!(k.warm_eni_target, 1);
+        assert_eq!(
+            (k.warm_ip_target, k.minimum_ip_target, k.max_eni),
+            (None, None, None)
+        );
+        assert_eq!(k.ip_cooldown, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn aws_node_settings_carry_over() {
+        // aws-node's manifest sets WARM_PREFIX_TARGET=1 even with prefix delegation off.
+        let k = knobs(&[
+            ("WARM_PREFIX_TARGET", "1"),
+            ("WARM_IP_TARGET", "5"),
+            ("MINIMUM_IP_TARGET", "0"),
+            ("MAX_ENI", "-1"),
+            ("IP_COOLDOWN_PERIOD", "30"),
+        ])
+        .unwrap();
+        assert_eq!(k.warm_prefix_target, 0);
+        assert_eq!((k.warm_ip_target, k.minimum_ip_target), (Some(5), None));
+        assert_eq!(k.ip_cooldown, Duration::from_secs(30));
+        let k = knobs(&[
+            ("ENABLE_PREFIX_DELEGATION", "true"),
+            ("WARM_PREFIX_TARGET", "2"),
+            ("MAX_ENI", "2"),
+        ])
+        .unwrap();
+        assert_eq!((k.warm_prefix_target, k.max_eni), (2, Some(2)));
+    }
+
+    #[test]
+    fn bad_knobs_are_named() {
+        for (vars, named) in [
+            (
+                &[("WARM_PREFIX_TARGET", "3")][..],
+                "WARM_PREFIX_TARGET=3 needs",
+            ),
+            (&[("WARM_IP_TARGET", "-1")], "WARM_IP_TARGET"),
+            (&[("MINIMUM_IP_TARGET", "ten")], "MINIMUM_IP_TARGET"),
+            (&[("WARM_ENI_TARGET", "-2")], "WARM_ENI_TARGET"),
+            (&[("MAX_ENI", "0")], "MAX_ENI"),
+            (&[("MAX_ENI", "-5")], "MAX_ENI"),
+            (
+                &[("ENABLE_PREFIX_DELEGATION", "yes")],
+                "ENABLE_PREFIX_DELEGATION",
+            ),
+            (&[("IP_COOLDOWN_PERIOD", "1m")], "IP_COOLDOWN_PERIOD"),
+        ] {
+            let err = knobs(vars).unwrap_err();
+            assert!(err.contains(named), "{vars:?}: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+    }
+}
