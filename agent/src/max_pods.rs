@@ -2,12 +2,10 @@
 //! the trunk ENI that calculator forgets when security groups for pods are on (the trunk takes an
 //! ENI slot the figure had promised to pods, and the pods beyond stick in ContainerCreating).
 
-use crate::limits::InstanceLimits;
+use crate::limits::{InstanceLimits, ADDRESSES_PER_PREFIX};
 
 /// Pods on the host network (aws-node/eniflow, kube-proxy) need no VPC address.
 const HOST_NETWORK_PODS: u32 = 2;
-/// Addresses in a /28 prefix, each prefix taking one of an ENI's IPv4 slots.
-const ADDRESSES_PER_PREFIX: u32 = 16;
 /// EKS's recommended ceilings: kubelet is not tested beyond them.
 const CAP_SMALL: u32 = 110;
 const CAP_LARGE: u32 = 250;

@@ -17,6 +17,7 @@ pub fn cargo(args: &[&str]) -> Result<()> {
             || name == "CARGO_MANIFEST_PATH"
             || name == "CARGO_CRATE_NAME"
             || name == "CARGO_PRIMARY_PACKAGE"
+            || name == "CARGO_TARGET_TMPDIR"
             || name.starts_with("CARGO_PKG_")
             || name.starts_with("CARGO_BIN_")
         {

@@ -71,6 +71,16 @@ impl Knobs {
         })
     }
 
+    /// Reads the knobs from name/value pairs (tests).
+    #[cfg(test)]
+    pub(crate) fn from_pairs(vars: &[(&str, &str)]) -> Result<Knobs, String> {
+        Knobs::from_vars(|name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
     /// Reads the knobs from the process environment.
     pub fn from_env() -> Result<Knobs, String> {
         Knobs::from_vars(|name| std::env::var(name).ok())
@@ -102,11 +112,7 @@ mod tests {
     use super::*;
 
     fn knobs(vars: &[(&str, &str)]) -> Result<Knobs, String> {
-        Knobs::from_vars(|name| {
-            vars.iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, v)| v.to_string())
-        })
+        Knobs::from_pairs(vars)
     }
 
     #[test]

@@ -4,9 +4,7 @@
 //! is the allocator's business.
 
 use super::knobs::Knobs;
-
-/// Addresses in a /28 prefix.
-pub const PREFIX: u32 = 16;
+use crate::limits::ADDRESSES_PER_PREFIX as PREFIX;
 
 /// The pool as the refill loop sees it, in addresses (a prefix counts 16; primary addresses, which
 /// pods never get, are not counted).
@@ -96,12 +94,7 @@ mod tests {
     use super::*;
 
     fn knobs(vars: &[(&str, &str)]) -> Knobs {
-        Knobs::from_vars(|name| {
-            vars.iter()
-                .find(|(n, _)| *n == name)
-                .map(|(_, v)| v.to_string())
-        })
-        .unwrap()
+        Knobs::from_pairs(vars).unwrap()
     }
 
     fn pool(total: u32, assigned: u32, cooling: u32) -> Pool {

@@ -36,6 +36,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.dont_write_bytecode = True  # leave no __pycache__ in the source tree
 
+import imds  # noqa: E402  (both found through HERE)
+from fabric import Fabric  # noqa: E402
+
 # EC2 refuses instance types it does not know; so does moto with this set (read at import).
 os.environ.setdefault("MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION", "true")
 
@@ -61,34 +64,6 @@ def setns(fd):
     if libc.setns(fd, CLONE_NEWNET) != 0:
         errno = ctypes.get_errno()
         raise OSError(errno, f"setns: {os.strerror(errno)}")
-
-
-try:
-    from fabric import Fabric
-except ImportError:  # the lead's fabric.py not there yet
-
-    class Fabric:  # type: ignore[no-redef]
-        def __init__(self, vpc_netns):
-            self.vpc_netns = vpc_netns
-
-        def register(self, instance_id, netns):
-            pass
-
-        def sync(self, view):
-            pass
-
-        def close(self):
-            pass
-
-
-def _imds_handler():
-    try:
-        import imds
-
-        return imds.handle
-    except ImportError:
-        log.warning("imds.py is not there: IMDS answers 404")
-        return None
 
 
 def error_body(code, message, request_id=None):
@@ -181,7 +156,6 @@ class Lab:
         self.lock = threading.RLock()
         self.faults = Faults()
         self.fabric = Fabric(vpc_netns)
-        self.imds = _imds_handler()
         self.imds_instance = None
         self.nodes = {}  # instance id -> (netns, server)
         self.servers = []
@@ -325,10 +299,10 @@ class Lab:
         from werkzeug.datastructures import EnvironHeaders
 
         instance_id = node_instance or self.imds_instance
-        if self.imds is None or instance_id is None:
+        if instance_id is None:
             return self.respond(start_response, 404, b"Not Found", "text/plain")
         view = self.view()
-        status, headers, body = self.imds(view, instance_id, method, path,
+        status, headers, body = imds.handle(view, instance_id, method, path,
                                           EnvironHeaders(environ))
         if isinstance(body, str):
             body = body.encode()
