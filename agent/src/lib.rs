@@ -3,6 +3,8 @@
 
 pub mod bpffs;
 pub mod datapath;
+pub mod ec2;
+pub mod instance;
 pub mod ipam;
 pub mod limits;
 pub mod max_pods;

@@ -1,6 +1,265 @@
-//! IP address management: the pool's knobs and the warm-target arithmetic the refill loop acts on.
+//! IP address management: the node's pool of VPC addresses. Pods take from the pool and give back
+//! to it without waiting on EC2 (`assign`, `release`, each persisted before it is acknowledged);
+//! the refill loop (`refill`) moves the pool towards its warm targets with EC2 calls.
 
+pub mod checkpoint;
 pub mod knobs;
+pub mod leaks;
+pub mod pool;
+mod refill;
 pub mod warm;
 
+use std::{
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::{Mutex, MutexGuard},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
 pub use knobs::Knobs;
+pub use pool::{Allocation, Owner, PoolError};
+
+use crate::{
+    ec2::{Ec2, Ec2Error},
+    instance::Instance,
+    limits::{self, InstanceLimits, ADDRESSES_PER_PREFIX},
+    max_pods,
+};
+use checkpoint::{CheckpointError, Cooling};
+use pool::Pool;
+
+/// How the pool is run, beyond VPC CNI's knobs.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub knobs: Knobs,
+    /// eniflow's checkpoint.
+    pub checkpoint: PathBuf,
+    /// VPC CNI's checkpoint, imported when eniflow has none yet.
+    pub vpc_cni_checkpoint: Option<PathBuf>,
+    /// CLUSTER_NAME: tagged on new ENIs.
+    pub cluster_name: Option<String>,
+    /// An ENI younger than this is never detached (VPC CNI: one minute).
+    pub eni_min_age: Duration,
+    /// At most one give-back (addresses, prefixes or ENIs) per interval (VPC CNI: 30 s).
+    pub release_interval: Duration,
+    /// The refill loop's period when nothing wakes it (VPC CNI: 5 s).
+    pub refill_period: Duration,
+    /// How often the refill loop sweeps leaked ENIs (VPC CNI: hourly); None: never.
+    pub leak_sweep: Option<Duration>,
+}
+
+impl Config {
+    pub fn new(knobs: Knobs, checkpoint: PathBuf) -> Config {
+        Config {
+            knobs,
+            checkpoint,
+            vpc_cni_checkpoint: None,
+            cluster_name: None,
+            eni_min_age: Duration::from_secs(60),
+            release_interval: Duration::from_secs(30),
+            refill_period: Duration::from_secs(5),
+            leak_sweep: Some(Duration::from_secs(3600)),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IpamError {
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    Ec2(#[from] Ec2Error),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// The node's address pool.
+pub struct Ipam {
+    ec2: Ec2,
+    instance: Instance,
+    config: Config,
+    limits: InstanceLimits,
+    capacity: warm::Capacity,
+    /// ENIs the node may have on its default card (MAX_ENI and the instance's limit).
+    max_enis: u32,
+    pool: Mutex<Pool>,
+    last_release: Mutex<Option<Instant>>,
+    wake: tokio::sync::Notify,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+impl Ipam {
+    /// Reads the instance's limits and attached ENIs, restores the checkpoint (or imports VPC
+    /// CNI's) onto them, and writes it back: allocations whose address is gone are dropped.
+    pub async fn start(ec2: Ec2, instance: Instance, config: Config) -> Result<Ipam, IpamError> {
+        let limits = match ec2.instance_limits(&instance.instance_type).await {
+            Ok(limits) => limits,
+            Err(e) if e.is_authorization() => return Err(e.into()),
+            Err(e) => {
+                let bundled = limits::bundled(&instance.instance_type).ok_or_else(|| {
+                    IpamError::Config(format!(
+                        "instance type {:?}: DescribeInstanceTypes failed ({e}) and the bundled table does not know it",
+                        instance.instance_type
+                    ))
+                })?;
+                log::warn!("DescribeInstanceTypes failed ({e}); using the bundled limits");
+                bundled
+            }
+        };
+        let knobs = &config.knobs;
+        let opts = max_pods::Options {
+            prefix_delegation: knobs.prefix_delegation,
+            max_eni: knobs.max_eni,
+            ..Default::default()
+        };
+        let max_pods = max_pods::max_pods(&instance.instance_type, &limits, &opts)
+            .map_err(|e| IpamError::Config(format!("ENABLE_PREFIX_DELEGATION/MAX_ENI: {e}")))?;
+        let unit = if knobs.prefix_delegation {
+            ADDRESSES_PER_PREFIX
+        } else {
+            1
+        };
+        let capacity = warm::Capacity {
+            per_eni: limits.ipv4_per_eni.saturating_sub(1) * unit,
+            max_pods,
+        };
+        let max_enis = knobs.max_eni.map_or(limits.default_card_enis, |m| {
+            m.min(limits.default_card_enis)
+        });
+
+        let mut pool = Pool::default();
+        for eni in ec2.attached_enis(&instance.id).await? {
+            let for_pods = eni.network_card == 0 && !eni.trunk;
+            pool.add_eni(eni, for_pods);
+        }
+        let (allocations, cooling) = match checkpoint::load(&config.checkpoint)? {
+            Some(c) => (
+                c.allocations,
+                c.cooling
+                    .into_iter()
+                    .map(|c| (c.ipv4, c.released_at_ms))
+                    .collect(),
+            ),
+            None => match &config.vpc_cni_checkpoint {
+                Some(path) => match checkpoint::import_vpc_cni(path)? {
+                    Some(imported) => {
+                        log::info!(
+                            "imported {} allocation(s) from VPC CNI's {}",
+                            imported.len(),
+                            path.display()
+                        );
+                        (imported, Vec::new())
+                    }
+                    None => Default::default(),
+                },
+                None => Default::default(),
+            },
+        };
+        for gone in pool.restore(allocations, cooling) {
+            log::warn!(
+                "dropping the allocation of {} for {:?}: the address is on none of the node's ENIs",
+                gone.ipv4,
+                gone.owner
+            );
+        }
+        let ipam = Ipam {
+            ec2,
+            instance,
+            config,
+            limits,
+            capacity,
+            max_enis,
+            pool: Mutex::new(pool),
+            last_release: Mutex::new(None),
+            wake: tokio::sync::Notify::new(),
+        };
+        ipam.save(&ipam.lock())?;
+        Ok(ipam)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Pool> {
+        self.pool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn save(&self, pool: &Pool) -> Result<(), CheckpointError> {
+        checkpoint::save(
+            &self.config.checkpoint,
+            &checkpoint::Checkpoint {
+                version: checkpoint::VERSION.into(),
+                allocations: pool.allocations().cloned().collect(),
+                cooling: pool
+                    .cooling()
+                    .map(|(ipv4, released_at_ms)| Cooling {
+                        ipv4,
+                        released_at_ms,
+                    })
+                    .collect(),
+            },
+        )
+    }
+
+    /// Gives `owner` an address from the pool (the same one for a repeated request), persisted
+    /// before it returns. Never calls EC2.
+    pub fn assign(&self, owner: &Owner, pod: (&str, &str)) -> Result<Allocation, IpamError> {
+        let mut pool = self.lock();
+        if let Some(existing) = pool.allocation(owner) {
+            return Ok(existing.clone());
+        }
+        let now = now_ms();
+        pool.expire_cooling(now, self.config.knobs.ip_cooldown);
+        let allocation = pool.take(owner, pod, now);
+        self.wake.notify_one();
+        let allocation = allocation?;
+        if let Err(e) = self.save(&pool) {
+            pool.untake(owner);
+            return Err(e.into());
+        }
+        Ok(allocation)
+    }
+
+    /// Returns `owner`'s address to the pool (to cool first); Ok(None) when it held none.
+    pub fn release(&self, owner: &Owner) -> Result<Option<Allocation>, IpamError> {
+        let mut pool = self.lock();
+        let Some(allocation) = pool.release(owner, now_ms()) else {
+            return Ok(None);
+        };
+        if let Err(e) = self.save(&pool) {
+            pool.unrelease(allocation);
+            return Err(e.into());
+        }
+        self.wake.notify_one();
+        Ok(Some(allocation))
+    }
+
+    /// The pool's counts, after expiring finished cooldowns.
+    pub fn counts(&self) -> warm::Pool {
+        let mut pool = self.lock();
+        pool.expire_cooling(now_ms(), self.config.knobs.ip_cooldown);
+        pool.counts()
+    }
+
+    pub fn allocations(&self) -> Vec<Allocation> {
+        self.lock().allocations().cloned().collect()
+    }
+
+    /// Every pod address the pool holds, assigned or not.
+    pub fn addresses(&self) -> Vec<Ipv4Addr> {
+        self.lock().pod_addresses()
+    }
+
+    pub fn capacity(&self) -> warm::Capacity {
+        self.capacity
+    }
+
+    pub fn ec2(&self) -> &Ec2 {
+        &self.ec2
+    }
+}

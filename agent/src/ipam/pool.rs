@@ -1,0 +1,566 @@
+//! Who holds which address: the node's ENIs with their secondary addresses and /28 prefixes, the
+//! pods' allocations, the addresses cooling after release, and what the refill loop is giving
+//! back to EC2. Pure bookkeeping, no EC2 calls: a pod's address comes from here alone.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    time::{Duration, SystemTime},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::warm;
+use crate::{ec2::Eni, limits::ADDRESSES_PER_PREFIX};
+
+/// Who an address is for: CNI's key for an attachment.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Owner {
+    pub network: String,
+    pub container_id: String,
+    pub ifname: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    pub owner: Owner,
+    pub ipv4: Ipv4Addr,
+    pub eni: String,
+    #[serde(default)]
+    pub pod_namespace: String,
+    #[serde(default)]
+    pub pod_name: String,
+    /// Unix milliseconds.
+    pub allocated_at_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PoolError {
+    #[error("no free address in the pool (it holds {total}, {assigned} assigned, {cooling} cooling); the refill loop is adding more")]
+    Empty {
+        total: u32,
+        assigned: u32,
+        cooling: u32,
+    },
+}
+
+/// One attached ENI as the pool sees it.
+#[derive(Clone, Debug)]
+struct PoolEni {
+    eni: Eni,
+    /// Pods may use its addresses (not the primary ENI under custom networking).
+    for_pods: bool,
+    /// Being detached: nothing new is taken from it.
+    draining: bool,
+}
+
+impl PoolEni {
+    fn secondaries(&self) -> &[Ipv4Addr] {
+        self.eni.addresses.get(1..).unwrap_or_default()
+    }
+
+    /// Every address a pod may get from this ENI, secondaries first.
+    fn pod_addresses(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        let from_prefixes = self.eni.prefixes.iter().flat_map(|p| prefix_addresses(*p));
+        self.secondaries().iter().copied().chain(from_prefixes)
+    }
+}
+
+fn prefix_addresses(base: Ipv4Addr) -> impl Iterator<Item = Ipv4Addr> {
+    let first = u32::from(base);
+    (first..first + ADDRESSES_PER_PREFIX).map(Ipv4Addr::from)
+}
+
+fn prefix_of(ip: Ipv4Addr) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(ip) & !(ADDRESSES_PER_PREFIX - 1))
+}
+
+#[derive(Debug, Default)]
+pub struct Pool {
+    enis: BTreeMap<String, PoolEni>,
+    by_owner: BTreeMap<Owner, Allocation>,
+    held: BTreeMap<Ipv4Addr, Owner>,
+    /// Released addresses and when (unix ms): not handed out until the cooldown has passed.
+    cooling: BTreeMap<Ipv4Addr, u64>,
+    /// Secondary addresses and prefix bases being unassigned right now.
+    leaving: BTreeSet<Ipv4Addr>,
+}
+
+impl Pool {
+    /// Adds (or refreshes) an attached ENI.
+    pub fn add_eni(&mut self, eni: Eni, for_pods: bool) {
+        let draining = self.enis.get(&eni.id).is_some_and(|e| e.draining);
+        self.enis.insert(
+            eni.id.clone(),
+            PoolEni {
+                eni,
+                for_pods,
+                draining,
+            },
+        );
+    }
+
+    pub fn remove_eni(&mut self, id: &str) {
+        self.enis.remove(id);
+    }
+
+    /// The ENIs pods draw from, by (card, device index).
+    pub fn enis(&self) -> Vec<&Eni> {
+        let mut enis: Vec<&Eni> = self.enis.values().map(|e| &e.eni).collect();
+        enis.sort_by_key(|e| (e.network_card, e.device_index));
+        enis
+    }
+
+    /// ENIs that can take more addresses: for pods and not draining.
+    pub fn growable(&self) -> Vec<&Eni> {
+        let mut enis: Vec<&Eni> = self
+            .enis
+            .values()
+            .filter(|e| e.for_pods && !e.draining)
+            .map(|e| &e.eni)
+            .collect();
+        enis.sort_by_key(|e| (e.network_card, e.device_index));
+        enis
+    }
+
+    /// Newly assigned secondaries or prefixes on an ENI the pool knows.
+    pub fn add_blocks(&mut self, eni: &str, blocks: &[Ipv4Addr], prefixes: bool) {
+        if let Some(e) = self.enis.get_mut(eni) {
+            let list = if prefixes {
+                &mut e.eni.prefixes
+            } else {
+                &mut e.eni.addresses
+            };
+            for b in blocks {
+                if !list.contains(b) {
+                    list.push(*b);
+                }
+            }
+        }
+    }
+
+    /// Every address pods may get, assigned or not, in order.
+    pub fn pod_addresses(&self) -> Vec<Ipv4Addr> {
+        let mut all: Vec<Ipv4Addr> = self
+            .enis
+            .values()
+            .filter(|e| e.for_pods)
+            .flat_map(|e| e.pod_addresses())
+            .collect();
+        all.sort();
+        all
+    }
+
+    pub fn counts(&self) -> warm::Pool {
+        let total = self
+            .enis
+            .values()
+            .filter(|e| e.for_pods && !e.draining)
+            .map(|e| {
+                e.secondaries().len() as u32 + e.eni.prefixes.len() as u32 * ADDRESSES_PER_PREFIX
+            })
+            .sum::<u32>();
+        warm::Pool {
+            total,
+            assigned: self.held.len() as u32,
+            cooling: self.cooling.len() as u32,
+        }
+    }
+
+    fn usable(&self, ip: Ipv4Addr) -> bool {
+        !self.held.contains_key(&ip)
+            && !self.cooling.contains_key(&ip)
+            && !self.leaving.contains(&ip)
+            && !self.leaving.contains(&prefix_of(ip))
+    }
+
+    /// Hands `owner` an address (the same one again if it already has one). Secondaries first,
+    /// then the fullest prefix, so whole prefixes stay free to give back.
+    pub fn take(
+        &mut self,
+        owner: &Owner,
+        pod: (&str, &str),
+        now_ms: u64,
+    ) -> Result<Allocation, PoolError> {
+        if let Some(existing) = self.by_owner.get(owner) {
+            return Ok(existing.clone());
+        }
+        let in_use = |base: Ipv4Addr| {
+            prefix_addresses(base)
+                .filter(|ip| !self.usable(*ip))
+                .count()
+        };
+        let mut best: Option<(usize, Ipv4Addr, &str)> = None;
+        for e in self.enis.values().filter(|e| e.for_pods && !e.draining) {
+            if let Some(ip) = e.secondaries().iter().copied().find(|ip| self.usable(*ip)) {
+                best = Some((usize::MAX, ip, &e.eni.id));
+                break;
+            }
+            for base in &e.eni.prefixes {
+                let used = in_use(*base);
+                if best.is_some_and(|(b, _, _)| b >= used) {
+                    continue;
+                }
+                if let Some(ip) = prefix_addresses(*base).find(|ip| self.usable(*ip)) {
+                    best = Some((used, ip, &e.eni.id));
+                }
+            }
+        }
+        let Some((_, ipv4, eni)) = best else {
+            let c = self.counts();
+            return Err(PoolError::Empty {
+                total: c.total,
+                assigned: c.assigned,
+                cooling: c.cooling,
+            });
+        };
+        let allocation = Allocation {
+            owner: owner.clone(),
+            ipv4,
+            eni: eni.to_owned(),
+            pod_namespace: pod.0.to_owned(),
+            pod_name: pod.1.to_owned(),
+            allocated_at_ms: now_ms,
+        };
+        self.held.insert(ipv4, owner.clone());
+        self.by_owner.insert(owner.clone(), allocation.clone());
+        Ok(allocation)
+    }
+
+    /// Undoes a `take` that could not be persisted.
+    pub fn untake(&mut self, owner: &Owner) {
+        if let Some(a) = self.by_owner.remove(owner) {
+            self.held.remove(&a.ipv4);
+        }
+    }
+
+    /// Releases `owner`'s address into cooldown; None when it holds none (DEL is idempotent).
+    pub fn release(&mut self, owner: &Owner, now_ms: u64) -> Option<Allocation> {
+        let a = self.by_owner.remove(owner)?;
+        self.held.remove(&a.ipv4);
+        self.cooling.insert(a.ipv4, now_ms);
+        Some(a)
+    }
+
+    /// Undoes a `release` that could not be persisted.
+    pub fn unrelease(&mut self, allocation: Allocation) {
+        self.cooling.remove(&allocation.ipv4);
+        self.held.insert(allocation.ipv4, allocation.owner.clone());
+        self.by_owner.insert(allocation.owner.clone(), allocation);
+    }
+
+    /// Ends the cooldown of addresses released at least `cooldown` ago.
+    pub fn expire_cooling(&mut self, now_ms: u64, cooldown: Duration) {
+        let cooldown = cooldown.as_millis() as u64;
+        self.cooling
+            .retain(|_, released| now_ms.saturating_sub(*released) < cooldown);
+    }
+
+    pub fn allocation(&self, owner: &Owner) -> Option<&Allocation> {
+        self.by_owner.get(owner)
+    }
+
+    pub fn allocations(&self) -> impl Iterator<Item = &Allocation> {
+        self.by_owner.values()
+    }
+
+    pub fn cooling(&self) -> impl Iterator<Item = (Ipv4Addr, u64)> + '_ {
+        self.cooling.iter().map(|(ip, at)| (*ip, *at))
+    }
+
+    /// Restores checkpointed state onto the ENIs the pool holds; returns the allocations whose
+    /// address is no longer on any of them (dropped).
+    pub fn restore(
+        &mut self,
+        allocations: Vec<Allocation>,
+        cooling: Vec<(Ipv4Addr, u64)>,
+    ) -> Vec<Allocation> {
+        let mut dropped = Vec::new();
+        for mut a in allocations {
+            match self.eni_of(a.ipv4) {
+                Some(eni) if !self.held.contains_key(&a.ipv4) => {
+                    a.eni = eni.to_owned();
+                    self.held.insert(a.ipv4, a.owner.clone());
+                    self.by_owner.insert(a.owner.clone(), a);
+                }
+                _ => dropped.push(a),
+            }
+        }
+        for (ip, at) in cooling {
+            if self.eni_of(ip).is_some() && !self.held.contains_key(&ip) {
+                self.cooling.insert(ip, at);
+            }
+        }
+        dropped
+    }
+
+    fn eni_of(&self, ip: Ipv4Addr) -> Option<&str> {
+        self.enis
+            .values()
+            .find(|e| e.for_pods && e.pod_addresses().any(|a| a == ip))
+            .map(|e| e.eni.id.as_str())
+    }
+
+    /// Picks up to `count` free secondary addresses to give back and marks them leaving.
+    pub fn pick_free_secondaries(&mut self, count: u32) -> Vec<(String, Vec<Ipv4Addr>)> {
+        let mut picked: Vec<(String, Vec<Ipv4Addr>)> = Vec::new();
+        let mut left = count as usize;
+        // Emptiest ENIs last-in-first-out: take from the highest device index first.
+        let mut enis: Vec<&PoolEni> = self
+            .enis
+            .values()
+            .filter(|e| e.for_pods && !e.draining)
+            .collect();
+        enis.sort_by_key(|e| std::cmp::Reverse((e.eni.network_card, e.eni.device_index)));
+        for e in enis {
+            let free: Vec<Ipv4Addr> = e
+                .secondaries()
+                .iter()
+                .copied()
+                .filter(|ip| self.usable(*ip))
+                .take(left)
+                .collect();
+            if !free.is_empty() {
+                left -= free.len();
+                picked.push((e.eni.id.clone(), free));
+            }
+            if left == 0 {
+                break;
+            }
+        }
+        for (_, ips) in &picked {
+            self.leaving.extend(ips.iter().copied());
+        }
+        picked
+    }
+
+    /// Picks up to `count` wholly free prefixes to give back and marks them leaving.
+    pub fn pick_free_prefixes(&mut self, count: u32) -> Vec<(String, Vec<Ipv4Addr>)> {
+        let mut picked: Vec<(String, Vec<Ipv4Addr>)> = Vec::new();
+        let mut left = count as usize;
+        let mut enis: Vec<&PoolEni> = self
+            .enis
+            .values()
+            .filter(|e| e.for_pods && !e.draining)
+            .collect();
+        enis.sort_by_key(|e| std::cmp::Reverse((e.eni.network_card, e.eni.device_index)));
+        for e in enis {
+            let free: Vec<Ipv4Addr> = e
+                .eni
+                .prefixes
+                .iter()
+                .copied()
+                .filter(|base| prefix_addresses(*base).all(|ip| self.usable(ip)))
+                .take(left)
+                .collect();
+            if !free.is_empty() {
+                left -= free.len();
+                picked.push((e.eni.id.clone(), free));
+            }
+            if left == 0 {
+                break;
+            }
+        }
+        for (_, bases) in &picked {
+            self.leaving.extend(bases.iter().copied());
+        }
+        picked
+    }
+
+    /// Ends a give-back: `removed` blocks leave their ENI; either way they stop being "leaving".
+    pub fn settle_leaving(&mut self, eni: &str, blocks: &[Ipv4Addr], removed: bool) {
+        for b in blocks {
+            self.leaving.remove(b);
+        }
+        if removed {
+            if let Some(e) = self.enis.get_mut(eni) {
+                let primary = e.eni.addresses.first().copied();
+                e.eni
+                    .addresses
+                    .retain(|a| !blocks.contains(a) || Some(*a) == primary);
+                e.eni.prefixes.retain(|p| !blocks.contains(p));
+            }
+        }
+    }
+
+    /// Picks up to `count` ENIs to detach: eniflow's own, not the primary, holding no assigned or
+    /// cooling address, at least `min_age` old. Marks them draining.
+    pub fn pick_free_enis(&mut self, count: u32, now: SystemTime, min_age: Duration) -> Vec<Eni> {
+        let mut picked = Vec::new();
+        let ids: Vec<String> = self
+            .enis
+            .values()
+            .rev()
+            .filter(|e| !e.draining && e.eni.device_index != 0 && e.eni.attachment_id.is_some())
+            .filter(|e| {
+                e.eni.created_at.is_some_and(|created| {
+                    now.duration_since(created).unwrap_or_default() >= min_age
+                })
+            })
+            .filter(|e| {
+                e.pod_addresses()
+                    .all(|ip| !self.held.contains_key(&ip) && !self.cooling.contains_key(&ip))
+            })
+            .map(|e| e.eni.id.clone())
+            .collect();
+        for id in ids.into_iter().take(count as usize) {
+            if let Some(e) = self.enis.get_mut(&id) {
+                e.draining = true;
+                picked.push(e.eni.clone());
+            }
+        }
+        picked
+    }
+
+    /// A detach that failed: the ENI serves pods again.
+    pub fn undrain(&mut self, id: &str) {
+        if let Some(e) = self.enis.get_mut(id) {
+            e.draining = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eni(id: &str, device: u32, addresses: &[&str], prefixes: &[&str]) -> Eni {
+        Eni {
+            id: id.into(),
+            attachment_id: Some(format!("attach-{id}")),
+            device_index: device,
+            network_card: 0,
+            subnet_id: "subnet-1".into(),
+            addresses: addresses.iter().map(|a| a.parse().unwrap()).collect(),
+            prefixes: prefixes.iter().map(|a| a.parse().unwrap()).collect(),
+            created_at: (device > 0).then_some(SystemTime::UNIX_EPOCH),
+            status: "in-use".into(),
+            trunk: false,
+        }
+    }
+
+    fn owner(n: u32) -> Owner {
+        Owner {
+            network: "eniflow".into(),
+            container_id: format!("c{n}"),
+            ifname: "eth0".into(),
+        }
+    }
+
+    #[test]
+    fn take_is_idempotent_and_never_hands_out_an_address_twice() {
+        let mut pool = Pool::default();
+        pool.add_eni(
+            eni("eni-0", 0, &["10.0.0.10", "10.0.0.11", "10.0.0.12"], &[]),
+            true,
+        );
+        let a = pool.take(&owner(1), ("ns", "a"), 0).unwrap();
+        assert_eq!(pool.take(&owner(1), ("ns", "a"), 5).unwrap(), a);
+        let b = pool.take(&owner(2), ("ns", "b"), 0).unwrap();
+        assert_ne!(a.ipv4, b.ipv4);
+        assert!(matches!(
+            pool.take(&owner(3), ("ns", "c"), 0),
+            Err(PoolError::Empty {
+                total: 2,
+                assigned: 2,
+                cooling: 0
+            })
+        ));
+        // Released addresses cool before reuse.
+        pool.release(&owner(1), 1_000);
+        assert!(pool.take(&owner(3), ("ns", "c"), 1_000).is_err());
+        pool.expire_cooling(60_000, Duration::from_secs(120));
+        assert!(pool.take(&owner(3), ("ns", "c"), 60_000).is_err());
+        pool.expire_cooling(121_000, Duration::from_secs(120));
+        assert_eq!(
+            pool.take(&owner(3), ("ns", "c"), 121_000).unwrap().ipv4,
+            a.ipv4
+        );
+    }
+
+    #[test]
+    fn prefixes_fill_the_fullest_first_and_only_whole_free_ones_go_back() {
+        let mut pool = Pool::default();
+        pool.add_eni(
+            eni("eni-0", 0, &["10.0.0.10"], &["10.0.1.0", "10.0.1.16"]),
+            true,
+        );
+        for n in 0..3 {
+            let a = pool.take(&owner(n), ("ns", "p"), 0).unwrap();
+            assert_eq!(
+                prefix_of(a.ipv4),
+                prefix_of(pool.allocation(&owner(0)).unwrap().ipv4)
+            );
+        }
+        assert_eq!(
+            pool.counts(),
+            warm::Pool {
+                total: 32,
+                assigned: 3,
+                cooling: 0
+            }
+        );
+        let picked = pool.pick_free_prefixes(2);
+        assert_eq!(picked.len(), 1);
+        assert_eq!(picked[0].1.len(), 1, "only the untouched prefix is free");
+        // While leaving, nothing is taken from it.
+        for n in 3..16 {
+            pool.take(&owner(n), ("ns", "p"), 0).unwrap();
+        }
+        assert!(pool.take(&owner(16), ("ns", "p"), 0).is_err());
+        let (eni_id, bases) = &picked[0];
+        pool.settle_leaving(eni_id, bases, true);
+        assert_eq!(pool.counts().total, 16);
+    }
+
+    #[test]
+    fn only_idle_old_enis_of_ours_are_picked_to_detach() {
+        let mut pool = Pool::default();
+        pool.add_eni(eni("eni-0", 0, &["10.0.0.10", "10.0.0.11"], &[]), true);
+        pool.add_eni(eni("eni-1", 1, &["10.0.0.20", "10.0.0.21"], &[]), true);
+        pool.add_eni(eni("eni-2", 2, &["10.0.0.30", "10.0.0.31"], &[]), true);
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(30);
+        assert!(
+            pool.pick_free_enis(3, now, Duration::from_secs(60))
+                .is_empty(),
+            "too young"
+        );
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(61);
+        pool.take(&owner(1), ("ns", "a"), 0).unwrap();
+        pool.take(&owner(2), ("ns", "b"), 0).unwrap();
+        pool.release(&owner(2), 0);
+        let picked: Vec<String> = pool
+            .pick_free_enis(3, now, Duration::from_secs(60))
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        // eni-0 is the primary; the others hold an assigned and a cooling address in order.
+        let held_on: BTreeSet<&str> = [pool.allocation(&owner(1)).unwrap().eni.as_str()].into();
+        assert!(picked
+            .iter()
+            .all(|id| id != "eni-0" && !held_on.contains(id.as_str())));
+        assert_eq!(picked.len(), 1, "{picked:?}");
+    }
+
+    #[test]
+    fn restore_drops_allocations_whose_address_is_gone() {
+        let mut pool = Pool::default();
+        pool.add_eni(eni("eni-0", 0, &["10.0.0.10", "10.0.0.11"], &[]), true);
+        let keep = Allocation {
+            owner: owner(1),
+            ipv4: "10.0.0.11".parse().unwrap(),
+            eni: "stale".into(),
+            pod_namespace: String::new(),
+            pod_name: String::new(),
+            allocated_at_ms: 0,
+        };
+        let gone = Allocation {
+            owner: owner(2),
+            ipv4: "10.0.9.9".parse().unwrap(),
+            ..keep.clone()
+        };
+        let dropped = pool.restore(vec![keep.clone(), gone.clone()], vec![]);
+        assert_eq!(dropped, vec![gone]);
+        assert_eq!(pool.allocation(&owner(1)).unwrap().eni, "eni-0");
+    }
+}

@@ -1,0 +1,611 @@
+//! The agent's address pool against the lab's EC2 and IMDS: warm targets met by filling attached
+//! ENIs before adding ENIs, never beyond the instance's limits; give-backs of addresses, prefixes
+//! and whole ENIs; EC2 failures (attach limit, address limit, throttling, missing permission)
+//! that lose or duplicate nothing; the checkpoint across restarts and VPC CNI's imported.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use eniflow_agent::{
+    ec2::{self, Ec2},
+    instance::{self, Instance},
+    ipam::{warm::Plan, Config, Ipam, IpamError, Knobs, Owner, PoolError},
+};
+use eniflow_tests::lab::{
+    api_vpc::{addresses, prefixes, ApiVpc, Launched},
+    emulator::Fault,
+};
+
+struct Node {
+    vpc: ApiVpc,
+    launched: Launched,
+    checkpoint: PathBuf,
+}
+
+impl Node {
+    async fn new(instance_type: &str) -> Node {
+        let vpc = ApiVpc::new().await;
+        let subnet = vpc.subnet("10.0.0.0/20", "us-west-2a").await;
+        let launched = vpc.launch(instance_type, &subnet).await;
+        vpc.emulator.select_imds(&launched.id);
+        let dir = std::env::temp_dir().join(eniflow_tests::unique_name("ipam"));
+        Node {
+            vpc,
+            launched,
+            checkpoint: dir.join("ipam.json"),
+        }
+    }
+
+    async fn instance(&self) -> Instance {
+        let client = instance::client(Some(&self.vpc.emulator.endpoint())).expect("IMDS client");
+        Instance::read(&client).await.expect("instance metadata")
+    }
+
+    fn config(&self, vars: &[(&str, &str)]) -> Config {
+        let knobs = Knobs::from_vars(|name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.to_string())
+        })
+        .expect("valid knobs");
+        let mut config = Config::new(knobs, self.checkpoint.clone());
+        config.eni_min_age = Duration::ZERO;
+        config.release_interval = Duration::ZERO;
+        config.refill_period = Duration::from_millis(100);
+        config
+    }
+
+    async fn ipam(&self, vars: &[(&str, &str)]) -> Ipam {
+        let config = self.config(vars);
+        Ipam::start(
+            Ec2::from_client(self.vpc.ec2.clone()),
+            self.instance().await,
+            config,
+        )
+        .await
+        .expect("the pool starts")
+    }
+
+    /// ENI id → (device index, addresses, prefixes), as EC2 sees the instance.
+    async fn attached(&self) -> BTreeMap<String, (i32, Vec<String>, Vec<String>)> {
+        let out = self
+            .vpc
+            .ec2
+            .describe_network_interfaces()
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("attachment.instance-id")
+                    .values(&self.launched.id)
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("DescribeNetworkInterfaces");
+        out.network_interfaces()
+            .iter()
+            .map(|n| {
+                (
+                    n.network_interface_id().unwrap().to_owned(),
+                    (
+                        n.attachment().and_then(|a| a.device_index()).unwrap(),
+                        addresses(n),
+                        prefixes(n),
+                    ),
+                )
+            })
+            .collect()
+    }
+
+    /// ENIs eniflow tagged that are not attached anywhere: leaks.
+    async fn leaked(&self) -> Vec<String> {
+        let out = self
+            .vpc
+            .ec2
+            .describe_network_interfaces()
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("tag-key")
+                    .values(ec2::tags::CREATED_AT)
+                    .build(),
+            )
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("status")
+                    .values("available")
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("DescribeNetworkInterfaces");
+        out.network_interfaces()
+            .iter()
+            .filter_map(|n| n.network_interface_id().map(str::to_owned))
+            .collect()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(dir) = self.checkpoint.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn owner(n: usize) -> Owner {
+    Owner {
+        network: "eniflow".into(),
+        container_id: format!("container-{n}"),
+        ifname: "eth0".into(),
+    }
+}
+
+/// Steps the refill until the plan holds or stops changing (node full, nothing to give back).
+async fn settle(ipam: &Ipam) -> Plan {
+    let mut last = None;
+    for _ in 0..20 {
+        let plan = ipam.refill_step().await.expect("a refill step");
+        if plan == Plan::Hold || last == Some(plan) {
+            return plan;
+        }
+        last = Some(plan);
+    }
+    panic!("the refill did not settle in 20 steps: last {last:?}");
+}
+
+fn assign_all(ipam: &Ipam, range: std::ops::Range<usize>) -> Vec<Ipv4Addr> {
+    range
+        .map(|n| {
+            ipam.assign(&owner(n), ("default", &format!("pod-{n}")))
+                .unwrap_or_else(|e| panic!("assign {n}: {e}"))
+                .ipv4
+        })
+        .collect()
+}
+
+/// Every address held by a pod is on the node's ENIs, and no two pods share one.
+async fn assert_consistent(node: &Node, ipam: &Ipam) {
+    let on_enis: BTreeSet<String> = node
+        .attached()
+        .await
+        .values()
+        .flat_map(|(_, addresses, prefixes)| {
+            let from_prefixes = prefixes.iter().flat_map(|p| {
+                let base: Ipv4Addr = p.split('/').next().unwrap().parse().unwrap();
+                (0..16).map(move |i| Ipv4Addr::from(u32::from(base) + i).to_string())
+            });
+            addresses
+                .iter()
+                .skip(1)
+                .cloned()
+                .chain(from_prefixes)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let held: Vec<String> = ipam
+        .allocations()
+        .iter()
+        .map(|a| a.ipv4.to_string())
+        .collect();
+    let unique: BTreeSet<&String> = held.iter().collect();
+    assert_eq!(
+        unique.len(),
+        held.len(),
+        "an address handed out twice: {held:?}"
+    );
+    for ip in &held {
+        assert!(
+            on_enis.contains(ip),
+            "{ip} is held but on none of the node's ENIs"
+        );
+    }
+    let pool: BTreeSet<String> = ipam.addresses().iter().map(|a| a.to_string()).collect();
+    assert_eq!(pool, on_enis, "the pool and EC2 disagree");
+}
+
+#[tokio::test]
+async fn secondary_addresses_fill_attached_enis_first_and_whole_enis_go_back() {
+    let node = Node::new("m5.large").await; // 3 ENIs × 10 IPv4, max pods 29
+    let ipam = node.ipam(&[("IP_COOLDOWN_PERIOD", "0")]).await;
+    assert_eq!(settle(&ipam).await, Plan::Hold);
+    assert_eq!(ipam.counts().total, 9, "WARM_ENI_TARGET=1: one ENI's worth");
+    assert_eq!(
+        node.attached().await.len(),
+        1,
+        "the primary ENI filled first"
+    );
+
+    let mut held = assign_all(&ipam, 0..9);
+    settle(&ipam).await;
+    let attached = node.attached().await;
+    assert_eq!(attached.len(), 2);
+    let (second, (device, second_addresses, _)) = attached
+        .iter()
+        .find(|(id, _)| **id != node.launched.primary_eni)
+        .unwrap();
+    assert_eq!((*device, second_addresses.len()), (1, 10));
+    let described = node.vpc.describe(second).await;
+    assert!(described
+        .description()
+        .unwrap_or_default()
+        .starts_with(ec2::DESCRIPTION_PREFIX));
+    let tags: BTreeMap<&str, &str> = described
+        .tag_set()
+        .iter()
+        .map(|t| (t.key().unwrap(), t.value().unwrap()))
+        .collect();
+    assert_eq!(
+        tags.get(ec2::tags::INSTANCE_ID),
+        Some(&node.launched.id.as_str())
+    );
+    assert!(tags.contains_key(ec2::tags::CREATED_AT));
+    assert_eq!(
+        described
+            .attachment()
+            .and_then(|a| a.delete_on_termination()),
+        Some(true)
+    );
+
+    held.extend(assign_all(&ipam, 9..18));
+    settle(&ipam).await;
+    held.extend(assign_all(&ipam, 18..27));
+    settle(&ipam).await;
+    assert_consistent(&node, &ipam).await;
+    assert_eq!(node.attached().await.len(), 3, "the instance's ENI limit");
+    let creates = |ipam: &Ipam| {
+        ipam.ec2()
+            .calls()
+            .iter()
+            .filter(|((action, _), _)| *action == "CreateNetworkInterface")
+            .map(|(_, n)| n)
+            .sum::<u64>()
+    };
+    assert_eq!(creates(&ipam), 2);
+    match ipam.assign(&owner(27), ("default", "pod-27")) {
+        Err(IpamError::Pool(PoolError::Empty {
+            total: 27,
+            assigned: 27,
+            ..
+        })) => {}
+        other => panic!("the 28th pod on a full m5.large: {other:?}"),
+    }
+    settle(&ipam).await;
+    assert_eq!(creates(&ipam), 2, "no ENI beyond the limit was tried");
+
+    for n in 0..27 {
+        assert!(ipam.release(&owner(n)).unwrap().is_some());
+    }
+    assert!(
+        ipam.release(&owner(0)).unwrap().is_none(),
+        "a second release is a no-op"
+    );
+    settle(&ipam).await;
+    let attached = node.attached().await;
+    assert_eq!(
+        attached.keys().collect::<Vec<_>>(),
+        vec![&node.launched.primary_eni],
+        "both added ENIs went back"
+    );
+    assert!(node.leaked().await.is_empty(), "detached ENIs were deleted");
+    assert_eq!(ipam.counts().total, 9);
+    assert_consistent(&node, &ipam).await;
+}
+
+#[tokio::test]
+async fn prefix_mode_grows_by_prefixes_and_returns_only_whole_free_ones() {
+    let node = Node::new("m5.large").await;
+    let ipam = node
+        .ipam(&[
+            ("ENABLE_PREFIX_DELEGATION", "true"),
+            ("WARM_IP_TARGET", "5"),
+            ("IP_COOLDOWN_PERIOD", "0"),
+        ])
+        .await;
+    settle(&ipam).await;
+    let attached = node.attached().await;
+    assert_eq!(attached[&node.launched.primary_eni].2.len(), 1, "one /28");
+    assert_eq!(ipam.counts().total, 16);
+
+    assign_all(&ipam, 0..14);
+    settle(&ipam).await;
+    assert_eq!(ipam.counts().total, 32, "short of 5 free: one more prefix");
+    assert_consistent(&node, &ipam).await;
+    assert_eq!(
+        node.attached().await.len(),
+        1,
+        "prefixes fill the primary ENI first"
+    );
+
+    // 12 of the 14 go: 7 free in one prefix + 16 in the other; the untouched prefix goes back.
+    for n in 0..12 {
+        ipam.release(&owner(n)).unwrap();
+    }
+    settle(&ipam).await;
+    assert_eq!(ipam.counts().total, 16);
+    assert_consistent(&node, &ipam).await;
+    let remaining = &node.attached().await[&node.launched.primary_eni].2;
+    assert_eq!(remaining.len(), 1);
+    let base: Ipv4Addr = remaining[0].trim_end_matches("/28").parse().unwrap();
+    for a in ipam.allocations() {
+        assert_eq!(
+            u32::from(a.ipv4) & !15,
+            u32::from(base),
+            "{} left its prefix",
+            a.ipv4
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_eni_that_cannot_be_attached_is_deleted_and_nothing_is_lost() {
+    let node = Node::new("m5.large").await;
+    let ipam = node.ipam(&[]).await;
+    settle(&ipam).await;
+    let held = assign_all(&ipam, 0..9);
+    node.vpc.emulator.fault(&Fault {
+        action: "AttachNetworkInterface".into(),
+        code: Some(ec2::codes::ATTACHMENT_LIMIT_EXCEEDED.into()),
+        status: 400,
+        count: 1,
+        latency_ms: 0,
+    });
+    let err = ipam.refill_step().await.expect_err("the attach fails");
+    assert!(err.to_string().contains("AttachmentLimitExceeded"), "{err}");
+    assert!(
+        node.leaked().await.is_empty(),
+        "the unattached ENI was deleted"
+    );
+    assert_eq!(node.attached().await.len(), 1);
+    assert_eq!(ipam.allocations().len(), 9);
+    assert_consistent(&node, &ipam).await;
+
+    settle(&ipam).await;
+    assert_eq!(node.attached().await.len(), 2, "the next step succeeds");
+    let again = assign_all(&ipam, 0..9);
+    assert_eq!(again, held, "repeated assigns return the first answers");
+    assert_consistent(&node, &ipam).await;
+}
+
+#[tokio::test]
+async fn addresses_someone_else_assigned_are_learned_from_the_limit_error() {
+    let node = Node::new("m5.large").await;
+    let ipam = node.ipam(&[]).await;
+    // Behind the agent's back, 6 of the primary ENI's 9 free slots are taken.
+    node.vpc
+        .ec2
+        .assign_private_ip_addresses()
+        .network_interface_id(&node.launched.primary_eni)
+        .secondary_private_ip_address_count(6)
+        .send()
+        .await
+        .expect("AssignPrivateIpAddresses");
+    let err = ipam.refill_step().await;
+    assert!(err.is_ok(), "the limit error is handled: {err:?}");
+    settle(&ipam).await;
+    assert!(ipam.counts().total >= 9);
+    assert_consistent(&node, &ipam).await;
+    let limit_errors: u64 = ipam
+        .ec2()
+        .calls()
+        .iter()
+        .filter(|((_, outcome), _)| outcome == ec2::codes::PRIVATE_IP_ADDRESS_LIMIT_EXCEEDED)
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(limit_errors, 1, "learned once, not repeated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_refill_never_holds_up_assigns_from_the_pool() {
+    let node = Node::new("m5.large").await;
+    let ipam = Arc::new(node.ipam(&[("WARM_ENI_TARGET", "1")]).await);
+    settle(&ipam).await;
+    for action in ["CreateNetworkInterface", "AssignPrivateIpAddresses"] {
+        node.vpc.emulator.fault(&Fault {
+            action: action.into(),
+            code: Some("RequestLimitExceeded".into()),
+            status: 503,
+            count: 1000,
+            latency_ms: 50,
+        });
+    }
+    let refill = tokio::spawn(ipam.clone().run_refill());
+    // Every pod the pool has room for gets its address at once while EC2 throttles the refill.
+    for n in 0..9 {
+        let started = Instant::now();
+        ipam.assign(&owner(n), ("default", "web"))
+            .expect("from the pool");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "assign waited on EC2"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        ipam.ec2()
+            .calls()
+            .keys()
+            .any(|(_, outcome)| outcome == "RequestLimitExceeded"),
+        "the refill ran into the throttling: {:?}",
+        ipam.ec2().calls()
+    );
+    assert!(ipam.assign(&owner(9), ("default", "web")).is_err());
+    node.vpc.emulator.clear_faults();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ipam.assign(&owner(9), ("default", "web")).is_err() {
+        assert!(Instant::now() < deadline, "the refill did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    refill.abort();
+    assert_consistent(&node, &ipam).await;
+}
+
+#[tokio::test]
+async fn missing_permissions_are_reported_as_such_and_not_retried() {
+    let node = Node::new("m5.large").await;
+    let ipam = node.ipam(&[]).await;
+    node.vpc.emulator.fault(&Fault {
+        action: "AssignPrivateIpAddresses".into(),
+        code: Some(ec2::codes::UNAUTHORIZED_OPERATION.into()),
+        status: 403,
+        count: 100,
+        latency_ms: 0,
+    });
+    match ipam.refill_step().await {
+        Err(IpamError::Ec2(e)) => assert!(e.is_authorization(), "{e}"),
+        other => panic!("expected an authorization error, got {other:?}"),
+    }
+    assert_eq!(
+        node.vpc.emulator.calls().get("AssignPrivateIpAddresses"),
+        Some(&1),
+        "the SDK does not retry a 403"
+    );
+    assert_eq!(ipam.counts().total, 0);
+}
+
+#[tokio::test]
+async fn allocations_survive_a_restart_and_vpc_cni_checkpoints_import() {
+    let node = Node::new("m5.large").await;
+    let first = node.ipam(&[]).await;
+    settle(&first).await;
+    let held = assign_all(&first, 0..5);
+    first.release(&owner(4)).unwrap();
+    drop(first);
+
+    let second = node.ipam(&[]).await;
+    assert_eq!(second.allocations().len(), 4);
+    assert_eq!(
+        assign_all(&second, 0..4),
+        held[..4].to_vec(),
+        "same answers after restart"
+    );
+    settle(&second).await;
+    let fresh = assign_all(&second, 10..15);
+    assert!(
+        fresh.iter().all(|ip| !held.contains(ip)),
+        "a cooling or held address reused"
+    );
+    assert_eq!(
+        second.counts().cooling,
+        1,
+        "the cooldown survived the restart"
+    );
+    assert_consistent(&node, &second).await;
+    drop(second);
+
+    // A node moving from aws-node: VPC CNI's checkpoint is read when eniflow has none.
+    std::fs::remove_file(&node.checkpoint).unwrap();
+    let vpc_cni = node.checkpoint.with_file_name("aws-node-ipam.json");
+    std::fs::write(
+        &vpc_cni,
+        format!(
+            r#"{{"version":"vpc-cni-ipam/1","allocations":[
+              {{"networkName":"aws-cni","containerID":"from-aws-node","ifName":"eth0","ipv4":"{}",
+                "allocationTimestamp":1700000000000000000,
+                "metadata":{{"k8sPodNamespace":"kube-system","k8sPodName":"coredns"}}}},
+              {{"networkName":"aws-cni","containerID":"gone","ifName":"eth0","ipv4":"192.0.2.9",
+                "allocationTimestamp":1,"metadata":{{}}}}]}}"#,
+            held[2]
+        ),
+    )
+    .unwrap();
+    let mut config = node.config(&[]);
+    config.vpc_cni_checkpoint = Some(vpc_cni);
+    let third = Ipam::start(
+        Ec2::from_client(node.vpc.ec2.clone()),
+        node.instance().await,
+        config,
+    )
+    .await
+    .expect("the pool starts from VPC CNI's checkpoint");
+    let imported = third.allocations();
+    assert_eq!(
+        imported.len(),
+        1,
+        "the address on no ENI is dropped: {imported:?}"
+    );
+    assert_eq!(
+        (imported[0].owner.container_id.as_str(), imported[0].ipv4),
+        ("from-aws-node", held[2])
+    );
+    let taken = assign_all(&third, 20..28);
+    assert!(!taken.contains(&held[2]));
+}
+
+#[tokio::test]
+async fn the_leak_sweep_deletes_exactly_the_leaked_enis() {
+    let node = Node::new("m5.large").await;
+    let subnet = node.vpc.describe(&node.launched.primary_eni).await;
+    let subnet = subnet.subnet_id().unwrap();
+    let an_hour_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 3600;
+    let tagged = |tags: &[(&str, String)]| {
+        let ec2 = node.vpc.ec2.clone();
+        let sg = node.vpc.sg.clone();
+        let subnet = subnet.to_owned();
+        let tags: Vec<aws_sdk_ec2::types::Tag> = tags
+            .iter()
+            .map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(*k).value(v).build())
+            .collect();
+        async move {
+            ec2.create_network_interface()
+                .subnet_id(subnet)
+                .groups(sg)
+                .tag_specifications(
+                    aws_sdk_ec2::types::TagSpecification::builder()
+                        .resource_type(aws_sdk_ec2::types::ResourceType::NetworkInterface)
+                        .set_tags(Some(tags))
+                        .build(),
+                )
+                .send()
+                .await
+                .expect("CreateNetworkInterface")
+                .network_interface
+                .and_then(|n| n.network_interface_id)
+                .unwrap()
+        }
+    };
+    let old = |cluster: &str| {
+        vec![
+            (ec2::tags::CREATED_AT, an_hour_ago.to_string()),
+            (ec2::tags::CLUSTER_NAME, cluster.to_owned()),
+        ]
+    };
+    let leaked = tagged(&old("lab")).await;
+    let other_cluster = tagged(&old("other")).await;
+    let young = tagged(&[
+        (ec2::tags::CREATED_AT, (an_hour_ago + 3600).to_string()),
+        (ec2::tags::CLUSTER_NAME, "lab".into()),
+    ])
+    .await;
+    let foreign = tagged(&[("team", "db".into())]).await;
+    let attached = tagged(&old("lab")).await;
+    node.vpc.attach(&attached, &node.launched.id, 1).await;
+
+    let ec2 = Ec2::from_client(node.vpc.ec2.clone());
+    let deleted = eniflow_agent::ipam::leaks::sweep(
+        &ec2,
+        Some("lab"),
+        eniflow_agent::ipam::leaks::DEFAULT_MIN_AGE,
+        std::time::SystemTime::now(),
+    )
+    .await
+    .expect("the sweep");
+    assert_eq!(deleted, vec![leaked.clone()]);
+    for (id, kept) in [
+        (&leaked, false),
+        (&other_cluster, true),
+        (&young, true),
+        (&foreign, true),
+        (&attached, true),
+    ] {
+        assert_eq!(ec2.eni(id).await.unwrap().is_some(), kept, "{id}");
+    }
+}
