@@ -110,6 +110,15 @@ impl Eni {
     }
 }
 
+/// A subnet as subnet discovery needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subnet {
+    pub id: String,
+    pub cidr: String,
+    pub available: u32,
+    pub tags: BTreeMap<String, String>,
+}
+
 /// What a new ENI gets at creation.
 pub struct NewEni<'a> {
     pub subnet_id: &'a str,
@@ -226,6 +235,38 @@ impl Ec2 {
                 "Ipv4AddressesPerInterface",
             )?,
         })
+    }
+
+    /// The VPC's subnets in one availability zone.
+    pub async fn subnets(&self, vpc_id: &str, zone: &str) -> Result<Vec<Subnet>, Ec2Error> {
+        let out = self.count(
+            "DescribeSubnets",
+            self.client
+                .describe_subnets()
+                .filters(Filter::builder().name("vpc-id").values(vpc_id).build())
+                .filters(
+                    Filter::builder()
+                        .name("availability-zone")
+                        .values(zone)
+                        .build(),
+                )
+                .send()
+                .await,
+        )?;
+        Ok(out
+            .subnets()
+            .iter()
+            .map(|s| Subnet {
+                id: s.subnet_id().unwrap_or_default().to_owned(),
+                cidr: s.cidr_block().unwrap_or_default().to_owned(),
+                available: s.available_ip_address_count().unwrap_or(0).max(0) as u32,
+                tags: s
+                    .tags()
+                    .iter()
+                    .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or("").to_owned())))
+                    .collect(),
+            })
+            .collect())
     }
 
     /// The ENIs attached to `instance_id`, by device index.

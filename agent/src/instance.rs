@@ -10,6 +10,7 @@ pub struct Instance {
     pub availability_zone: String,
     pub primary_eni: String,
     pub subnet_id: String,
+    pub vpc_id: String,
     pub security_groups: Vec<String>,
 }
 
@@ -53,6 +54,7 @@ impl Instance {
             availability_zone: get("/latest/meta-data/placement/availability-zone".into()).await?,
             primary_eni: get(eni("interface-id")).await?,
             subnet_id: get(eni("subnet-id")).await?,
+            vpc_id: get(eni("vpc-id")).await?,
             security_groups: get(eni("security-group-ids"))
                 .await?
                 .split_whitespace()

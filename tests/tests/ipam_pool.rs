@@ -29,8 +29,13 @@ struct Node {
 
 impl Node {
     async fn new(instance_type: &str) -> Node {
+        Node::in_subnet(instance_type, "10.0.0.0/20").await
+    }
+
+    /// A node whose primary ENI is in a subnet of `cidr` (zone us-west-2a).
+    async fn in_subnet(instance_type: &str, cidr: &str) -> Node {
         let vpc = ApiVpc::new().await;
-        let subnet = vpc.subnet("10.0.0.0/20", "us-west-2a").await;
+        let subnet = vpc.subnet(cidr, "us-west-2a").await;
         let launched = vpc.launch(instance_type, &subnet).await;
         vpc.emulator.select_imds(&launched.id);
         let dir = std::env::temp_dir().join(eniflow_tests::unique_name("ipam"));
@@ -69,6 +74,46 @@ impl Node {
         )
         .await
         .expect("the pool starts")
+    }
+
+    async fn tag(&self, resource: &str, tags: &[(&str, &str)]) {
+        let mut request = self.vpc.ec2.create_tags().resources(resource);
+        for (k, v) in tags {
+            request = request.tags(aws_sdk_ec2::types::Tag::builder().key(*k).value(*v).build());
+        }
+        request.send().await.expect("CreateTags");
+    }
+
+    /// An ENI that is not the node's, holding `addresses` of `subnet`.
+    async fn foreign_eni(&self, subnet: &str, addresses: &[&str]) -> String {
+        self.vpc
+            .ec2
+            .create_network_interface()
+            .subnet_id(subnet)
+            .groups(&self.vpc.sg)
+            .set_private_ip_addresses(Some(
+                addresses
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| {
+                        aws_sdk_ec2::types::PrivateIpAddressSpecification::builder()
+                            .private_ip_address(*a)
+                            .primary(i == 0)
+                            .build()
+                    })
+                    .collect(),
+            ))
+            .send()
+            .await
+            .expect("CreateNetworkInterface")
+            .network_interface
+            .and_then(|n| n.network_interface_id)
+            .unwrap()
+    }
+
+    async fn primary_subnet(&self) -> String {
+        let primary = self.vpc.describe(&self.launched.primary_eni).await;
+        primary.subnet_id().unwrap().to_owned()
     }
 
     /// ENI id → (device index, addresses, prefixes), as EC2 sees the instance.
@@ -608,4 +653,156 @@ async fn the_leak_sweep_deletes_exactly_the_leaked_enis() {
     ] {
         assert_eq!(ec2.eni(id).await.unwrap().is_some(), kept, "{id}");
     }
+}
+
+fn outcomes(ipam: &Ipam, code: &str) -> u64 {
+    ipam.ec2()
+        .calls()
+        .iter()
+        .filter(|((_, outcome), _)| outcome == code)
+        .map(|(_, n)| n)
+        .sum()
+}
+
+#[tokio::test]
+async fn a_full_subnet_sends_new_enis_to_the_next_subnet_tagged_for_the_cluster() {
+    // A /28: 11 usable addresses, 1 for the instance, 6 for someone else's ENI: 4 free.
+    let node = Node::in_subnet("m5.large", "10.0.0.0/28").await;
+    let primary_subnet = node.primary_subnet().await;
+    node.foreign_eni(
+        &primary_subnet,
+        &[
+            "10.0.0.5",
+            "10.0.0.6",
+            "10.0.0.7",
+            "10.0.0.8",
+            "10.0.0.9",
+            "10.0.0.10",
+        ],
+    )
+    .await;
+    let role = (eniflow_agent::ipam::subnets::ROLE_TAG, "1");
+    let tagged = node.vpc.subnet("10.0.1.0/24", "us-west-2a").await;
+    node.tag(&tagged, &[role]).await;
+    let untagged = node.vpc.subnet("10.0.2.0/24", "us-west-2a").await;
+    let other_cluster = node.vpc.subnet("10.0.3.0/24", "us-west-2a").await;
+    node.tag(
+        &other_cluster,
+        &[role, ("cni.networking.k8s.aws/cluster/other", "shared")],
+    )
+    .await;
+    let other_zone = node.vpc.subnet("10.0.4.0/24", "us-west-2b").await;
+    node.tag(&other_zone, &[role]).await;
+
+    let mut config = node.config(&[]);
+    config.cluster_name = Some("lab".into());
+    let ipam = Ipam::start(
+        Ec2::from_client(node.vpc.ec2.clone()),
+        node.instance().await,
+        config,
+    )
+    .await
+    .expect("the pool starts");
+    settle(&ipam).await;
+    assert_eq!(ipam.counts().total, 9);
+    let attached = node.attached().await;
+    assert_eq!(
+        attached[&node.launched.primary_eni].1.len(),
+        1,
+        "nothing fit the primary subnet"
+    );
+    let added = attached
+        .keys()
+        .find(|id| **id != node.launched.primary_eni)
+        .expect("a second ENI");
+    let subnet = node
+        .vpc
+        .describe(added)
+        .await
+        .subnet_id()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        subnet, tagged,
+        "not {untagged}, {other_cluster} or {other_zone}"
+    );
+    assert_consistent(&node, &ipam).await;
+
+    // The full subnet is passed over for a while instead of being asked again.
+    assign_all(&ipam, 0..9);
+    settle(&ipam).await;
+    assert_eq!(
+        outcomes(&ipam, ec2::codes::INSUFFICIENT_FREE_ADDRESSES_IN_SUBNET),
+        1
+    );
+    assert_eq!(ipam.counts().total, 18);
+    assert_consistent(&node, &ipam).await;
+}
+
+#[tokio::test]
+async fn fragmented_prefixes_fall_back_to_single_addresses_and_back() {
+    // A /26 whose four /28s each hold an address in use: no /28 is free.
+    let node = Node::in_subnet("m5.large", "10.0.0.0/26").await;
+    let primary_subnet = node.primary_subnet().await;
+    let fragments = node
+        .foreign_eni(&primary_subnet, &["10.0.0.20", "10.0.0.36", "10.0.0.52"])
+        .await;
+    let mut config = node.config(&[
+        ("ENABLE_PREFIX_DELEGATION", "true"),
+        ("WARM_IP_TARGET", "16"),
+        ("IP_COOLDOWN_PERIOD", "0"),
+        ("ENABLE_SUBNET_DISCOVERY", "false"),
+    ]);
+    config.subnet_pause = Duration::from_secs(1);
+    let ipam = Ipam::start(
+        Ec2::from_client(node.vpc.ec2.clone()),
+        node.instance().await,
+        config,
+    )
+    .await
+    .expect("the pool starts");
+    settle(&ipam).await;
+    assert_eq!(
+        ipam.counts().total,
+        16,
+        "16 single addresses instead of a /28"
+    );
+    let attached = node.attached().await;
+    assert!(attached
+        .values()
+        .all(|(_, _, prefixes)| prefixes.is_empty()));
+    assert_eq!(outcomes(&ipam, ec2::codes::INSUFFICIENT_CIDR_BLOCKS), 1);
+    assert_consistent(&node, &ipam).await;
+
+    // /28s free up; after the pause, growth asks for prefixes again.
+    node.vpc
+        .ec2
+        .delete_network_interface()
+        .network_interface_id(fragments)
+        .send()
+        .await
+        .expect("DeleteNetworkInterface");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assign_all(&ipam, 0..16);
+    settle(&ipam).await;
+    let prefixes: usize = node
+        .attached()
+        .await
+        .values()
+        .map(|(_, _, p)| p.len())
+        .sum();
+    assert_eq!(prefixes, 1);
+    assert_consistent(&node, &ipam).await;
+
+    // Released, the single addresses go back first and the /28 stays.
+    for n in 0..16 {
+        ipam.release(&owner(n)).unwrap();
+    }
+    settle(&ipam).await;
+    let attached = node.attached().await;
+    let singles: usize = attached.values().map(|(_, a, _)| a.len() - 1).sum();
+    let prefixes: usize = attached.values().map(|(_, _, p)| p.len()).sum();
+    assert_eq!((singles, prefixes), (0, 1));
+    assert_eq!(ipam.counts().total, 16);
+    assert_consistent(&node, &ipam).await;
 }

@@ -29,6 +29,8 @@ pub struct Knobs {
     pub max_eni: Option<u32>,
     /// IP_COOLDOWN_PERIOD: how long a released address rests before reuse.
     pub ip_cooldown: Duration,
+    /// ENABLE_SUBNET_DISCOVERY: new ENIs may go to other subnets tagged for CNI (default true).
+    pub subnet_discovery: bool,
 }
 
 impl Knobs {
@@ -68,6 +70,7 @@ impl Knobs {
             max_eni,
             ip_cooldown: count(&var, "IP_COOLDOWN_PERIOD")?
                 .map_or(DEFAULT_IP_COOLDOWN, |s| Duration::from_secs(s.into())),
+            subnet_discovery: boolean(&var, "ENABLE_SUBNET_DISCOVERY")?.unwrap_or(true),
         })
     }
 

@@ -7,9 +7,11 @@ pub mod knobs;
 pub mod leaks;
 pub mod pool;
 mod refill;
+pub mod subnets;
 pub mod warm;
 
 use std::{
+    collections::BTreeMap,
     net::Ipv4Addr,
     path::PathBuf,
     sync::{Mutex, MutexGuard},
@@ -44,6 +46,9 @@ pub struct Config {
     pub release_interval: Duration,
     /// The refill loop's period when nothing wakes it (VPC CNI: 5 s).
     pub refill_period: Duration,
+    /// After a subnet runs out of addresses (or of free /28s), how long it is passed over
+    /// (VPC CNI: 120 s).
+    pub subnet_pause: Duration,
     /// How often the refill loop sweeps leaked ENIs (VPC CNI: hourly); None: never.
     pub leak_sweep: Option<Duration>,
 }
@@ -58,6 +63,7 @@ impl Config {
             eni_min_age: Duration::from_secs(60),
             release_interval: Duration::from_secs(30),
             refill_period: Duration::from_secs(5),
+            subnet_pause: Duration::from_secs(120),
             leak_sweep: Some(Duration::from_secs(3600)),
         }
     }
@@ -86,6 +92,9 @@ pub struct Ipam {
     max_enis: u32,
     pool: Mutex<Pool>,
     last_release: Mutex<Option<Instant>>,
+    /// Subnets out of addresses, and subnets out of free /28s, since when.
+    full_subnets: Mutex<BTreeMap<String, Instant>>,
+    fragmented_subnets: Mutex<BTreeMap<String, Instant>>,
     wake: tokio::sync::Notify,
 }
 
@@ -179,6 +188,8 @@ impl Ipam {
             max_enis,
             pool: Mutex::new(pool),
             last_release: Mutex::new(None),
+            full_subnets: Mutex::default(),
+            fragmented_subnets: Mutex::default(),
             wake: tokio::sync::Notify::new(),
         };
         ipam.save(&ipam.lock())?;

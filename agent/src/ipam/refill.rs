@@ -3,13 +3,15 @@
 //! old enough and idle. The pool's lock is never held across an EC2 call: ADDs go on meanwhile.
 
 use std::{
-    sync::Arc,
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime},
 };
 
-use super::{warm::Plan, Ipam, IpamError};
+use super::{subnets, warm::Plan, Ipam, IpamError};
 use crate::{
-    ec2::{codes, Eni, NewEni},
+    ec2::{codes, Ec2Error, Eni, NewEni},
     limits::ADDRESSES_PER_PREFIX,
 };
 
@@ -89,26 +91,60 @@ impl Ipam {
         self.config.knobs.prefix_delegation
     }
 
+    /// Whether `subnet` is passed over: out of addresses (`which` = full) or of /28s
+    /// (`which` = fragmented) less than the subnet pause ago.
+    fn paused(&self, which: &Mutex<BTreeMap<String, Instant>>, subnet: &str) -> bool {
+        let mut since = which.lock().unwrap_or_else(|e| e.into_inner());
+        match since.get(subnet) {
+            Some(at) if at.elapsed() < self.config.subnet_pause => true,
+            Some(_) => {
+                since.remove(subnet);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn pause(&self, which: &Mutex<BTreeMap<String, Instant>>, subnet: &str, why: &Ec2Error) {
+        log::warn!(
+            "refill: passing over {subnet} for {:?}: {why}",
+            self.config.subnet_pause
+        );
+        which
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(subnet.to_owned(), Instant::now());
+    }
+
+    /// Prefixes from `subnet`: in prefix mode, unless its free /28s ran out lately (then single
+    /// addresses, until the pause is over and prefixes are tried again).
+    fn prefixes_in(&self, subnet: &str) -> bool {
+        self.prefix_mode() && !self.paused(&self.fragmented_subnets, subnet)
+    }
+
     /// Adds `addresses` (whole prefixes in prefix mode): attached ENIs first, then one new ENI.
     async fn grow(&self, addresses: u32) -> Result<(), IpamError> {
-        let prefixes = self.prefix_mode();
-        let unit = if prefixes { ADDRESSES_PER_PREFIX } else { 1 };
-        let mut blocks = addresses.div_ceil(unit);
+        let mut left = addresses;
         let slots = self.limits.ipv4_per_eni;
-        let with_room: Vec<(String, u32)> = self
+        let with_room: Vec<(String, String, u32)> = self
             .lock()
             .growable()
             .iter()
-            .map(|e| (e.id.clone(), slots.saturating_sub(used_slots(e))))
-            .filter(|(_, room)| *room > 0)
+            .map(|e| {
+                let room = slots.saturating_sub(used_slots(e));
+                (e.id.clone(), e.subnet_id.clone(), room)
+            })
+            .filter(|(_, _, room)| *room > 0)
             .collect();
-        for (eni, room) in with_room {
-            let want = room.min(blocks);
-            match self.ec2.assign(&eni, want, prefixes).await {
-                Ok(got) => {
-                    blocks = blocks.saturating_sub(got.len() as u32);
-                    self.lock().add_blocks(&eni, &got, prefixes);
-                }
+        for (eni, subnet, room) in with_room {
+            if left == 0 {
+                return Ok(());
+            }
+            if self.paused(&self.full_subnets, &subnet) {
+                continue;
+            }
+            match self.assign_some(&eni, &subnet, room, left).await {
+                Ok(added) => left = left.saturating_sub(added),
                 // Someone else used slots on it: learn EC2's view; the next step uses it.
                 Err(e) if e.is(codes::PRIVATE_IP_ADDRESS_LIMIT_EXCEEDED) => {
                     log::warn!("refill: {eni} is fuller than eniflow knew ({e}); re-reading it");
@@ -117,18 +153,70 @@ impl Ipam {
                     }
                     return Ok(());
                 }
+                Err(e) if e.is(codes::INSUFFICIENT_FREE_ADDRESSES_IN_SUBNET) => {
+                    self.pause(&self.full_subnets, &subnet, &e)
+                }
                 Err(e) => return Err(e.into()),
             }
-            if blocks == 0 {
-                return Ok(());
-            }
         }
-        self.add_eni(blocks).await
+        if left == 0 {
+            return Ok(());
+        }
+        self.add_eni(left).await
     }
 
-    /// Creates an ENI with up to `blocks` addresses or prefixes and attaches it at the lowest free
-    /// device index of the default card. An ENI that cannot be attached is deleted again.
-    async fn add_eni(&self, blocks: u32) -> Result<(), IpamError> {
+    /// Assigns towards `left` addresses on one ENI with `room` free slots; returns how many
+    /// addresses it added.
+    async fn assign_some(
+        &self,
+        eni: &str,
+        subnet: &str,
+        room: u32,
+        left: u32,
+    ) -> Result<u32, Ec2Error> {
+        if self.prefixes_in(subnet) {
+            let want = room.min(left.div_ceil(ADDRESSES_PER_PREFIX));
+            match self.ec2.assign(eni, want, true).await {
+                Ok(got) => {
+                    self.lock().add_blocks(eni, &got, true);
+                    return Ok(got.len() as u32 * ADDRESSES_PER_PREFIX);
+                }
+                Err(e) if e.is(codes::INSUFFICIENT_CIDR_BLOCKS) => {
+                    self.pause(&self.fragmented_subnets, subnet, &e)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let got = self.ec2.assign(eni, room.min(left), false).await?;
+        self.lock().add_blocks(eni, &got, false);
+        Ok(got.len() as u32)
+    }
+
+    /// Subnets a new ENI may go to, best first, leaving out those out of addresses lately.
+    async fn candidate_subnets(&self) -> Result<Vec<String>, IpamError> {
+        let all = if self.config.knobs.subnet_discovery {
+            let found = self
+                .ec2
+                .subnets(&self.instance.vpc_id, &self.instance.availability_zone)
+                .await?;
+            subnets::eligible(
+                &found,
+                &self.instance.subnet_id,
+                self.config.cluster_name.as_deref(),
+            )
+        } else {
+            vec![self.instance.subnet_id.clone()]
+        };
+        Ok(all
+            .into_iter()
+            .filter(|s| !self.paused(&self.full_subnets, s))
+            .collect())
+    }
+
+    /// Creates an ENI with addresses towards `left` in the best subnet that has them and attaches
+    /// it at the lowest free device index of the default card. An ENI that cannot be attached is
+    /// deleted again.
+    async fn add_eni(&self, left: u32) -> Result<(), IpamError> {
         let (attached, device_index) = {
             let pool = self.lock();
             let on_card: Vec<u32> = pool
@@ -144,20 +232,45 @@ impl Ipam {
             log::debug!("refill: the node has its {} ENIs; no more", self.max_enis);
             return Ok(());
         }
-        let prefixes = self.prefix_mode();
         let per_eni = self.limits.ipv4_per_eni.saturating_sub(1);
-        let first = blocks.min(per_eni);
-        let created = self
-            .ec2
-            .create_eni(&NewEni {
-                subnet_id: &self.instance.subnet_id,
-                security_groups: &self.instance.security_groups,
-                instance_id: &self.instance.id,
-                cluster_name: self.config.cluster_name.as_deref(),
-                secondary_addresses: if prefixes { 0 } else { first },
-                prefixes: if prefixes { first } else { 0 },
-            })
-            .await?;
+        for subnet in self.candidate_subnets().await? {
+            let mut prefixes = self.prefixes_in(&subnet);
+            loop {
+                let first = if prefixes {
+                    left.div_ceil(ADDRESSES_PER_PREFIX).min(per_eni)
+                } else {
+                    left.min(per_eni)
+                };
+                let created = self
+                    .ec2
+                    .create_eni(&NewEni {
+                        subnet_id: &subnet,
+                        security_groups: &self.instance.security_groups,
+                        instance_id: &self.instance.id,
+                        cluster_name: self.config.cluster_name.as_deref(),
+                        secondary_addresses: if prefixes { 0 } else { first },
+                        prefixes: if prefixes { first } else { 0 },
+                    })
+                    .await;
+                match created {
+                    Ok(eni) => return self.attach_new(eni, device_index).await,
+                    Err(e) if prefixes && e.is(codes::INSUFFICIENT_CIDR_BLOCKS) => {
+                        self.pause(&self.fragmented_subnets, &subnet, &e);
+                        prefixes = false;
+                    }
+                    Err(e) if e.is(codes::INSUFFICIENT_FREE_ADDRESSES_IN_SUBNET) => {
+                        self.pause(&self.full_subnets, &subnet, &e);
+                        break;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        log::warn!("refill: no eligible subnet has free addresses for a new ENI");
+        Ok(())
+    }
+
+    async fn attach_new(&self, created: Eni, device_index: u32) -> Result<(), IpamError> {
         match self
             .ec2
             .attach(&created.id, &self.instance.id, device_index, 0)
@@ -172,13 +285,11 @@ impl Ipam {
                     ..created
                 };
                 log::info!(
-                    "refill: attached {} at device index {device_index} with {first} {}",
+                    "refill: attached {} ({}) at device index {device_index} with {} address(es) and {} prefix(es)",
                     eni.id,
-                    if prefixes {
-                        "prefix(es)"
-                    } else {
-                        "address(es)"
-                    }
+                    eni.subnet_id,
+                    eni.addresses.len().saturating_sub(1),
+                    eni.prefixes.len()
                 );
                 self.lock().add_eni(eni, true);
                 Ok(())
@@ -212,17 +323,26 @@ impl Ipam {
         Ok(())
     }
 
-    /// Gives free secondary addresses (or whole free prefixes) back to the subnet.
+    /// Gives free addresses back to their subnets: in prefix mode the single addresses taken
+    /// when /28s ran out go first, then whole free prefixes.
     async fn give_back(&self, addresses: u32) -> Result<(), IpamError> {
-        let prefixes = self.prefix_mode();
-        let picked = if prefixes {
-            self.lock()
-                .pick_free_prefixes(addresses / ADDRESSES_PER_PREFIX)
-        } else {
-            self.lock().pick_free_secondaries(addresses)
+        let picked: Vec<(String, Vec<Ipv4Addr>, bool)> = {
+            let mut pool = self.lock();
+            let singles = pool.pick_free_secondaries(addresses);
+            let given: u32 = singles.iter().map(|(_, ips)| ips.len() as u32).sum();
+            let mut picked: Vec<_> = singles.into_iter().map(|(e, b)| (e, b, false)).collect();
+            if self.prefix_mode() {
+                let rest = (addresses - given) / ADDRESSES_PER_PREFIX;
+                picked.extend(
+                    pool.pick_free_prefixes(rest)
+                        .into_iter()
+                        .map(|(e, b)| (e, b, true)),
+                );
+            }
+            picked
         };
         let mut result = Ok(());
-        for (eni, blocks) in picked {
+        for (eni, blocks, prefixes) in picked {
             let outcome = self.ec2.unassign(&eni, &blocks, prefixes).await;
             self.lock().settle_leaving(&eni, &blocks, outcome.is_ok());
             if let Err(e) = outcome {
