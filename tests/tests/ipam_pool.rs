@@ -190,19 +190,6 @@ fn owner(n: usize) -> Owner {
     }
 }
 
-/// Steps the refill until the plan holds or stops changing (node full, nothing to give back).
-async fn settle(ipam: &Ipam) -> Plan {
-    let mut last = None;
-    for _ in 0..20 {
-        let plan = ipam.refill_step().await.expect("a refill step");
-        if plan == Plan::Hold || last == Some(plan) {
-            return plan;
-        }
-        last = Some(plan);
-    }
-    panic!("the refill did not settle in 20 steps: last {last:?}");
-}
-
 fn assign_all(ipam: &Ipam, range: std::ops::Range<usize>) -> Vec<Ipv4Addr> {
     range
         .map(|n| {
@@ -257,7 +244,7 @@ async fn assert_consistent(node: &Node, ipam: &Ipam) {
 async fn secondary_addresses_fill_attached_enis_first_and_whole_enis_go_back() {
     let node = Node::new("m5.large").await; // 3 ENIs × 10 IPv4, max pods 29
     let ipam = node.ipam(&[("IP_COOLDOWN_PERIOD", "0")]).await;
-    assert_eq!(settle(&ipam).await, Plan::Hold);
+    assert_eq!(ipam.refill().await.expect("refill"), Plan::Hold);
     assert_eq!(ipam.counts().total, 9, "WARM_ENI_TARGET=1: one ENI's worth");
     assert_eq!(
         node.attached().await.len(),
@@ -266,7 +253,7 @@ async fn secondary_addresses_fill_attached_enis_first_and_whole_enis_go_back() {
     );
 
     let mut held = assign_all(&ipam, 0..9);
-    settle(&ipam).await;
+    ipam.refill().await.expect("refill");
     let attached = node.attached().await;
     assert_eq!(attached.len(), 2);
     let (second, (device, second_addresses, _)) = attached
@@ -297,9 +284,9 @@ async fn secondary_addresses_fill_attached_enis_first_and_whole_enis_go_back() {
     );
 
     held.extend(assign_all(&ipam, 9..18));
-    settle(&ipam).await;
+    ipam.refill().await.expect("refill");
     held.extend(assign_all(&ipam, 18..27));
-    settle(&ipam).await;
+    ipam.refill().await.expect("refill");
     assert_consistent(&node, &ipam).await;
     assert_eq!(node.attached().await.len(), 3, "the instance's ENI limit");
     let creates = |ipam: &Ipam| {
@@ -319,7 +306,7 @@ async fn secondary_addresses_fill_attached_enis_first_and_whole_enis_go_back() {
         })) => {}
         other => panic!("the 28th pod on a full m5.large: {other:?}"),
     }
-    settle(&ipam).await;
+    ipam.refill().await.expect("refill");
     assert_eq!(creates(&ipam), 2, "no ENI beyond the limit was tried");
 
     for n in 0..27 {
@@ -329,7 +316,7 @@ async fn secondary_addresses_fill_attached_enis_first_and_whole_enis_go_back() {
         ipam.release(&owner(0)).unwrap().is_none(),
         "a second release is a no-op"
     );
-    settle(&ipam).await;
+    ipam.refill().await.expect("refill");
     let attached = node.attached().await;
     assert_eq!(
         attached.keys().collect::<Vec<_>>(),
@@ -351,13 +338,13 @@ async fn prefix_mode_grows_by_prefixes_and_returns_only_whole_free_ones() {
             ("IP_COOLDOWN_PERIOD", "0"),
         ])
         .await;
-    settle(&ipam).await;
+    ipam.refill().await.expect("refill");
     let attached = node.attached().await;
     assert_eq!(attached[&node.launched.primary_eni].2.len(), 1, "one /28");
     assert_eq!(ipam.counts().total, 16);
 
     assign_all(&ipam, 0..14);
-    settle(&ipam).await;
+    ipam.refill().await.expect("refill");
     assert_eq!(ipam.counts().total, 32, "short of 5 free: one more prefix");
     assert_consistent(&node, &ipam).await;
     assert_eq!(
@@ -370,7 +357,7 @@ async fn prefix_mode_grows_by_prefixes_and_returns_only_whole_free_ones() {
     for n in 0..12 {
         ipam.release(&owner(n)).unwrap();
     }
-    settle(&ipam).await;
+    ipam.refill().await.expect("refill");
     assert_eq!(ipam.counts().total, 16);
     assert_consistent(&node, &ipam).await;
     let remaining = &node.attached().await[&node.launched.primary_eni].2;
@@ -390,7 +377,7 @@ async fn prefix_mode_grows_by_prefixes_and_returns_only_whole_free_ones() {
 async fn an_eni_that_cannot_be_attached_is_deleted_and_nothing_is_lost() {
     let node = Node::new("m5.large").await;
     let ipam = node.ipam(&[]).await;
-    settle(&ipam).await;
+    ipam.refill().await.expect("refill");
     let held = assign_all(&ipam, 0..9);
     node.vpc.emulator.fault(&Fault {
         action: "AttachNetworkInterface".into(),
@@ -409,7 +396,7 @@ async fn an_eni_that_cannot_be_attached_is_deleted_and_nothing_is_lost() {
     assert_eq!(ipam.allocations().len(), 9);
     assert_consistent(&node, &ipam).await;
 
-    settle(&ipam).await;
+    ipam.refill().await.expect("refill");
     assert_eq!(node.attached().await.len(), 2, "the next step succeeds");
     let again = assign_all(&ipam, 0..9);
     assert_eq!(again, held, "repeated assigns return the first answers");
@@ -431,7 +418,7 @@ async fn addresses_someone_else_assigned_are_learned_from_the_limit_error() {
         .expect("AssignPrivateIpAddresses");
     let err = ipam.refill_step().await;
     assert!(err.is_ok(), "the limit error is handled: {err:?}");
-    settle(&ipam).await;
+    ipam.refill().await.expect("refill");
     assert!(ipam.counts().total >= 9);
     assert_consistent(&node, &ipam).await;
     let limit_errors: u64 = ipam
@@ -448,7 +435,7 @@ async fn addresses_someone_else_assigned_are_learned_from_the_limit_error() {
 async fn throttled_refill_never_holds_up_assigns_from_the_pool() {
     let node = Node::new("m5.large").await;
     let ipam = Arc::new(node.ipam(&[("WARM_ENI_TARGET", "1")]).await);
-    settle(&ipam).await;
+    ipam.refill().await.expect("refill");
     for action in ["CreateNetworkInterface", "AssignPrivateIpAddresses"] {
         node.vpc.emulator.fault(&Fault {
             action: action.into(),
@@ -516,7 +503,7 @@ async fn missing_permissions_are_reported_as_such_and_not_retried() {
 async fn allocations_survive_a_restart_and_vpc_cni_checkpoints_import() {
     let node = Node::new("m5.large").await;
     let first = node.ipam(&[]).await;
-    settle(&first).await;
+    first.refill().await.expect("refill");
     let held = assign_all(&first, 0..5);
     first.release(&owner(4)).unwrap();
     drop(first);
@@ -528,7 +515,7 @@ async fn allocations_survive_a_restart_and_vpc_cni_checkpoints_import() {
         held[..4].to_vec(),
         "same answers after restart"
     );
-    settle(&second).await;
+    second.refill().await.expect("refill");
     let fresh = assign_all(&second, 10..15);
     assert!(
         fresh.iter().all(|ip| !held.contains(ip)),
@@ -703,7 +690,7 @@ async fn a_full_subnet_sends_new_enis_to_the_next_subnet_tagged_for_the_cluster(
     )
     .await
     .expect("the pool starts");
-    settle(&ipam).await;
+    ipam.refill().await.expect("refill");
     assert_eq!(ipam.counts().total, 9);
     let attached = node.attached().await;
     assert_eq!(
@@ -730,7 +717,7 @@ async fn a_full_subnet_sends_new_enis_to_the_next_subnet_tagged_for_the_cluster(
 
     // The full subnet is passed over for a while instead of being asked again.
     assign_all(&ipam, 0..9);
-    settle(&ipam).await;
+    ipam.refill().await.expect("refill");
     assert_eq!(
         outcomes(&ipam, ec2::codes::INSUFFICIENT_FREE_ADDRESSES_IN_SUBNET),
         1
@@ -761,7 +748,7 @@ async fn fragmented_prefixes_fall_back_to_single_addresses_and_back() {
     )
     .await
     .expect("the pool starts");
-    settle(&ipam).await;
+    ipam.refill().await.expect("refill");
     assert_eq!(
         ipam.counts().total,
         16,
@@ -784,7 +771,7 @@ async fn fragmented_prefixes_fall_back_to_single_addresses_and_back() {
         .expect("DeleteNetworkInterface");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assign_all(&ipam, 0..16);
-    settle(&ipam).await;
+    ipam.refill().await.expect("refill");
     let prefixes: usize = node
         .attached()
         .await
@@ -798,7 +785,7 @@ async fn fragmented_prefixes_fall_back_to_single_addresses_and_back() {
     for n in 0..16 {
         ipam.release(&owner(n)).unwrap();
     }
-    settle(&ipam).await;
+    ipam.refill().await.expect("refill");
     let attached = node.attached().await;
     let singles: usize = attached.values().map(|(_, a, _)| a.len() - 1).sum();
     let prefixes: usize = attached.values().map(|(_, _, p)| p.len()).sum();

@@ -38,6 +38,9 @@ enum Task {
     },
     /// Set up, build, and run eniflow on an emulated node in network namespaces (needs root).
     Demo,
+    /// Set up, build, and run the benchmarks: EC2 calls and idle addresses of the pool on the
+    /// lab's EC2 emulator under VPC CNI's default knobs and eniflow's recommended ones.
+    Bench,
     /// Regenerate the agent's bundled instance-type limits from the AWS data the lab's moto carries.
     GenLimits,
 }
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Task::Build { release } => build(release),
         Task::Test { filter } => test(filter),
         Task::Demo => demo(),
+        Task::Bench => bench(),
         Task::GenLimits => gen_limits(),
     };
     // One line per cause; a backtrace of xtask itself helps nobody.
@@ -114,6 +118,17 @@ fn demo() -> Result<()> {
     step("demo: an emulated node in network namespaces");
     cmd::run(&mut std::process::Command::new(
         root().join("target/debug/eniflow-demo"),
+    ))
+}
+
+fn bench() -> Result<()> {
+    setup::run_all()?;
+    ebpf::build()?;
+    step("build: cargo build --workspace --bins");
+    cmd::cargo(&["build", "--quiet", "--workspace", "--bins"])?;
+    step("bench: the address pool against the lab's EC2 emulator");
+    cmd::run(&mut std::process::Command::new(
+        root().join("target/debug/eniflow-bench-ipam"),
     ))
 }
 

@@ -386,11 +386,9 @@ impl Pool {
     /// Picks up to `count` ENIs to detach: eniflow's own, not the primary, holding no assigned or
     /// cooling address, at least `min_age` old. Marks them draining.
     pub fn pick_free_enis(&mut self, count: u32, now: SystemTime, min_age: Duration) -> Vec<Eni> {
-        let mut picked = Vec::new();
-        let ids: Vec<String> = self
+        let mut idle: Vec<&PoolEni> = self
             .enis
             .values()
-            .rev()
             .filter(|e| !e.draining && e.eni.device_index != 0 && e.eni.attachment_id.is_some())
             .filter(|e| {
                 e.eni.created_at.is_some_and(|created| {
@@ -401,9 +399,22 @@ impl Pool {
                 e.pod_addresses()
                     .all(|ip| !self.held.contains_key(&ip) && !self.cooling.contains_key(&ip))
             })
+            .collect();
+        // The smallest first (the plan counts whole ENIs; a part-filled one frees the least),
+        // then the highest device index.
+        idle.sort_by_key(|e| {
+            (
+                e.pod_addresses().count(),
+                std::cmp::Reverse((e.eni.network_card, e.eni.device_index)),
+            )
+        });
+        let ids: Vec<String> = idle
+            .into_iter()
+            .take(count as usize)
             .map(|e| e.eni.id.clone())
             .collect();
-        for id in ids.into_iter().take(count as usize) {
+        let mut picked = Vec::new();
+        for id in ids {
             if let Some(e) = self.enis.get_mut(&id) {
                 e.draining = true;
                 picked.push(e.eni.clone());

@@ -22,13 +22,14 @@ impl Ipam {
     /// One refill step: works out the plan and carries out (part of) it. Returns the plan, so
     /// callers can step until it says Hold.
     pub async fn refill_step(&self) -> Result<Plan, IpamError> {
-        let plan = {
-            let counts = self.counts();
-            super::warm::plan(&self.config.knobs, self.capacity, counts)
-        };
+        let counts = self.counts();
+        let plan = super::warm::plan(&self.config.knobs, self.capacity, counts);
         match plan {
             Plan::Hold => {}
-            Plan::Grow(addresses) => self.grow(addresses).await?,
+            Plan::Grow(addresses) => {
+                let ceiling = self.capacity.max_pods.saturating_sub(counts.total);
+                self.grow(addresses, ceiling).await?
+            }
             Plan::Release(addresses) if self.release_due() => self.give_back(addresses).await?,
             Plan::ReleaseEnis(n) if self.release_due() => self.detach_enis(n).await?,
             Plan::Release(_) | Plan::ReleaseEnis(_) => {}
@@ -36,11 +37,27 @@ impl Ipam {
         Ok(plan)
     }
 
-    /// Runs refill steps until the plan holds, then waits for an assign or release (or the
-    /// period). Errors are logged and retried after the period; authorization errors too, but
-    /// they say what permission is missing.
+    /// Steps until the plan holds or a step changes nothing (node full, subnets paused,
+    /// give-backs paced); returns the last plan.
+    pub async fn refill(&self) -> Result<Plan, IpamError> {
+        loop {
+            let before = self.footprint();
+            let plan = self.refill_step().await?;
+            if plan == Plan::Hold || self.footprint() == before {
+                return Ok(plan);
+            }
+        }
+    }
+
+    /// What a refill step can change: the counts and the ENIs.
+    fn footprint(&self) -> (super::warm::Pool, usize) {
+        (self.counts(), self.lock().enis().len())
+    }
+
+    /// Refills, then waits for an assign or release (or the period), for ever; sweeps leaked
+    /// ENIs when due. Errors are logged and retried after the period; authorization errors say
+    /// which permission is missing.
     pub async fn run_refill(self: Arc<Self>) {
-        let mut last: Option<Plan> = None;
         let mut swept: Option<Instant> = None;
         loop {
             if let Some(every) = self.config.leak_sweep {
@@ -56,25 +73,14 @@ impl Ipam {
                     }
                 }
             }
-            let progressed = match self.refill_step().await {
-                Ok(Plan::Hold) => false,
-                // A plan that did not change after acting made no progress (node full, paced).
-                Ok(plan) => last.replace(plan) != Some(plan),
-                Err(e) => {
-                    match &e {
-                        IpamError::Ec2(e) if e.is_authorization() => log::error!(
-                            "refill: EC2 refused for lack of permission ({e}); check the node role's IAM policy"
-                        ),
-                        e => log::warn!("refill: {e}"),
-                    }
-                    last = None;
-                    false
-                }
-            };
-            if !progressed {
-                last = None;
-                let _ = tokio::time::timeout(self.config.refill_period, self.wake.notified()).await;
+            match self.refill().await {
+                Ok(_) => {}
+                Err(IpamError::Ec2(e)) if e.is_authorization() => log::error!(
+                    "refill: EC2 refused for lack of permission ({e}); check the node role's IAM policy"
+                ),
+                Err(e) => log::warn!("refill: {e}"),
             }
+            let _ = tokio::time::timeout(self.config.refill_period, self.wake.notified()).await;
         }
     }
 
@@ -122,9 +128,25 @@ impl Ipam {
         self.prefix_mode() && !self.paused(&self.fragmented_subnets, subnet)
     }
 
-    /// Adds `addresses` (whole prefixes in prefix mode): attached ENIs first, then one new ENI.
-    async fn grow(&self, addresses: u32) -> Result<(), IpamError> {
-        let mut left = addresses;
+    /// Whether growth fills whole ENIs, as VPC CNI does when only WARM_ENI_TARGET is set: one
+    /// call fills an ENI instead of one call per pod.
+    fn fills_whole_enis(&self) -> bool {
+        let knobs = &self.config.knobs;
+        !knobs.prefix_delegation
+            && knobs.warm_ip_target.is_none()
+            && knobs.minimum_ip_target.is_none()
+    }
+
+    /// Adds at least `addresses` (whole prefixes in prefix mode), at most `ceiling`: attached
+    /// ENIs first, then one new ENI.
+    async fn grow(&self, addresses: u32, ceiling: u32) -> Result<(), IpamError> {
+        // `left` is what this step asks for: the shortfall, or all that fits when filling ENIs.
+        let mut left = if self.fills_whole_enis() {
+            ceiling.max(addresses)
+        } else {
+            addresses
+        };
+        let mut short = addresses;
         let slots = self.limits.ipv4_per_eni;
         let with_room: Vec<(String, String, u32)> = self
             .lock()
@@ -137,14 +159,17 @@ impl Ipam {
             .filter(|(_, _, room)| *room > 0)
             .collect();
         for (eni, subnet, room) in with_room {
-            if left == 0 {
+            if short == 0 || left == 0 {
                 return Ok(());
             }
             if self.paused(&self.full_subnets, &subnet) {
                 continue;
             }
             match self.assign_some(&eni, &subnet, room, left).await {
-                Ok(added) => left = left.saturating_sub(added),
+                Ok(added) => {
+                    left = left.saturating_sub(added);
+                    short = short.saturating_sub(added);
+                }
                 // Someone else used slots on it: learn EC2's view; the next step uses it.
                 Err(e) if e.is(codes::PRIVATE_IP_ADDRESS_LIMIT_EXCEEDED) => {
                     log::warn!("refill: {eni} is fuller than eniflow knew ({e}); re-reading it");
@@ -159,7 +184,7 @@ impl Ipam {
                 Err(e) => return Err(e.into()),
             }
         }
-        if left == 0 {
+        if short == 0 || left == 0 {
             return Ok(());
         }
         self.add_eni(left).await

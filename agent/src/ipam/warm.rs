@@ -28,7 +28,8 @@ impl Pool {
 pub struct Capacity {
     /// Pod addresses one ENI holds: IPv4 per ENI − 1, times 16 in prefix mode.
     pub per_eni: u32,
-    /// The node's max pods: the pool never holds more addresses.
+    /// The node's max pods: the pool never holds more addresses (in prefix mode, never more
+    /// prefixes than it takes to hold that many).
     pub max_pods: u32,
 }
 
@@ -45,7 +46,8 @@ pub enum Plan {
 
 pub fn plan(knobs: &Knobs, capacity: Capacity, pool: Pool) -> Plan {
     let unit = if knobs.prefix_delegation { PREFIX } else { 1 };
-    let room = capacity.max_pods.saturating_sub(pool.total) / unit * unit;
+    // Enough whole prefixes to hold max pods, and not one more.
+    let room = capacity.max_pods.saturating_sub(pool.total).div_ceil(unit) * unit;
     let available = i64::from(pool.available());
     let total = i64::from(pool.total);
 
@@ -219,11 +221,16 @@ mod tests {
             ),
             (pd(&[("WARM_IP_TARGET", "5")]), pool(48, 30, 0), Plan::Hold),
             // No prefix target: WARM_ENI_TARGET, an ENI's worth of prefixes.
-            (pd(&[]), pool(0, 0, 0), Plan::Grow(110 / 16 * 16)),
-            // Max pods (110) leaves room for whole prefixes only.
+            (pd(&[]), pool(0, 0, 0), Plan::Grow(112)),
+            // Max pods (110) fits in 7 prefixes: the 7th is added, an 8th never.
             (
                 pd(&[("WARM_PREFIX_TARGET", "1")]),
                 pool(96, 96, 0),
+                Plan::Grow(16),
+            ),
+            (
+                pd(&[("WARM_PREFIX_TARGET", "1")]),
+                pool(112, 110, 0),
                 Plan::Hold,
             ),
             (
