@@ -135,9 +135,11 @@ pub struct Ec2 {
 }
 
 impl Ec2 {
-    /// A client from the default chain (credentials, region) with eniflow's retry settings.
-    pub async fn connect(settings: &Settings) -> Ec2 {
+    /// A client for `region` with credentials from the default chain (environment, web
+    /// identity, the instance role) and eniflow's retry settings.
+    pub async fn connect(settings: &Settings, region: &str) -> Ec2 {
         let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(region.to_owned()))
             .load()
             .await;
         let mut config = aws_sdk_ec2::config::Builder::from(&shared).retry_config(

@@ -1,12 +1,19 @@
 //! `eniflow-agent`: one per node.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::Arc,
+};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use eniflow_agent::{
     datapath::{self, AttachMode, Datapath, Pins},
-    ipam, limits, max_pods, netns,
+    ec2::{self, Ec2},
+    instance::{self, Instance},
+    ipam::{self, Ipam},
+    limits, max_pods, netns,
 };
 use eniflow_common::{
     ATTACH_FLAG_CREATED_CLSACT, ATTACH_MODE_CLSACT, ATTACH_MODE_TCX, DIRECTION_INGRESS,
@@ -30,6 +37,44 @@ struct Cli {
     command: Command,
 }
 
+/// The address pool's settings beyond VPC CNI's knobs (which are read from the environment).
+#[derive(clap::Args)]
+struct PoolArgs {
+    /// Keep the node's pool of VPC addresses (needs EC2 and IMDS); false runs the data plane only.
+    #[arg(long, env = "ENIFLOW_IPAM", default_value_t = true, action = clap::ArgAction::Set)]
+    ipam: bool,
+    /// eniflow's allocation checkpoint.
+    #[arg(
+        long,
+        env = "ENIFLOW_CHECKPOINT",
+        default_value = "/var/run/eniflow/ipam.json"
+    )]
+    checkpoint: PathBuf,
+    /// VPC CNI's checkpoint, imported when eniflow has none (a node moving from aws-node).
+    #[arg(
+        long,
+        env = "AWS_VPC_K8S_CNI_BACKING_STORE",
+        default_value = "/var/run/aws-node/ipam.json"
+    )]
+    vpc_cni_checkpoint: PathBuf,
+    /// The node's effective max pods is written here (for kubelet's --max-pods or Bottlerocket).
+    #[arg(
+        long,
+        env = "ENIFLOW_MAX_PODS_FILE",
+        default_value = "/var/run/eniflow/max-pods"
+    )]
+    max_pods_file: PathBuf,
+    /// Tagged on the ENIs eniflow creates; the leak sweep deletes only this cluster's.
+    #[arg(long, env = "CLUSTER_NAME")]
+    cluster_name: Option<String>,
+    /// The EC2 endpoint (VPC CNI's AWS_EC2_ENDPOINT); unset: the SDK's own.
+    #[arg(long, env = "AWS_EC2_ENDPOINT")]
+    ec2_endpoint: Option<String>,
+    /// The instance metadata endpoint; unset: http://169.254.169.254.
+    #[arg(long, env = "AWS_EC2_METADATA_SERVICE_ENDPOINT")]
+    imds_endpoint: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Load the tc programs, attach them to the ENIs, and keep serving until SIGTERM/SIGINT.
@@ -49,6 +94,8 @@ enum Command {
         /// Written once every interface is attached (readiness for scripts and tests).
         #[arg(long)]
         ready_file: Option<PathBuf>,
+        #[command(flatten)]
+        pool: PoolArgs,
     },
     /// Print what eniflow attached and the per-hook counters from the pinned maps.
     Status,
@@ -114,7 +161,8 @@ async fn dispatch(cli: Cli) -> Result<()> {
             interfaces,
             attach_mode,
             ready_file,
-        } => run(pins, &interfaces, attach_mode, ready_file).await,
+            pool,
+        } => run(pins, &interfaces, attach_mode, ready_file, pool).await,
         Command::Status => status(&pins),
         Command::MaxPods {
             instance_type,
@@ -150,19 +198,29 @@ async fn run(
     interfaces: &[String],
     mode: AttachMode,
     ready_file: Option<PathBuf>,
+    pool: PoolArgs,
 ) -> Result<()> {
     // Knobs and interface names are checked before anything is loaded or attached: a typo
     // attaches nothing.
-    ipam::Knobs::from_env().map_err(anyhow::Error::msg)?;
+    let knobs = ipam::Knobs::from_env().map_err(anyhow::Error::msg)?;
     for ifname in interfaces {
         datapath::ifindex(ifname)?;
     }
+    // The pool starts before the data plane, so EC2 or IMDS trouble attaches nothing either.
+    let ipam = if pool.ipam {
+        Some(Arc::new(start_pool(knobs, &pool).await?))
+    } else {
+        None
+    };
     let mut dp = Datapath::load(pins, mode)?;
     for ifname in interfaces {
         dp.attach_eni(ifname).await?;
     }
     if let Some(path) = ready_file {
         std::fs::write(&path, b"ready\n").with_context(|| format!("write {}", path.display()))?;
+    }
+    if let Some(ipam) = &ipam {
+        tokio::spawn(ipam.clone().run_refill());
     }
     log::info!(
         "serving {} interface(s); pinned under {}",
@@ -176,6 +234,46 @@ async fn run(
     }
     log::info!("stopping; attachments stay pinned (`eniflow-agent uninstall` removes them)");
     Ok(())
+}
+
+/// Reads the instance from IMDS, starts the pool (restoring its checkpoint) and publishes the
+/// node's max pods.
+async fn start_pool(knobs: ipam::Knobs, args: &PoolArgs) -> Result<Ipam> {
+    let imds = instance::client(args.imds_endpoint.as_deref())?;
+    let node = Instance::read(&imds).await?;
+    let settings = ec2::Settings {
+        endpoint: args.ec2_endpoint.clone(),
+        ..Default::default()
+    };
+    let ec2 = Ec2::connect(&settings, &node.region).await;
+    let mut config = ipam::Config::new(knobs, args.checkpoint.clone());
+    config.vpc_cni_checkpoint = Some(args.vpc_cni_checkpoint.clone());
+    config.cluster_name = args.cluster_name.clone();
+    log::info!(
+        "instance {} ({}, {}); pool checkpoint {}",
+        node.id,
+        node.instance_type,
+        node.availability_zone,
+        args.checkpoint.display()
+    );
+    let pool = Ipam::start(ec2, node, config).await?;
+    let max_pods = pool.capacity().max_pods;
+    write_atomically(&args.max_pods_file, format!("{max_pods}\n").as_bytes())?;
+    log::info!(
+        "max pods {max_pods} (written to {})",
+        args.max_pods_file.display()
+    );
+    Ok(pool)
+}
+
+/// Writes `path` through a temporary file and a rename: readers see the old or the new text.
+fn write_atomically(path: &Path, text: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))
 }
 
 fn status(pins: &Pins) -> Result<()> {

@@ -62,9 +62,23 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts the agent in `netns` (a /run/netns path) attaching to `interfaces`, and waits
-    /// until it reports every interface attached.
+    /// Starts the agent in `netns` (a /run/netns path) attaching to `interfaces`, data plane
+    /// only (no address pool), and waits until it reports every interface attached.
     pub fn start(netns: &str, bpffs_root: &Path, interfaces: &[&str], mode: &str) -> Self {
+        let interfaces = interfaces.join(",");
+        let args = [
+            "--interfaces",
+            &interfaces,
+            "--attach-mode",
+            mode,
+            "--ipam=false",
+        ];
+        Self::start_with(netns, bpffs_root, &args, &[])
+    }
+
+    /// Starts `eniflow-agent run <args>` in `netns` with extra environment `env`, and waits until
+    /// it is ready.
+    pub fn start_with(netns: &str, bpffs_root: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let ready = std::env::temp_dir().join(format!("{}.ready", crate::unique_name("agent")));
         let _ = std::fs::remove_file(&ready);
         let mut child = Command::new(binary("eniflow-agent"))
@@ -72,15 +86,11 @@ impl Agent {
             .arg(netns)
             .arg("--bpffs-root")
             .arg(bpffs_root)
-            .args([
-                "run",
-                "--interfaces",
-                &interfaces.join(","),
-                "--attach-mode",
-                mode,
-            ])
+            .arg("run")
+            .args(args)
             .arg("--ready-file")
             .arg(&ready)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .spawn()
             .expect("start eniflow-agent");

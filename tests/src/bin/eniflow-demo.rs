@@ -1,7 +1,8 @@
 //! `cargo xtask demo`: eniflow on the lab. An emulated m5.large (the `node` namespace) in a VPC
 //! with a remote host on each subnet; a second ENI is created and attached through the EC2 API
-//! and the hypervisor plugs it in; the agent attaches its programs to both ENIs; real traffic
-//! crosses them; the pinned maps are dumped with bpftool. Everything is removed at the end.
+//! and the hypervisor plugs it in; the agent attaches its programs to both ENIs and fills its
+//! warm address pool through the EC2 API; real traffic crosses the programs; the pinned maps are
+//! dumped with bpftool. Everything is removed at the end.
 
 use eniflow_tests::{
     agent::{self, Agent},
@@ -60,8 +61,29 @@ async fn main() {
     print!("{}", node.ip(&["-br", "addr", "show"]));
 
     let root = bpffs_dir("demo");
-    section("eniflow-agent run --interfaces eth0,eth1 (inside the node)");
-    let running = Agent::start(&node.path(), &root, &["eth0", "eth1"], "auto");
+    section(
+        "eniflow-agent run --interfaces eth0,eth1 (inside the node; EC2 + IMDS at 169.254.169.254)",
+    );
+    let state = std::env::temp_dir().join(eniflow_tests::unique_name("demo-state"));
+    let checkpoint = state.join("ipam.json").display().to_string();
+    let max_pods = state.join("max-pods").display().to_string();
+    let vpc_cni = state.join("aws-node-ipam.json").display().to_string();
+    let args = [
+        "--interfaces",
+        "eth0,eth1",
+        "--checkpoint",
+        &checkpoint,
+        "--max-pods-file",
+        &max_pods,
+        "--vpc-cni-checkpoint",
+        &vpc_cni,
+    ];
+    let env = [
+        ("AWS_EC2_ENDPOINT", "http://169.254.169.254"),
+        ("AWS_ACCESS_KEY_ID", "lab"),
+        ("AWS_SECRET_ACCESS_KEY", "lab"),
+    ];
+    let running = Agent::start_with(&node.path(), &root, &args, &env);
     for eni in ["eth0", "eth1"] {
         for dir in Dir::BOTH {
             let progs = hooks::tcx_programs(node, eni, dir);
@@ -73,6 +95,34 @@ async fn main() {
             println!("{eni} {:<7} programs attached: {progs:?}", dir.name());
         }
     }
+
+    section(
+        "the address pool: max pods and the warm addresses the agent assigned to the primary ENI",
+    );
+    println!(
+        "max pods (written to {max_pods}): {}",
+        std::fs::read_to_string(&max_pods)
+            .unwrap_or_default()
+            .trim()
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let warm = loop {
+        let eni = ec2
+            .describe_network_interfaces()
+            .network_interface_ids(&lab.node.primary_eni)
+            .send()
+            .await
+            .expect("DescribeNetworkInterfaces");
+        let addresses = eni.network_interfaces()[0].private_ip_addresses().len();
+        if addresses >= 10 || std::time::Instant::now() > deadline {
+            break addresses.saturating_sub(1);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    println!(
+        "{}: {warm} secondary addresses warm (WARM_ENI_TARGET=1 on an m5.large); checkpoint {checkpoint}",
+        lab.node.primary_eni
+    );
 
     section("traffic through eniflow's programs: ping each remote host from the node");
     for host in &lab.hosts {
@@ -137,6 +187,7 @@ async fn main() {
         root.exists()
     );
     drop(lab);
+    let _ = std::fs::remove_dir_all(&state);
     section("demo done; the lab is gone");
 }
 

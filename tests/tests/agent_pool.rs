@@ -1,0 +1,167 @@
+//! The agent process keeping its address pool on the lab: inside the node it finds EC2 and IMDS
+//! where an EC2 node does (169.254.169.254), fills the warm pool, writes its checkpoint and the
+//! node's max pods, survives SIGKILL without asking EC2 again, and refuses to start — attaching
+//! nothing — when EC2 refuses it.
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use eniflow_tests::{
+    agent::{self, Agent},
+    bpffs_dir,
+    lab::{api_vpc::addresses, emulator::Fault, Lab, LabSpec},
+    require_root,
+};
+
+/// EC2 and IMDS inside the lab's node, as on an EC2 instance; the lab accepts any credentials.
+const NODE_ENV: &[(&str, &str)] = &[
+    ("AWS_EC2_ENDPOINT", "http://169.254.169.254"),
+    ("AWS_ACCESS_KEY_ID", "lab"),
+    ("AWS_SECRET_ACCESS_KEY", "lab"),
+];
+
+struct Files {
+    dir: PathBuf,
+}
+
+impl Files {
+    fn new() -> Files {
+        let dir = std::env::temp_dir().join(eniflow_tests::unique_name("agent-pool"));
+        std::fs::create_dir_all(&dir).unwrap();
+        Files { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+}
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start(lab: &Lab, root: &Path, files: &Files) -> Agent {
+    let checkpoint = files.path("ipam.json");
+    let max_pods = files.path("max-pods");
+    let vpc_cni = files.path("aws-node-ipam.json");
+    let args = [
+        "--interfaces",
+        "eth0",
+        "--checkpoint",
+        &checkpoint,
+        "--max-pods-file",
+        &max_pods,
+        "--vpc-cni-checkpoint",
+        &vpc_cni,
+    ];
+    Agent::start_with(&lab.node.netns.path(), root, &args, NODE_ENV)
+}
+
+async fn primary_addresses(lab: &Lab) -> Vec<String> {
+    let eni = lab
+        .ec2()
+        .describe_network_interfaces()
+        .network_interface_ids(&lab.node.primary_eni)
+        .send()
+        .await
+        .expect("DescribeNetworkInterfaces")
+        .network_interfaces
+        .and_then(|mut n| n.pop())
+        .expect("the primary ENI");
+    addresses(&eni)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_fills_its_warm_pool_and_survives_a_crash_without_asking_again() {
+    require_root();
+    let lab = Lab::start(LabSpec::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let root = bpffs_dir("agent-pool");
+    let files = Files::new();
+
+    let running = start(&lab, &root, &files);
+    assert_eq!(
+        std::fs::read_to_string(files.path("max-pods")).unwrap(),
+        "29\n",
+        "an m5.large's max pods"
+    );
+    // WARM_ENI_TARGET=1: the primary ENI (10 IPv4) is filled with 9 secondary addresses.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while primary_addresses(&lab).await.len() < 10 {
+        assert!(Instant::now() < deadline, "the warm pool was not filled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let checkpoint: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(files.path("ipam.json")).unwrap()).unwrap();
+    assert_eq!(checkpoint["version"], "eniflow-ipam/1");
+
+    running.kill();
+    let assigns = |lab: &Lab| {
+        lab.emulator
+            .calls()
+            .get("AssignPrivateIpAddresses")
+            .copied()
+            .unwrap_or(0)
+    };
+    let before = assigns(&lab);
+    let restarted = start(&lab, &root, &files);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(assigns(&lab), before, "the restarted agent asked EC2 again");
+    assert_eq!(primary_addresses(&lab).await.len(), 10);
+    restarted.stop();
+    let out = agent::command(&lab.node.netns.path(), &root, &["uninstall"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_ec2_refuses_stops_with_the_reason_and_attaches_nothing() {
+    require_root();
+    let lab = Lab::start(LabSpec::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let root = bpffs_dir("agent-pool-denied");
+    let files = Files::new();
+    lab.emulator.fault(&Fault {
+        action: "DescribeNetworkInterfaces".into(),
+        code: Some("UnauthorizedOperation".into()),
+        status: 403,
+        count: 100,
+        latency_ms: 0,
+    });
+    let checkpoint = files.path("ipam.json");
+    let max_pods = files.path("max-pods");
+    let out = std::process::Command::new("timeout")
+        .arg("30")
+        .arg(agent::binary("eniflow-agent"))
+        .arg("--netns")
+        .arg(lab.node.netns.path())
+        .arg("--bpffs-root")
+        .arg(&*root)
+        .args(["run", "--interfaces", "eth0", "--checkpoint", &checkpoint])
+        .args(["--max-pods-file", &max_pods])
+        .envs(NODE_ENV.iter().copied())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the agent started without EC2");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.contains("DescribeNetworkInterfaces") && last.contains("UnauthorizedOperation"),
+        "the error does not say what EC2 refused: {stderr}"
+    );
+    assert!(!root.exists(), "a refused start pinned objects");
+    assert_eq!(
+        lab.emulator.calls().get("DescribeNetworkInterfaces"),
+        Some(&1),
+        "an authorization error is not retried"
+    );
+}
