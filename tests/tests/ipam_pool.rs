@@ -793,3 +793,53 @@ async fn fragmented_prefixes_fall_back_to_single_addresses_and_back() {
     assert_eq!(ipam.counts().total, 16);
     assert_consistent(&node, &ipam).await;
 }
+
+#[tokio::test]
+async fn detaches_and_unassigns_outside_eniflow_are_noticed() {
+    let node = Node::new("m5.large").await;
+    let ipam = node.ipam(&[]).await;
+    ipam.refill().await.expect("refill");
+    let held = assign_all(&ipam, 0..9);
+    ipam.refill().await.expect("refill");
+    let attached = node.attached().await;
+    let second = attached
+        .keys()
+        .find(|id| **id != node.launched.primary_eni)
+        .expect("a second ENI")
+        .clone();
+
+    // Someone unassigns a held address from the primary ENI and detaches the second ENI.
+    node.vpc
+        .ec2
+        .unassign_private_ip_addresses()
+        .network_interface_id(&node.launched.primary_eni)
+        .private_ip_addresses(held[4].to_string())
+        .send()
+        .await
+        .expect("UnassignPrivateIpAddresses");
+    let attachment = node
+        .vpc
+        .describe(&second)
+        .await
+        .attachment()
+        .and_then(|a| a.attachment_id().map(str::to_owned))
+        .unwrap();
+    node.vpc
+        .ec2
+        .detach_network_interface()
+        .attachment_id(attachment)
+        .send()
+        .await
+        .expect("DetachNetworkInterface");
+
+    let lost = ipam.reconcile().await.expect("reconcile");
+    assert_eq!(lost.len(), 1);
+    assert_eq!((lost[0].ipv4, &lost[0].owner), (held[4], &owner(4)));
+    assert_consistent(&node, &ipam).await;
+    assert_eq!(ipam.allocations().len(), 8);
+    // The pool grows back to its target on the ENIs the node still has, and beyond.
+    ipam.refill().await.expect("refill");
+    assert_consistent(&node, &ipam).await;
+    let counts = ipam.counts();
+    assert!(counts.total - counts.assigned >= 9, "{counts:?}");
+}

@@ -49,6 +49,8 @@ pub struct Config {
     /// After a subnet runs out of addresses (or of free /28s), how long it is passed over
     /// (VPC CNI: 120 s).
     pub subnet_pause: Duration,
+    /// How often the refill loop compares the pool with EC2's attached ENIs (VPC CNI: 1 min).
+    pub reconcile_period: Duration,
     /// How often the refill loop sweeps leaked ENIs (VPC CNI: hourly); None: never.
     pub leak_sweep: Option<Duration>,
 }
@@ -64,6 +66,7 @@ impl Config {
             release_interval: Duration::from_secs(30),
             refill_period: Duration::from_secs(5),
             subnet_pause: Duration::from_secs(120),
+            reconcile_period: Duration::from_secs(60),
             leak_sweep: Some(Duration::from_secs(3600)),
         }
     }
@@ -146,7 +149,7 @@ impl Ipam {
 
         let mut pool = Pool::default();
         for eni in ec2.attached_enis(&instance.id).await? {
-            let for_pods = eni.network_card == 0 && !eni.trunk;
+            let for_pods = refill::serves_pods(&eni);
             pool.add_eni(eni, for_pods);
         }
         let (allocations, cooling) = match checkpoint::load(&config.checkpoint)? {

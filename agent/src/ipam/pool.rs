@@ -301,6 +301,33 @@ impl Pool {
             .map(|e| e.eni.id.as_str())
     }
 
+    /// Brings the pool in line with the ENIs EC2 says are attached: ENIs detached or addresses
+    /// unassigned behind eniflow's back leave the pool, new ones join it. Returns the allocations
+    /// whose address the node lost (their pods need a new sandbox).
+    pub fn reconcile(&mut self, attached: Vec<(Eni, bool)>) -> Vec<Allocation> {
+        let ids: BTreeSet<&str> = attached.iter().map(|(e, _)| e.id.as_str()).collect();
+        self.enis
+            .retain(|id, e| e.draining || ids.contains(id.as_str()));
+        for (eni, for_pods) in attached {
+            self.add_eni(eni, for_pods);
+        }
+        let present: BTreeSet<Ipv4Addr> = self.pod_addresses().into_iter().collect();
+        self.cooling.retain(|ip, _| present.contains(ip));
+        let lost: Vec<Owner> = self
+            .by_owner
+            .iter()
+            .filter(|(_, a)| !present.contains(&a.ipv4))
+            .map(|(o, _)| o.clone())
+            .collect();
+        lost.iter()
+            .filter_map(|o| {
+                let a = self.by_owner.remove(o)?;
+                self.held.remove(&a.ipv4);
+                Some(a)
+            })
+            .collect()
+    }
+
     /// Picks up to `count` free secondary addresses to give back and marks them leaving.
     pub fn pick_free_secondaries(&mut self, count: u32) -> Vec<(String, Vec<Ipv4Addr>)> {
         let mut picked: Vec<(String, Vec<Ipv4Addr>)> = Vec::new();

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use super::{subnets, warm::Plan, Ipam, IpamError};
+use super::{subnets, warm::Plan, Allocation, Ipam, IpamError};
 use crate::{
     ec2::{codes, Ec2Error, Eni, NewEni},
     limits::ADDRESSES_PER_PREFIX,
@@ -59,7 +59,14 @@ impl Ipam {
     /// which permission is missing.
     pub async fn run_refill(self: Arc<Self>) {
         let mut swept: Option<Instant> = None;
+        let mut reconciled = Instant::now();
         loop {
+            if reconciled.elapsed() >= self.config.reconcile_period {
+                reconciled = Instant::now();
+                if let Err(e) = self.reconcile().await {
+                    log::warn!("reconcile: {e}");
+                }
+            }
             if let Some(every) = self.config.leak_sweep {
                 if swept.is_none_or(|at| at.elapsed() >= every) {
                     swept = Some(Instant::now());
@@ -329,23 +336,37 @@ impl Ipam {
                 }
                 if e.is(codes::ATTACHMENT_LIMIT_EXCEEDED) {
                     // Someone else took an ENI slot: re-read what is attached.
-                    self.refresh_enis().await?;
+                    self.reconcile().await?;
                 }
                 Err(e.into())
             }
         }
     }
 
-    /// Re-reads the attached ENIs from EC2 (new ones join the pool; gone ones leave it when they
-    /// hold no allocation).
-    async fn refresh_enis(&self) -> Result<(), IpamError> {
+    /// Re-reads the attached ENIs from EC2 and brings the pool in line (see `Pool::reconcile`);
+    /// returns the allocations whose address the node lost, which are logged and forgotten.
+    pub async fn reconcile(&self) -> Result<Vec<Allocation>, IpamError> {
         let attached = self.ec2.attached_enis(&self.instance.id).await?;
+        let attached = attached
+            .into_iter()
+            .map(|e| {
+                let for_pods = serves_pods(&e);
+                (e, for_pods)
+            })
+            .collect();
         let mut pool = self.lock();
-        for eni in attached {
-            let for_pods = eni.network_card == 0 && !eni.trunk;
-            pool.add_eni(eni, for_pods);
+        let lost = pool.reconcile(attached);
+        for a in &lost {
+            log::error!(
+                "reconcile: {} of pod {}/{} ({}) is no longer on the node (detached or unassigned outside eniflow)",
+                a.ipv4,
+                a.pod_namespace,
+                a.pod_name,
+                a.owner.container_id
+            );
         }
-        Ok(())
+        self.save(&pool)?;
+        Ok(lost)
     }
 
     /// Gives free addresses back to their subnets: in prefix mode the single addresses taken
@@ -413,6 +434,11 @@ impl Ipam {
         }
         Ok(self.ec2.delete(id).await?)
     }
+}
+
+/// Pods get addresses from ENIs on the default card, never from a trunk.
+pub(super) fn serves_pods(eni: &Eni) -> bool {
+    eni.network_card == 0 && !eni.trunk
 }
 
 /// IPv4 slots an ENI uses: its addresses (the primary included) and one per prefix.
