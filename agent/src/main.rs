@@ -12,7 +12,7 @@ use eniflow_agent::{
     datapath::{self, AttachMode, Datapath, Pins},
     ec2::{self, Ec2},
     instance::{self, Instance},
-    ipam::{self, Ipam},
+    ipam::{self, eniconfig, Ipam},
     limits, max_pods, netns,
 };
 use eniflow_common::{
@@ -64,6 +64,15 @@ struct PoolArgs {
         default_value = "/var/run/eniflow/max-pods"
     )]
     max_pods_file: PathBuf,
+    /// ENIConfigs for custom networking off a cluster (`kubectl get eniconfigs -o json`).
+    #[arg(long, env = "ENIFLOW_ENI_CONFIGS")]
+    eni_configs: Option<PathBuf>,
+    /// The node's labels, `k=v,...` (kubelet's --node-labels); they choose the ENIConfig.
+    #[arg(long, env = "ENIFLOW_NODE_LABELS", default_value = "")]
+    node_labels: String,
+    /// The node's annotations, `k=v,...`; they choose the ENIConfig.
+    #[arg(long, env = "ENIFLOW_NODE_ANNOTATIONS", default_value = "")]
+    node_annotations: String,
     /// Tagged on the ENIs eniflow creates; the leak sweep deletes only this cluster's.
     #[arg(long, env = "CLUSTER_NAME")]
     cluster_name: Option<String>,
@@ -246,7 +255,20 @@ async fn start_pool(knobs: ipam::Knobs, args: &PoolArgs) -> Result<Ipam> {
         ..Default::default()
     };
     let ec2 = Ec2::connect(&settings, &node.region).await;
+    let labels = eniconfig::parse_pairs(&args.node_labels)
+        .map_err(|e| anyhow::anyhow!("--node-labels: {e}"))?;
+    let annotations = eniconfig::parse_pairs(&args.node_annotations)
+        .map_err(|e| anyhow::anyhow!("--node-annotations: {e}"))?;
+    let custom = eniconfig::resolve(
+        &knobs,
+        args.eni_configs.as_deref(),
+        labels,
+        &annotations,
+        &node.availability_zone,
+    )
+    .map_err(anyhow::Error::msg)?;
     let mut config = ipam::Config::new(knobs, args.checkpoint.clone());
+    config.custom_network = custom;
     config.vpc_cni_checkpoint = Some(args.vpc_cni_checkpoint.clone());
     config.cluster_name = args.cluster_name.clone();
     log::info!(

@@ -165,3 +165,65 @@ async fn an_agent_ec2_refuses_stops_with_the_reason_and_attaches_nothing() {
         "an authorization error is not retried"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_eniconfig_subnet_in_another_zone_stops_the_agent_naming_it() {
+    require_root();
+    let lab = Lab::start(LabSpec::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let elsewhere = lab
+        .ec2()
+        .create_subnet()
+        .vpc_id(&lab.vpc_id)
+        .cidr_block("10.0.200.0/24")
+        .availability_zone("us-west-2b")
+        .send()
+        .await
+        .expect("CreateSubnet")
+        .subnet
+        .and_then(|s| s.subnet_id)
+        .unwrap();
+    let root = bpffs_dir("agent-pool-eniconfig");
+    let files = Files::new();
+    let configs = files.path("eniconfigs.json");
+    std::fs::write(
+        &configs,
+        format!(
+            r#"{{"kind":"List","items":[{{"kind":"ENIConfig","metadata":{{"name":"us-west-2a"}},
+                "spec":{{"subnet":"{elsewhere}"}}}}]}}"#
+        ),
+    )
+    .unwrap();
+    let checkpoint = files.path("ipam.json");
+    let max_pods = files.path("max-pods");
+    let out = std::process::Command::new("timeout")
+        .arg("30")
+        .arg(agent::binary("eniflow-agent"))
+        .arg("--netns")
+        .arg(lab.node.netns.path())
+        .arg("--bpffs-root")
+        .arg(&*root)
+        .args(["run", "--interfaces", "eth0", "--checkpoint", &checkpoint])
+        .args(["--max-pods-file", &max_pods, "--eni-configs", &configs])
+        .envs(NODE_ENV.iter().copied())
+        .env("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "true")
+        .env("ENI_CONFIG_LABEL_DEF", "topology.kubernetes.io/zone")
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the agent started with a subnet in another zone"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.contains("ENIConfig \"us-west-2a\"") && last.contains(&elsewhere),
+        "the error does not name the ENIConfig and its subnet: {stderr}"
+    );
+    assert!(!root.exists(), "a refused start pinned objects");
+    assert!(
+        !Path::new(&max_pods).exists(),
+        "a refused start published max pods"
+    );
+}

@@ -33,7 +33,10 @@ fn churn_until_killed(endpoint: &str, checkpoint: &str, round: u64, millis: u64)
         .env("RUST_LOG", "warn")
         .env("IP_COOLDOWN_PERIOD", "0")
         // Odd rounds keep whole warm ENIs (ENIs attach and detach), even ones a few addresses.
-        .env("WARM_IP_TARGET", if round.is_multiple_of(2) { "3" } else { "0" })
+        .env(
+            "WARM_IP_TARGET",
+            if round.is_multiple_of(2) { "3" } else { "0" },
+        )
         .stdout(Stdio::piped())
         .stdin(Stdio::null())
         .spawn()

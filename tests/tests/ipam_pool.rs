@@ -14,7 +14,7 @@ use std::{
 use eniflow_agent::{
     ec2::{self, Ec2},
     instance::{self, Instance},
-    ipam::{warm::Plan, Config, Ipam, IpamError, Knobs, Owner, PoolError},
+    ipam::{eniconfig::EniConfig, warm::Plan, Config, Ipam, IpamError, Knobs, Owner, PoolError},
 };
 use eniflow_tests::lab::{
     api_vpc::{addresses, prefixes, ApiVpc, Launched},
@@ -842,4 +842,88 @@ async fn detaches_and_unassigns_outside_eniflow_are_noticed() {
     assert_consistent(&node, &ipam).await;
     let counts = ipam.counts();
     assert!(counts.total - counts.assigned >= 9, "{counts:?}");
+}
+
+#[tokio::test]
+async fn custom_networking_puts_pods_on_the_eniconfig_subnet_and_never_on_the_primary_eni() {
+    let node = Node::in_subnet("m5.large", "10.0.0.0/24").await;
+    let pod_subnet = node.vpc.subnet("10.0.64.0/20", "us-west-2a").await;
+    let elsewhere = node.vpc.subnet("10.0.128.0/20", "us-west-2b").await;
+    let pod_sg = node
+        .vpc
+        .ec2
+        .create_security_group()
+        .vpc_id(&node.vpc.id)
+        .group_name("pods")
+        .description("pods")
+        .send()
+        .await
+        .expect("CreateSecurityGroup")
+        .group_id
+        .unwrap();
+    let eniconfig = |subnet: &str| EniConfig {
+        name: "us-west-2a".into(),
+        subnet: subnet.into(),
+        security_groups: vec![pod_sg.clone()],
+    };
+
+    let mut config = node.config(&[("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "true")]);
+    config.custom_network = Some(eniconfig(&elsewhere));
+    let refused = Ipam::start(
+        Ec2::from_client(node.vpc.ec2.clone()),
+        node.instance().await,
+        config.clone(),
+    )
+    .await
+    .err()
+    .expect("an ENIConfig subnet in another zone is refused");
+    let message = refused.to_string();
+    assert!(
+        message.contains(&elsewhere) && message.contains("us-west-2a"),
+        "{message}"
+    );
+
+    config.custom_network = Some(eniconfig(&pod_subnet));
+    let ipam = Ipam::start(
+        Ec2::from_client(node.vpc.ec2.clone()),
+        node.instance().await,
+        config,
+    )
+    .await
+    .expect("the pool starts");
+    assert_eq!(
+        ipam.capacity().max_pods,
+        20,
+        "an m5.large without its primary ENI"
+    );
+    ipam.refill().await.expect("refill");
+    let held = assign_all(&ipam, 0..9);
+    ipam.refill().await.expect("refill");
+    let attached = node.attached().await;
+    assert_eq!(
+        attached[&node.launched.primary_eni].1.len(),
+        1,
+        "the primary ENI carries no pods"
+    );
+    for ip in &held {
+        assert_eq!(
+            ip.octets()[2] & 0xf0,
+            64,
+            "{ip} is not in the ENIConfig subnet"
+        );
+    }
+    for eni in attached
+        .keys()
+        .filter(|id| **id != node.launched.primary_eni)
+    {
+        let described = node.vpc.describe(eni).await;
+        assert_eq!(described.subnet_id(), Some(pod_subnet.as_str()));
+        let groups: Vec<&str> = described
+            .groups()
+            .iter()
+            .filter_map(|g| g.group_id())
+            .collect();
+        assert_eq!(groups, [pod_sg.as_str()]);
+    }
+    assert_consistent(&node, &ipam).await;
 }

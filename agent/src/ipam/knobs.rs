@@ -31,6 +31,12 @@ pub struct Knobs {
     pub ip_cooldown: Duration,
     /// ENABLE_SUBNET_DISCOVERY: new ENIs may go to other subnets tagged for CNI (default true).
     pub subnet_discovery: bool,
+    /// AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG: pods use the subnet of the node's ENIConfig.
+    pub custom_network: bool,
+    /// ENI_CONFIG_LABEL_DEF: the node label naming the ENIConfig.
+    pub eni_config_label: String,
+    /// ENI_CONFIG_ANNOTATION_DEF: the node annotation naming the ENIConfig.
+    pub eni_config_annotation: String,
 }
 
 impl Knobs {
@@ -71,6 +77,11 @@ impl Knobs {
             ip_cooldown: count(&var, "IP_COOLDOWN_PERIOD")?
                 .map_or(DEFAULT_IP_COOLDOWN, |s| Duration::from_secs(s.into())),
             subnet_discovery: boolean(&var, "ENABLE_SUBNET_DISCOVERY")?.unwrap_or(true),
+            custom_network: boolean(&var, "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG")?.unwrap_or(false),
+            eni_config_label: text(&var, "ENI_CONFIG_LABEL_DEF")
+                .unwrap_or_else(|| super::eniconfig::DEFAULT_KEY.into()),
+            eni_config_annotation: text(&var, "ENI_CONFIG_ANNOTATION_DEF")
+                .unwrap_or_else(|| super::eniconfig::DEFAULT_KEY.into()),
         })
     }
 
@@ -99,6 +110,12 @@ fn count(var: &impl Fn(&str) -> Option<String>, name: &str) -> Result<Option<u32
             .map(Some)
             .map_err(|_| format!("{name}={text:?}: must be a whole number, 0 or more")),
     }
+}
+
+fn text(var: &impl Fn(&str) -> Option<String>, name: &str) -> Option<String> {
+    var(name)
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
 }
 
 fn boolean(var: &impl Fn(&str) -> Option<String>, name: &str) -> Result<Option<bool>, String> {

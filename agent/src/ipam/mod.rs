@@ -3,6 +3,7 @@
 //! the refill loop (`refill`) moves the pool towards its warm targets with EC2 calls.
 
 pub mod checkpoint;
+pub mod eniconfig;
 pub mod knobs;
 pub mod leaks;
 pub mod pool;
@@ -38,6 +39,8 @@ pub struct Config {
     pub checkpoint: PathBuf,
     /// VPC CNI's checkpoint, imported when eniflow has none yet.
     pub vpc_cni_checkpoint: Option<PathBuf>,
+    /// Custom networking: the node's ENIConfig (its subnet and security groups for pod ENIs).
+    pub custom_network: Option<eniconfig::EniConfig>,
     /// CLUSTER_NAME: tagged on new ENIs.
     pub cluster_name: Option<String>,
     /// An ENI younger than this is never detached (VPC CNI: one minute).
@@ -61,6 +64,7 @@ impl Config {
             knobs,
             checkpoint,
             vpc_cni_checkpoint: None,
+            custom_network: None,
             cluster_name: None,
             eni_min_age: Duration::from_secs(60),
             release_interval: Duration::from_secs(30),
@@ -127,9 +131,21 @@ impl Ipam {
             }
         };
         let knobs = &config.knobs;
+        if let Some(custom) = &config.custom_network {
+            let zone = ec2
+                .subnets(&instance.vpc_id, &instance.availability_zone)
+                .await?;
+            if !zone.iter().any(|s| s.id == custom.subnet) {
+                return Err(IpamError::Config(format!(
+                    "ENIConfig {:?}: subnet {} is not in the node's VPC {} and zone {}",
+                    custom.name, custom.subnet, instance.vpc_id, instance.availability_zone
+                )));
+            }
+        }
         let opts = max_pods::Options {
             prefix_delegation: knobs.prefix_delegation,
             max_eni: knobs.max_eni,
+            custom_networking: config.custom_network.is_some(),
             ..Default::default()
         };
         let max_pods = max_pods::max_pods(&instance.instance_type, &limits, &opts)
@@ -148,8 +164,9 @@ impl Ipam {
         });
 
         let mut pool = Pool::default();
+        let custom = config.custom_network.is_some();
         for eni in ec2.attached_enis(&instance.id).await? {
-            let for_pods = refill::serves_pods(&eni);
+            let for_pods = refill::serves_pods(&eni, custom);
             pool.add_eni(eni, for_pods);
         }
         let (allocations, cooling) = match checkpoint::load(&config.checkpoint)? {

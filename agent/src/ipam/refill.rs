@@ -224,9 +224,19 @@ impl Ipam {
         Ok(got.len() as u32)
     }
 
+    /// Security groups for new ENIs: the ENIConfig's, else the primary ENI's.
+    fn security_groups(&self) -> &[String] {
+        match &self.config.custom_network {
+            Some(custom) if !custom.security_groups.is_empty() => &custom.security_groups,
+            _ => &self.instance.security_groups,
+        }
+    }
+
     /// Subnets a new ENI may go to, best first, leaving out those out of addresses lately.
     async fn candidate_subnets(&self) -> Result<Vec<String>, IpamError> {
-        let all = if self.config.knobs.subnet_discovery {
+        let all = if let Some(custom) = &self.config.custom_network {
+            vec![custom.subnet.clone()]
+        } else if self.config.knobs.subnet_discovery {
             let found = self
                 .ec2
                 .subnets(&self.instance.vpc_id, &self.instance.availability_zone)
@@ -277,7 +287,7 @@ impl Ipam {
                     .ec2
                     .create_eni(&NewEni {
                         subnet_id: &subnet,
-                        security_groups: &self.instance.security_groups,
+                        security_groups: self.security_groups(),
                         instance_id: &self.instance.id,
                         cluster_name: self.config.cluster_name.as_deref(),
                         secondary_addresses: if prefixes { 0 } else { first },
@@ -350,7 +360,7 @@ impl Ipam {
         let attached = attached
             .into_iter()
             .map(|e| {
-                let for_pods = serves_pods(&e);
+                let for_pods = serves_pods(&e, self.config.custom_network.is_some());
                 (e, for_pods)
             })
             .collect();
@@ -436,9 +446,11 @@ impl Ipam {
     }
 }
 
-/// Pods get addresses from ENIs on the default card, never from a trunk.
-pub(super) fn serves_pods(eni: &Eni) -> bool {
-    eni.network_card == 0 && !eni.trunk
+/// Pods get addresses from ENIs on the default card, never from a trunk, and not from the
+/// primary ENI under custom networking.
+pub(super) fn serves_pods(eni: &Eni, custom_network: bool) -> bool {
+    let primary = eni.network_card == 0 && eni.device_index == 0;
+    eni.network_card == 0 && !eni.trunk && !(custom_network && primary)
 }
 
 /// IPv4 slots an ENI uses: its addresses (the primary included) and one per prefix.

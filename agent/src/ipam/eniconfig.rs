@@ -1,0 +1,196 @@
+//! Custom networking: pods take addresses from ENIs in the subnet (and with the security groups)
+//! of an ENIConfig, chosen for the node as VPC CNI chooses it: the node label
+//! `vpc.amazonaws.com/externalEniConfig`, else the annotation ENI_CONFIG_ANNOTATION_DEF, else the
+//! label ENI_CONFIG_LABEL_DEF, else `default`. The primary ENI carries no pods then.
+//!
+//! Off a cluster, ENIConfigs come from a file: `kubectl get eniconfigs -o json` output (a List),
+//! or one ENIConfig object.
+
+use std::{collections::BTreeMap, path::Path};
+
+use serde::Deserialize;
+
+/// The label that names an ENIConfig directly (VPC CNI).
+pub const EXTERNAL_LABEL: &str = "vpc.amazonaws.com/externalEniConfig";
+/// ENI_CONFIG_LABEL_DEF and ENI_CONFIG_ANNOTATION_DEF's default.
+pub const DEFAULT_KEY: &str = "k8s.amazonaws.com/eniConfig";
+/// The ENIConfig used when nothing names one.
+pub const DEFAULT_NAME: &str = "default";
+/// The label kubelet puts on every node with its zone: a common ENI_CONFIG_LABEL_DEF.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EniConfig {
+    pub name: String,
+    pub subnet: String,
+    /// Empty: the primary ENI's security groups.
+    pub security_groups: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Object {
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    items: Vec<Object>,
+    #[serde(default)]
+    metadata: Metadata,
+    spec: Option<Spec>,
+}
+
+#[derive(Default, Deserialize)]
+struct Metadata {
+    #[serde(default)]
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Spec {
+    #[serde(default)]
+    subnet: String,
+    #[serde(default)]
+    security_groups: Vec<String>,
+}
+
+/// Parses ENIConfigs (a List or one object).
+pub fn parse(text: &[u8]) -> Result<Vec<EniConfig>, String> {
+    let top: Object =
+        serde_json::from_slice(text).map_err(|e| format!("not ENIConfig JSON: {e}"))?;
+    let objects = if top.kind.ends_with("List") || !top.items.is_empty() {
+        top.items
+    } else {
+        vec![top]
+    };
+    objects
+        .into_iter()
+        .map(|o| {
+            let name = o.metadata.name;
+            let spec = o
+                .spec
+                .ok_or_else(|| format!("ENIConfig {name:?} has no spec"))?;
+            if name.is_empty() || spec.subnet.is_empty() {
+                return Err(format!(
+                    "ENIConfig {name:?}: metadata.name and spec.subnet are required"
+                ));
+            }
+            Ok(EniConfig {
+                name,
+                subnet: spec.subnet,
+                security_groups: spec.security_groups,
+            })
+        })
+        .collect()
+}
+
+/// Reads ENIConfigs from `path`.
+pub fn read(path: &Path) -> Result<Vec<EniConfig>, String> {
+    let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The ENIConfig name for a node with these labels and annotations.
+pub fn chosen_name(
+    labels: &BTreeMap<String, String>,
+    annotations: &BTreeMap<String, String>,
+    label_key: &str,
+    annotation_key: &str,
+) -> String {
+    labels
+        .get(EXTERNAL_LABEL)
+        .or_else(|| annotations.get(annotation_key))
+        .or_else(|| labels.get(label_key))
+        .filter(|name| !name.is_empty())
+        .cloned()
+        .unwrap_or_else(|| DEFAULT_NAME.to_owned())
+}
+
+/// The node's ENIConfig when custom networking is on: read from `file`, chosen by the node's
+/// labels (the zone label added from `zone` when absent, as kubelet sets it) and annotations.
+pub fn resolve(
+    knobs: &super::Knobs,
+    file: Option<&Path>,
+    mut labels: BTreeMap<String, String>,
+    annotations: &BTreeMap<String, String>,
+    zone: &str,
+) -> Result<Option<EniConfig>, String> {
+    if !knobs.custom_network {
+        return Ok(None);
+    }
+    let file = file.ok_or(
+        "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG=true needs the ENIConfigs: --eni-configs (ENIFLOW_ENI_CONFIGS)",
+    )?;
+    labels
+        .entry(ZONE_LABEL.into())
+        .or_insert_with(|| zone.to_owned());
+    let name = chosen_name(
+        &labels,
+        annotations,
+        &knobs.eni_config_label,
+        &knobs.eni_config_annotation,
+    );
+    read(file)?
+        .into_iter()
+        .find(|c| c.name == name)
+        .map(Some)
+        .ok_or_else(|| {
+            format!(
+                "ENIConfig {name:?}, chosen for this node, is not in {}",
+                file.display()
+            )
+        })
+}
+
+/// Parses `k=v,k2=v2` (kubelet's --node-labels form).
+pub fn parse_pairs(text: &str) -> Result<BTreeMap<String, String>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .ok_or_else(|| format!("{pair:?} is not key=value"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubectl_lists_and_single_objects_parse() {
+        let list = br#"{"apiVersion":"v1","kind":"List","items":[
+            {"apiVersion":"crd.k8s.amazonaws.com/v1alpha1","kind":"ENIConfig",
+             "metadata":{"name":"us-west-2a"},"spec":{"subnet":"subnet-a","securityGroups":["sg-1"]}},
+            {"apiVersion":"crd.k8s.amazonaws.com/v1alpha1","kind":"ENIConfig",
+             "metadata":{"name":"default"},"spec":{"subnet":"subnet-d"}}]}"#;
+        let configs = parse(list).unwrap();
+        assert_eq!(configs.len(), 2);
+        assert_eq!(configs[0].security_groups, ["sg-1"]);
+        assert!(configs[1].security_groups.is_empty());
+        let one = br#"{"kind":"ENIConfig","metadata":{"name":"x"},"spec":{"subnet":"subnet-x"}}"#;
+        assert_eq!(parse(one).unwrap()[0].subnet, "subnet-x");
+        let bad = br#"{"kind":"ENIConfig","metadata":{"name":"x"},"spec":{}}"#;
+        assert!(parse(bad).unwrap_err().contains("spec.subnet"));
+    }
+
+    #[test]
+    fn the_name_is_chosen_as_vpc_cni_chooses_it() {
+        let pairs = |t: &str| parse_pairs(t).unwrap();
+        let none = BTreeMap::new();
+        let choose =
+            |labels: &BTreeMap<String, String>,
+             annotations: &BTreeMap<String, String>,
+             key: &str| { chosen_name(labels, annotations, key, DEFAULT_KEY) };
+        assert_eq!(choose(&none, &none, DEFAULT_KEY), "default");
+        let zone = pairs("topology.kubernetes.io/zone=us-west-2a");
+        assert_eq!(choose(&zone, &none, ZONE_LABEL), "us-west-2a");
+        let annotated = pairs("k8s.amazonaws.com/eniConfig=from-annotation");
+        assert_eq!(choose(&zone, &annotated, ZONE_LABEL), "from-annotation");
+        let external =
+            pairs("vpc.amazonaws.com/externalEniConfig=ext,topology.kubernetes.io/zone=z");
+        assert_eq!(choose(&external, &annotated, ZONE_LABEL), "ext");
+        assert!(parse_pairs("a=b,c").unwrap_err().contains("\"c\""));
+    }
+}
