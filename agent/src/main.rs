@@ -104,7 +104,7 @@ enum Command {
         #[arg(long)]
         ready_file: Option<PathBuf>,
         #[command(flatten)]
-        pool: PoolArgs,
+        pool: Box<PoolArgs>,
     },
     /// Print what eniflow attached and the per-hook counters from the pinned maps.
     Status,
@@ -171,7 +171,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
             attach_mode,
             ready_file,
             pool,
-        } => run(pins, &interfaces, attach_mode, ready_file, pool).await,
+        } => run(pins, &interfaces, attach_mode, ready_file, *pool).await,
         Command::Status => status(&pins),
         Command::MaxPods {
             instance_type,
