@@ -927,3 +927,18 @@ async fn custom_networking_puts_pods_on_the_eniconfig_subnet_and_never_on_the_pr
     }
     assert_consistent(&node, &ipam).await;
 }
+
+#[tokio::test]
+async fn max_eni_caps_the_node_below_the_instance_limit() {
+    let node = Node::new("m5.large").await;
+    let ipam = node.ipam(&[("MAX_ENI", "2")]).await;
+    assert_eq!(ipam.capacity().max_pods, 20, "2 ENIs × 9 + 2");
+    ipam.refill().await.expect("refill");
+    assign_all(&ipam, 0..9);
+    ipam.refill().await.expect("refill");
+    assign_all(&ipam, 9..18);
+    ipam.refill().await.expect("refill");
+    assert_eq!(node.attached().await.len(), 2);
+    assert!(ipam.assign(&owner(18), ("default", "web")).is_err());
+    assert_consistent(&node, &ipam).await;
+}
