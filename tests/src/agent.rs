@@ -149,3 +149,54 @@ pub fn command(netns: &str, bpffs_root: &Path, args: &[&str]) -> Output {
         .output()
         .expect("run eniflow-agent")
 }
+
+/// EC2 and IMDS inside a lab node, where an EC2 instance finds them; the lab takes any
+/// credentials.
+pub const LAB_NODE_ENV: &[(&str, &str)] = &[
+    ("AWS_EC2_ENDPOINT", "http://169.254.169.254"),
+    ("AWS_ACCESS_KEY_ID", "lab"),
+    ("AWS_SECRET_ACCESS_KEY", "lab"),
+];
+
+/// The files the agent's pool writes, in a scratch directory removed when dropped.
+pub struct PoolFiles {
+    dir: PathBuf,
+}
+
+impl PoolFiles {
+    pub fn new(what: &str) -> PoolFiles {
+        let dir = std::env::temp_dir().join(crate::unique_name(what));
+        std::fs::create_dir_all(&dir).expect("a scratch directory");
+        PoolFiles { dir }
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    pub fn checkpoint(&self) -> String {
+        self.path("ipam.json")
+    }
+
+    pub fn max_pods(&self) -> String {
+        self.path("max-pods")
+    }
+
+    /// `run` arguments that put the pool's files here (and no VPC CNI checkpoint to import).
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--checkpoint".into(),
+            self.checkpoint(),
+            "--max-pods-file".into(),
+            self.max_pods(),
+            "--vpc-cni-checkpoint".into(),
+            self.path("aws-node-ipam.json"),
+        ]
+    }
+}
+
+impl Drop for PoolFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

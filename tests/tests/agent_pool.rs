@@ -4,61 +4,55 @@
 //! nothing — when EC2 refuses it.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     time::{Duration, Instant},
 };
 
 use eniflow_tests::{
-    agent::{self, Agent},
+    agent::{self, Agent, PoolFiles, LAB_NODE_ENV},
     bpffs_dir,
     lab::{api_vpc::addresses, emulator::Fault, Lab, LabSpec},
     require_root,
 };
 
-/// EC2 and IMDS inside the lab's node, as on an EC2 instance; the lab accepts any credentials.
-const NODE_ENV: &[(&str, &str)] = &[
-    ("AWS_EC2_ENDPOINT", "http://169.254.169.254"),
-    ("AWS_ACCESS_KEY_ID", "lab"),
-    ("AWS_SECRET_ACCESS_KEY", "lab"),
-];
-
-struct Files {
-    dir: PathBuf,
+fn start(lab: &Lab, root: &Path, files: &PoolFiles) -> Agent {
+    let mut args = vec!["--interfaces".to_owned(), "eth0".to_owned()];
+    args.extend(files.args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Agent::start_with(&lab.node.netns.path(), root, &args, LAB_NODE_ENV)
 }
 
-impl Files {
-    fn new() -> Files {
-        let dir = std::env::temp_dir().join(eniflow_tests::unique_name("agent-pool"));
-        std::fs::create_dir_all(&dir).unwrap();
-        Files { dir }
-    }
-
-    fn path(&self, name: &str) -> String {
-        self.dir.join(name).display().to_string()
-    }
-}
-
-impl Drop for Files {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn start(lab: &Lab, root: &Path, files: &Files) -> Agent {
-    let checkpoint = files.path("ipam.json");
-    let max_pods = files.path("max-pods");
-    let vpc_cni = files.path("aws-node-ipam.json");
-    let args = [
-        "--interfaces",
-        "eth0",
-        "--checkpoint",
-        &checkpoint,
-        "--max-pods-file",
-        &max_pods,
-        "--vpc-cni-checkpoint",
-        &vpc_cni,
-    ];
-    Agent::start_with(&lab.node.netns.path(), root, &args, NODE_ENV)
+/// Runs `eniflow-agent run --interfaces eth0 <args>` in the node with `env`, expecting it to
+/// refuse to start; returns the last line of its stderr. Nothing may be pinned or published.
+fn refused(
+    lab: &Lab,
+    root: &Path,
+    files: &PoolFiles,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> String {
+    // Under `timeout`: an agent that accepted would serve until stopped.
+    let out = std::process::Command::new("timeout")
+        .arg("30")
+        .arg(agent::binary("eniflow-agent"))
+        .arg("--netns")
+        .arg(lab.node.netns.path())
+        .arg("--bpffs-root")
+        .arg(root)
+        .args(["run", "--interfaces", "eth0"])
+        .args(files.args())
+        .args(args)
+        .envs(LAB_NODE_ENV.iter().chain(env).copied())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the agent started: {stderr}");
+    assert!(!root.exists(), "a refused start pinned objects");
+    assert!(
+        !Path::new(&files.max_pods()).exists(),
+        "a refused start published max pods"
+    );
+    stderr.trim().lines().last().unwrap_or_default().to_owned()
 }
 
 async fn primary_addresses(lab: &Lab) -> Vec<String> {
@@ -82,11 +76,11 @@ async fn the_agent_fills_its_warm_pool_and_survives_a_crash_without_asking_again
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let root = bpffs_dir("agent-pool");
-    let files = Files::new();
+    let files = PoolFiles::new("agent-pool");
 
     let running = start(&lab, &root, &files);
     assert_eq!(
-        std::fs::read_to_string(files.path("max-pods")).unwrap(),
+        std::fs::read_to_string(files.max_pods()).unwrap(),
         "29\n",
         "an m5.large's max pods"
     );
@@ -97,7 +91,7 @@ async fn the_agent_fills_its_warm_pool_and_survives_a_crash_without_asking_again
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let checkpoint: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(files.path("ipam.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(files.checkpoint()).unwrap()).unwrap();
     assert_eq!(checkpoint["version"], "eniflow-ipam/1");
 
     running.kill();
@@ -129,7 +123,7 @@ async fn an_agent_ec2_refuses_stops_with_the_reason_and_attaches_nothing() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let root = bpffs_dir("agent-pool-denied");
-    let files = Files::new();
+    let files = PoolFiles::new("agent-pool");
     lab.emulator.fault(&Fault {
         action: "DescribeNetworkInterfaces".into(),
         code: Some("UnauthorizedOperation".into()),
@@ -137,28 +131,11 @@ async fn an_agent_ec2_refuses_stops_with_the_reason_and_attaches_nothing() {
         count: 100,
         latency_ms: 0,
     });
-    let checkpoint = files.path("ipam.json");
-    let max_pods = files.path("max-pods");
-    let out = std::process::Command::new("timeout")
-        .arg("30")
-        .arg(agent::binary("eniflow-agent"))
-        .arg("--netns")
-        .arg(lab.node.netns.path())
-        .arg("--bpffs-root")
-        .arg(&*root)
-        .args(["run", "--interfaces", "eth0", "--checkpoint", &checkpoint])
-        .args(["--max-pods-file", &max_pods])
-        .envs(NODE_ENV.iter().copied())
-        .output()
-        .unwrap();
-    assert!(!out.status.success(), "the agent started without EC2");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let last = stderr.trim().lines().last().unwrap_or_default();
+    let last = refused(&lab, &root, &files, &[], &[]);
     assert!(
         last.contains("DescribeNetworkInterfaces") && last.contains("UnauthorizedOperation"),
-        "the error does not say what EC2 refused: {stderr}"
+        "the error does not say what EC2 refused: {last}"
     );
-    assert!(!root.exists(), "a refused start pinned objects");
     assert_eq!(
         lab.emulator.calls().get("DescribeNetworkInterfaces"),
         Some(&1),
@@ -185,7 +162,7 @@ async fn an_eniconfig_subnet_in_another_zone_stops_the_agent_naming_it() {
         .and_then(|s| s.subnet_id)
         .unwrap();
     let root = bpffs_dir("agent-pool-eniconfig");
-    let files = Files::new();
+    let files = PoolFiles::new("agent-pool");
     let configs = files.path("eniconfigs.json");
     std::fs::write(
         &configs,
@@ -195,35 +172,13 @@ async fn an_eniconfig_subnet_in_another_zone_stops_the_agent_naming_it() {
         ),
     )
     .unwrap();
-    let checkpoint = files.path("ipam.json");
-    let max_pods = files.path("max-pods");
-    let out = std::process::Command::new("timeout")
-        .arg("30")
-        .arg(agent::binary("eniflow-agent"))
-        .arg("--netns")
-        .arg(lab.node.netns.path())
-        .arg("--bpffs-root")
-        .arg(&*root)
-        .args(["run", "--interfaces", "eth0", "--checkpoint", &checkpoint])
-        .args(["--max-pods-file", &max_pods, "--eni-configs", &configs])
-        .envs(NODE_ENV.iter().copied())
-        .env("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "true")
-        .env("ENI_CONFIG_LABEL_DEF", "topology.kubernetes.io/zone")
-        .output()
-        .unwrap();
-    assert!(
-        !out.status.success(),
-        "the agent started with a subnet in another zone"
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let last = stderr.trim().lines().last().unwrap_or_default();
+    let custom = [
+        ("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "true"),
+        ("ENI_CONFIG_LABEL_DEF", "topology.kubernetes.io/zone"),
+    ];
+    let last = refused(&lab, &root, &files, &["--eni-configs", &configs], &custom);
     assert!(
         last.contains("ENIConfig \"us-west-2a\"") && last.contains(&elsewhere),
-        "the error does not name the ENIConfig and its subnet: {stderr}"
-    );
-    assert!(!root.exists(), "a refused start pinned objects");
-    assert!(
-        !Path::new(&max_pods).exists(),
-        "a refused start published max pods"
+        "the error does not name the ENIConfig and its subnet: {last}"
     );
 }

@@ -81,8 +81,8 @@ async fn killed_at_random_moments_nothing_is_lost_duplicated_or_leaked() {
     let subnet = vpc.subnet("10.0.0.0/22", "us-west-2a").await;
     let node = vpc.launch("t3.medium", &subnet).await; // 3 ENIs × 6: ENIs come and go
     vpc.emulator.select_imds(&node.id);
-    let dir = std::env::temp_dir().join(eniflow_tests::unique_name("ipam-crash"));
-    let checkpoint = dir.join("ipam.json");
+    let files = agent::PoolFiles::new("ipam-crash");
+    let checkpoint = std::path::PathBuf::from(files.checkpoint());
     let endpoint = vpc.emulator.endpoint();
 
     // Who holds what: the checkpoint after each kill, moved on by the acknowledged lines.
@@ -201,5 +201,4 @@ async fn killed_at_random_moments_nothing_is_lost_duplicated_or_leaked() {
             "the churn never called {action}"
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

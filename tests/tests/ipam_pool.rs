@@ -11,6 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aws_sdk_ec2::types::{Filter, NetworkInterface};
 use eniflow_agent::{
     ec2::{self, Ec2},
     instance::{self, Instance},
@@ -66,14 +67,14 @@ impl Node {
     }
 
     async fn ipam(&self, vars: &[(&str, &str)]) -> Ipam {
-        let config = self.config(vars);
-        Ipam::start(
-            Ec2::from_client(self.vpc.ec2.clone()),
-            self.instance().await,
-            config,
-        )
-        .await
-        .expect("the pool starts")
+        self.start(self.config(vars))
+            .await
+            .expect("the pool starts")
+    }
+
+    async fn start(&self, config: Config) -> Result<Ipam, IpamError> {
+        let ec2 = Ec2::from_client(self.vpc.ec2.clone());
+        Ipam::start(ec2, self.instance().await, config).await
     }
 
     async fn tag(&self, resource: &str, tags: &[(&str, &str)]) {
@@ -84,14 +85,33 @@ impl Node {
         request.send().await.expect("CreateTags");
     }
 
-    /// An ENI that is not the node's, holding `addresses` of `subnet`.
+    /// An ENI that is not the node's, holding `addresses` of `subnet` (or one the subnet picks).
     async fn foreign_eni(&self, subnet: &str, addresses: &[&str]) -> String {
+        self.detached_eni(subnet, addresses, &[]).await
+    }
+
+    /// An unattached ENI in `subnet` with `addresses` (or one the subnet picks) and `tags`.
+    async fn detached_eni(
+        &self,
+        subnet: &str,
+        addresses: &[&str],
+        tags: &[(&str, String)],
+    ) -> String {
+        let tags = aws_sdk_ec2::types::TagSpecification::builder()
+            .resource_type(aws_sdk_ec2::types::ResourceType::NetworkInterface)
+            .set_tags(Some(
+                tags.iter()
+                    .map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(*k).value(v).build())
+                    .collect(),
+            ))
+            .build();
         self.vpc
             .ec2
             .create_network_interface()
             .subnet_id(subnet)
             .groups(&self.vpc.sg)
-            .set_private_ip_addresses(Some(
+            .tag_specifications(tags)
+            .set_private_ip_addresses((!addresses.is_empty()).then(|| {
                 addresses
                     .iter()
                     .enumerate()
@@ -101,8 +121,8 @@ impl Node {
                             .primary(i == 0)
                             .build()
                     })
-                    .collect(),
-            ))
+                    .collect()
+            }))
             .send()
             .await
             .expect("CreateNetworkInterface")
@@ -119,20 +139,9 @@ impl Node {
     /// ENI id → (device index, addresses, prefixes), as EC2 sees the instance.
     async fn attached(&self) -> BTreeMap<String, (i32, Vec<String>, Vec<String>)> {
         let out = self
-            .vpc
-            .ec2
-            .describe_network_interfaces()
-            .filters(
-                aws_sdk_ec2::types::Filter::builder()
-                    .name("attachment.instance-id")
-                    .values(&self.launched.id)
-                    .build(),
-            )
-            .send()
-            .await
-            .expect("DescribeNetworkInterfaces");
-        out.network_interfaces()
-            .iter()
+            .describe(&[("attachment.instance-id", &self.launched.id)])
+            .await;
+        out.iter()
             .map(|n| {
                 (
                     n.network_interface_id().unwrap().to_owned(),
@@ -148,29 +157,28 @@ impl Node {
 
     /// ENIs eniflow tagged that are not attached anywhere: leaks.
     async fn leaked(&self) -> Vec<String> {
-        let out = self
-            .vpc
-            .ec2
-            .describe_network_interfaces()
-            .filters(
-                aws_sdk_ec2::types::Filter::builder()
-                    .name("tag-key")
-                    .values(ec2::tags::CREATED_AT)
-                    .build(),
-            )
-            .filters(
-                aws_sdk_ec2::types::Filter::builder()
-                    .name("status")
-                    .values("available")
-                    .build(),
-            )
-            .send()
+        let filters = [("tag-key", ec2::tags::CREATED_AT), ("status", "available")];
+        self.describe(&filters)
             .await
-            .expect("DescribeNetworkInterfaces");
-        out.network_interfaces()
             .iter()
             .filter_map(|n| n.network_interface_id().map(str::to_owned))
             .collect()
+    }
+
+    async fn describe(&self, filters: &[(&str, &str)]) -> Vec<NetworkInterface> {
+        let filters = filters
+            .iter()
+            .map(|(name, value)| Filter::builder().name(*name).values(*value).build())
+            .collect();
+        self.vpc
+            .ec2
+            .describe_network_interfaces()
+            .set_filters(Some(filters))
+            .send()
+            .await
+            .expect("DescribeNetworkInterfaces")
+            .network_interfaces
+            .unwrap_or_default()
     }
 }
 
@@ -547,13 +555,10 @@ async fn allocations_survive_a_restart_and_vpc_cni_checkpoints_import() {
     .unwrap();
     let mut config = node.config(&[]);
     config.vpc_cni_checkpoint = Some(vpc_cni);
-    let third = Ipam::start(
-        Ec2::from_client(node.vpc.ec2.clone()),
-        node.instance().await,
-        config,
-    )
-    .await
-    .expect("the pool starts from VPC CNI's checkpoint");
+    let third = node
+        .start(config)
+        .await
+        .expect("the pool starts from VPC CNI's checkpoint");
     let imported = third.allocations();
     assert_eq!(
         imported.len(),
@@ -578,31 +583,10 @@ async fn the_leak_sweep_deletes_exactly_the_leaked_enis() {
         .unwrap()
         .as_secs()
         - 3600;
-    let tagged = |tags: &[(&str, String)]| {
-        let ec2 = node.vpc.ec2.clone();
-        let sg = node.vpc.sg.clone();
+    let tagged = |tags: Vec<(&'static str, String)>| {
         let subnet = subnet.to_owned();
-        let tags: Vec<aws_sdk_ec2::types::Tag> = tags
-            .iter()
-            .map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(*k).value(v).build())
-            .collect();
-        async move {
-            ec2.create_network_interface()
-                .subnet_id(subnet)
-                .groups(sg)
-                .tag_specifications(
-                    aws_sdk_ec2::types::TagSpecification::builder()
-                        .resource_type(aws_sdk_ec2::types::ResourceType::NetworkInterface)
-                        .set_tags(Some(tags))
-                        .build(),
-                )
-                .send()
-                .await
-                .expect("CreateNetworkInterface")
-                .network_interface
-                .and_then(|n| n.network_interface_id)
-                .unwrap()
-        }
+        let node = &node;
+        async move { node.detached_eni(&subnet, &[], &tags).await }
     };
     let old = |cluster: &str| {
         vec![
@@ -610,15 +594,15 @@ async fn the_leak_sweep_deletes_exactly_the_leaked_enis() {
             (ec2::tags::CLUSTER_NAME, cluster.to_owned()),
         ]
     };
-    let leaked = tagged(&old("lab")).await;
-    let other_cluster = tagged(&old("other")).await;
-    let young = tagged(&[
+    let leaked = tagged(old("lab")).await;
+    let other_cluster = tagged(old("other")).await;
+    let young = tagged(vec![
         (ec2::tags::CREATED_AT, (an_hour_ago + 3600).to_string()),
         (ec2::tags::CLUSTER_NAME, "lab".into()),
     ])
     .await;
-    let foreign = tagged(&[("team", "db".into())]).await;
-    let attached = tagged(&old("lab")).await;
+    let foreign = tagged(vec![("team", "db".into())]).await;
+    let attached = tagged(old("lab")).await;
     node.vpc.attach(&attached, &node.launched.id, 1).await;
 
     let ec2 = Ec2::from_client(node.vpc.ec2.clone());
@@ -683,13 +667,7 @@ async fn a_full_subnet_sends_new_enis_to_the_next_subnet_tagged_for_the_cluster(
 
     let mut config = node.config(&[]);
     config.cluster_name = Some("lab".into());
-    let ipam = Ipam::start(
-        Ec2::from_client(node.vpc.ec2.clone()),
-        node.instance().await,
-        config,
-    )
-    .await
-    .expect("the pool starts");
+    let ipam = node.start(config).await.expect("the pool starts");
     ipam.refill().await.expect("refill");
     assert_eq!(ipam.counts().total, 9);
     let attached = node.attached().await;
@@ -741,13 +719,7 @@ async fn fragmented_prefixes_fall_back_to_single_addresses_and_back() {
         ("ENABLE_SUBNET_DISCOVERY", "false"),
     ]);
     config.subnet_pause = Duration::from_secs(1);
-    let ipam = Ipam::start(
-        Ec2::from_client(node.vpc.ec2.clone()),
-        node.instance().await,
-        config,
-    )
-    .await
-    .expect("the pool starts");
+    let ipam = node.start(config).await.expect("the pool starts");
     ipam.refill().await.expect("refill");
     assert_eq!(
         ipam.counts().total,
@@ -869,14 +841,11 @@ async fn custom_networking_puts_pods_on_the_eniconfig_subnet_and_never_on_the_pr
 
     let mut config = node.config(&[("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "true")]);
     config.custom_network = Some(eniconfig(&elsewhere));
-    let refused = Ipam::start(
-        Ec2::from_client(node.vpc.ec2.clone()),
-        node.instance().await,
-        config.clone(),
-    )
-    .await
-    .err()
-    .expect("an ENIConfig subnet in another zone is refused");
+    let refused = node
+        .start(config.clone())
+        .await
+        .err()
+        .expect("an ENIConfig subnet in another zone is refused");
     let message = refused.to_string();
     assert!(
         message.contains(&elsewhere) && message.contains("us-west-2a"),
@@ -884,13 +853,7 @@ async fn custom_networking_puts_pods_on_the_eniconfig_subnet_and_never_on_the_pr
     );
 
     config.custom_network = Some(eniconfig(&pod_subnet));
-    let ipam = Ipam::start(
-        Ec2::from_client(node.vpc.ec2.clone()),
-        node.instance().await,
-        config,
-    )
-    .await
-    .expect("the pool starts");
+    let ipam = node.start(config).await.expect("the pool starts");
     assert_eq!(
         ipam.capacity().max_pods,
         20,

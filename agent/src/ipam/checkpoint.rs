@@ -55,10 +55,7 @@ pub fn save(path: &Path, checkpoint: &Checkpoint) -> Result<(), CheckpointError>
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io(dir))?;
     let tmp = path.with_extension("tmp");
-    let body = serde_json::to_vec(checkpoint).map_err(|e| CheckpointError::Format {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })?;
+    let body = serde_json::to_vec(checkpoint).map_err(|e| format_error(path)(e.to_string()))?;
     let mut file = fs::File::create(&tmp).map_err(io(&tmp))?;
     file.write_all(&body).map_err(io(&tmp))?;
     file.sync_all().map_err(io(&tmp))?;
@@ -68,17 +65,28 @@ pub fn save(path: &Path, checkpoint: &Checkpoint) -> Result<(), CheckpointError>
         .map_err(io(dir))
 }
 
-/// Reads eniflow's checkpoint; None when there is none yet.
-pub fn load(path: &Path) -> Result<Option<Checkpoint>, CheckpointError> {
-    let text = match fs::read(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io(path)(e)),
-    };
-    let format = |message: String| CheckpointError::Format {
+/// The file's bytes; None when it does not exist.
+fn read_if_present(path: &Path) -> Result<Option<Vec<u8>>, CheckpointError> {
+    match fs::read(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(path)(e)),
+    }
+}
+
+fn format_error(path: &Path) -> impl Fn(String) -> CheckpointError + '_ {
+    move |message| CheckpointError::Format {
         path: path.to_owned(),
         message,
+    }
+}
+
+/// Reads eniflow's checkpoint; None when there is none yet.
+pub fn load(path: &Path) -> Result<Option<Checkpoint>, CheckpointError> {
+    let Some(text) = read_if_present(path)? else {
+        return Ok(None);
     };
+    let format = format_error(path);
     let checkpoint: Checkpoint =
         serde_json::from_slice(&text).map_err(|e| format(e.to_string()))?;
     if checkpoint.version != VERSION {
@@ -124,15 +132,10 @@ struct VpcCniMetadata {
 /// Reads VPC CNI's checkpoint as eniflow allocations (their ENI is filled in on restore).
 /// IPv6-only allocations are skipped: eniflow's pool is IPv4.
 pub fn import_vpc_cni(path: &Path) -> Result<Option<Vec<Allocation>>, CheckpointError> {
-    let text = match fs::read(path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io(path)(e)),
+    let Some(text) = read_if_present(path)? else {
+        return Ok(None);
     };
-    let format = |message: String| CheckpointError::Format {
-        path: path.to_owned(),
-        message,
-    };
+    let format = format_error(path);
     let old: VpcCni = serde_json::from_slice(&text).map_err(|e| format(e.to_string()))?;
     if old.version != VPC_CNI_VERSION {
         return Err(format(format!(

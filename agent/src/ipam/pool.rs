@@ -330,66 +330,54 @@ impl Pool {
 
     /// Picks up to `count` free secondary addresses to give back and marks them leaving.
     pub fn pick_free_secondaries(&mut self, count: u32) -> Vec<(String, Vec<Ipv4Addr>)> {
-        let mut picked: Vec<(String, Vec<Ipv4Addr>)> = Vec::new();
-        let mut left = count as usize;
-        // Emptiest ENIs last-in-first-out: take from the highest device index first.
-        let mut enis: Vec<&PoolEni> = self
-            .enis
-            .values()
-            .filter(|e| e.for_pods && !e.draining)
-            .collect();
-        enis.sort_by_key(|e| std::cmp::Reverse((e.eni.network_card, e.eni.device_index)));
-        for e in enis {
-            let free: Vec<Ipv4Addr> = e
-                .secondaries()
+        self.pick_free(count, |pool, e| {
+            e.secondaries()
                 .iter()
                 .copied()
-                .filter(|ip| self.usable(*ip))
-                .take(left)
-                .collect();
-            if !free.is_empty() {
-                left -= free.len();
-                picked.push((e.eni.id.clone(), free));
-            }
-            if left == 0 {
-                break;
-            }
-        }
-        for (_, ips) in &picked {
-            self.leaving.extend(ips.iter().copied());
-        }
-        picked
+                .filter(|ip| pool.usable(*ip))
+                .collect()
+        })
     }
 
     /// Picks up to `count` wholly free prefixes to give back and marks them leaving.
     pub fn pick_free_prefixes(&mut self, count: u32) -> Vec<(String, Vec<Ipv4Addr>)> {
-        let mut picked: Vec<(String, Vec<Ipv4Addr>)> = Vec::new();
-        let mut left = count as usize;
+        self.pick_free(count, |pool, e| {
+            e.eni
+                .prefixes
+                .iter()
+                .copied()
+                .filter(|base| prefix_addresses(*base).all(|ip| pool.usable(ip)))
+                .collect()
+        })
+    }
+
+    /// Up to `count` of the blocks `free` finds, from the highest device index down (the
+    /// newest ENIs empty first), marked leaving.
+    fn pick_free(
+        &mut self,
+        count: u32,
+        free: impl Fn(&Pool, &PoolEni) -> Vec<Ipv4Addr>,
+    ) -> Vec<(String, Vec<Ipv4Addr>)> {
         let mut enis: Vec<&PoolEni> = self
             .enis
             .values()
             .filter(|e| e.for_pods && !e.draining)
             .collect();
         enis.sort_by_key(|e| std::cmp::Reverse((e.eni.network_card, e.eni.device_index)));
+        let mut picked: Vec<(String, Vec<Ipv4Addr>)> = Vec::new();
+        let mut left = count as usize;
         for e in enis {
-            let free: Vec<Ipv4Addr> = e
-                .eni
-                .prefixes
-                .iter()
-                .copied()
-                .filter(|base| prefix_addresses(*base).all(|ip| self.usable(ip)))
-                .take(left)
-                .collect();
-            if !free.is_empty() {
-                left -= free.len();
-                picked.push((e.eni.id.clone(), free));
-            }
             if left == 0 {
                 break;
             }
+            let blocks: Vec<Ipv4Addr> = free(self, e).into_iter().take(left).collect();
+            if !blocks.is_empty() {
+                left -= blocks.len();
+                picked.push((e.eni.id.clone(), blocks));
+            }
         }
-        for (_, bases) in &picked {
-            self.leaving.extend(bases.iter().copied());
+        for (_, blocks) in &picked {
+            self.leaving.extend(blocks.iter().copied());
         }
         picked
     }

@@ -167,8 +167,9 @@ fn calls_line(tally: &Tally) -> String {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let dir = std::env::temp_dir().join(eniflow_tests::unique_name("bench-ipam"));
-    std::fs::create_dir_all(&dir).expect("a scratch directory");
+    // Removed when dropped, even if a scenario panics.
+    let files = eniflow_tests::agent::PoolFiles::new("bench-ipam");
+    let dir = std::path::PathBuf::from(files.path(""));
 
     println!("## (a) one c5.4xlarge going 0 → 110 → 0 pods, one pod at a time");
     println!();
@@ -220,5 +221,4 @@ async fn main() {
     for line in details {
         println!("- {line}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -64,26 +64,12 @@ async fn main() {
     section(
         "eniflow-agent run --interfaces eth0,eth1 (inside the node; EC2 + IMDS at 169.254.169.254)",
     );
-    let state = std::env::temp_dir().join(eniflow_tests::unique_name("demo-state"));
-    let checkpoint = state.join("ipam.json").display().to_string();
-    let max_pods = state.join("max-pods").display().to_string();
-    let vpc_cni = state.join("aws-node-ipam.json").display().to_string();
-    let args = [
-        "--interfaces",
-        "eth0,eth1",
-        "--checkpoint",
-        &checkpoint,
-        "--max-pods-file",
-        &max_pods,
-        "--vpc-cni-checkpoint",
-        &vpc_cni,
-    ];
-    let env = [
-        ("AWS_EC2_ENDPOINT", "http://169.254.169.254"),
-        ("AWS_ACCESS_KEY_ID", "lab"),
-        ("AWS_SECRET_ACCESS_KEY", "lab"),
-    ];
-    let running = Agent::start_with(&node.path(), &root, &args, &env);
+    let files = agent::PoolFiles::new("demo-pool");
+    let mut args = vec!["--interfaces".to_owned(), "eth0,eth1".to_owned()];
+    args.extend(files.args());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (checkpoint, max_pods) = (files.checkpoint(), files.max_pods());
+    let running = Agent::start_with(&node.path(), &root, &args, agent::LAB_NODE_ENV);
     for eni in ["eth0", "eth1"] {
         for dir in Dir::BOTH {
             let progs = hooks::tcx_programs(node, eni, dir);
@@ -187,7 +173,6 @@ async fn main() {
         root.exists()
     );
     drop(lab);
-    let _ = std::fs::remove_dir_all(&state);
     section("demo done; the lab is gone");
 }
 
