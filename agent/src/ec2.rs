@@ -13,7 +13,7 @@ use aws_sdk_ec2::{
     error::{DisplayErrorContext, ProvideErrorMetadata},
     types::{
         Filter, InstanceTypeHypervisor, NetworkInterface, NetworkInterfaceAttachmentChanges,
-        NetworkInterfaceType, ResourceType, Tag, TagSpecification,
+        NetworkInterfaceCreationType, NetworkInterfaceType, ResourceType, Tag, TagSpecification,
     },
     Client,
 };
@@ -127,6 +127,8 @@ pub struct NewEni<'a> {
     pub cluster_name: Option<&'a str>,
     pub secondary_addresses: u32,
     pub prefixes: u32,
+    /// A trunk ENI (security groups for pods) rather than a regular one.
+    pub trunk: bool,
 }
 
 pub struct Ec2 {
@@ -357,13 +359,15 @@ impl Ec2 {
                 .subnet_id(new.subnet_id)
                 .set_groups(Some(new.security_groups.to_vec()))
                 .description(format!(
-                    "{DESCRIPTION_PREFIX}pod addresses for {}",
+                    "{DESCRIPTION_PREFIX}{} for {}",
+                    if new.trunk { "trunk" } else { "pod addresses" },
                     new.instance_id
                 ))
                 .set_secondary_private_ip_address_count(
                     (new.secondary_addresses > 0).then_some(new.secondary_addresses as i32),
                 )
                 .set_ipv4_prefix_count((new.prefixes > 0).then_some(new.prefixes as i32))
+                .set_interface_type(new.trunk.then_some(NetworkInterfaceCreationType::Trunk))
                 .tag_specifications(
                     TagSpecification::builder()
                         .resource_type(ResourceType::NetworkInterface)

@@ -73,6 +73,10 @@ struct PoolArgs {
     /// The node's annotations, `k=v,...`; they choose the ENIConfig.
     #[arg(long, env = "ENIFLOW_NODE_ANNOTATIONS", default_value = "")]
     node_annotations: String,
+    /// With ENABLE_POD_ENI: create and attach the trunk ENI when none is attached (self-managed
+    /// clusters; on EKS the VPC resource controller attaches it).
+    #[arg(long, env = "ENIFLOW_CREATE_TRUNK")]
+    create_trunk: bool,
     /// Tagged on the ENIs eniflow creates; the leak sweep deletes only this cluster's.
     #[arg(long, env = "CLUSTER_NAME")]
     cluster_name: Option<String>,
@@ -269,6 +273,7 @@ async fn start_pool(knobs: ipam::Knobs, args: &PoolArgs) -> Result<Ipam> {
     .map_err(anyhow::Error::msg)?;
     let mut config = ipam::Config::new(knobs, args.checkpoint.clone());
     config.custom_network = custom;
+    config.create_trunk = args.create_trunk;
     config.vpc_cni_checkpoint = Some(args.vpc_cni_checkpoint.clone());
     config.cluster_name = args.cluster_name.clone();
     log::info!(

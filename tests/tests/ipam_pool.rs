@@ -905,3 +905,86 @@ async fn max_eni_caps_the_node_below_the_instance_limit() {
     assert!(ipam.assign(&owner(18), ("default", "web")).is_err());
     assert_consistent(&node, &ipam).await;
 }
+
+#[tokio::test]
+async fn pod_eni_keeps_a_slot_for_the_trunk_and_adopts_it_when_attached() {
+    let node = Node::new("m5.large").await;
+    let ipam = node.ipam(&[("ENABLE_POD_ENI", "true")]).await;
+    assert_eq!(
+        ipam.capacity().max_pods,
+        20,
+        "3 ENIs, one of them the trunk"
+    );
+    ipam.refill().await.expect("refill");
+    assign_all(&ipam, 0..9);
+    ipam.refill().await.expect("refill");
+    assign_all(&ipam, 9..18);
+    ipam.refill().await.expect("refill");
+    assert_eq!(
+        node.attached().await.len(),
+        2,
+        "the third slot is the trunk's"
+    );
+    assert!(ipam.assign(&owner(18), ("default", "web")).is_err());
+
+    // The VPC resource controller attaches the trunk: adopted, and no pod gets its addresses.
+    let subnet = node.primary_subnet().await;
+    let trunk = node
+        .vpc
+        .ec2
+        .create_network_interface()
+        .subnet_id(&subnet)
+        .groups(&node.vpc.sg)
+        .interface_type(aws_sdk_ec2::types::NetworkInterfaceCreationType::Trunk)
+        .secondary_private_ip_address_count(3)
+        .send()
+        .await
+        .expect("CreateNetworkInterface (trunk)")
+        .network_interface
+        .and_then(|n| n.network_interface_id)
+        .unwrap();
+    node.vpc.attach(&trunk, &node.launched.id, 2).await;
+    assert!(ipam.reconcile().await.unwrap().is_empty());
+    ipam.refill().await.expect("refill");
+    let trunk_addresses = &node.attached().await[&trunk].1;
+    let pool = ipam.addresses();
+    for ip in trunk_addresses {
+        assert!(
+            !pool.contains(&ip.parse().unwrap()),
+            "{ip} of the trunk is in the pool"
+        );
+    }
+    assert_eq!(node.attached().await.len(), 3);
+}
+
+#[tokio::test]
+async fn the_pool_creates_the_trunk_when_asked_to() {
+    let node = Node::new("m5.large").await;
+    let mut config = node.config(&[("ENABLE_POD_ENI", "true")]);
+    config.create_trunk = true;
+    let ipam = node.start(config).await.expect("the pool starts");
+    ipam.refill().await.expect("refill");
+    let attached = node.attached().await;
+    let trunks: Vec<NetworkInterface> = node
+        .describe(&[
+            ("attachment.instance-id", &node.launched.id),
+            ("interface-type", "trunk"),
+        ])
+        .await;
+    assert_eq!(trunks.len(), 1, "one trunk attached: {attached:?}");
+    let trunk = &trunks[0];
+    assert_eq!(
+        trunk.attachment().and_then(|a| a.delete_on_termination()),
+        Some(true)
+    );
+    assert!(trunk
+        .tag_set()
+        .iter()
+        .any(|t| t.key() == Some(ec2::tags::CREATED_AT)));
+    // It takes the next slot; pods fill the primary ENI and then the last one.
+    assign_all(&ipam, 0..9);
+    ipam.refill().await.expect("refill");
+    assert_eq!(node.attached().await.len(), 3);
+    assert_eq!(ipam.counts().total, 18);
+    assert_consistent(&node, &ipam).await;
+}

@@ -31,6 +31,8 @@ pub struct Knobs {
     pub ip_cooldown: Duration,
     /// ENABLE_SUBNET_DISCOVERY: new ENIs may go to other subnets tagged for CNI (default true).
     pub subnet_discovery: bool,
+    /// ENABLE_POD_ENI: security groups for pods; the trunk ENI takes one of the node's ENI slots.
+    pub pod_eni: bool,
     /// AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG: pods use the subnet of the node's ENIConfig.
     pub custom_network: bool,
     /// ENI_CONFIG_LABEL_DEF: the node label naming the ENIConfig.
@@ -77,6 +79,7 @@ impl Knobs {
             ip_cooldown: count(&var, "IP_COOLDOWN_PERIOD")?
                 .map_or(DEFAULT_IP_COOLDOWN, |s| Duration::from_secs(s.into())),
             subnet_discovery: boolean(&var, "ENABLE_SUBNET_DISCOVERY")?.unwrap_or(true),
+            pod_eni: boolean(&var, "ENABLE_POD_ENI")?.unwrap_or(false),
             custom_network: boolean(&var, "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG")?.unwrap_or(false),
             eni_config_label: text(&var, "ENI_CONFIG_LABEL_DEF")
                 .unwrap_or_else(|| super::eniconfig::DEFAULT_KEY.into()),

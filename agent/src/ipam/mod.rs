@@ -41,6 +41,9 @@ pub struct Config {
     pub vpc_cni_checkpoint: Option<PathBuf>,
     /// Custom networking: the node's ENIConfig (its subnet and security groups for pod ENIs).
     pub custom_network: Option<eniconfig::EniConfig>,
+    /// With ENABLE_POD_ENI, create and attach the trunk ENI when none is attached (self-managed
+    /// clusters; on EKS the VPC resource controller attaches it).
+    pub create_trunk: bool,
     /// CLUSTER_NAME: tagged on new ENIs.
     pub cluster_name: Option<String>,
     /// An ENI younger than this is never detached (VPC CNI: one minute).
@@ -65,6 +68,7 @@ impl Config {
             checkpoint,
             vpc_cni_checkpoint: None,
             custom_network: None,
+            create_trunk: false,
             cluster_name: None,
             eni_min_age: Duration::from_secs(60),
             release_interval: Duration::from_secs(30),
@@ -146,6 +150,7 @@ impl Ipam {
             prefix_delegation: knobs.prefix_delegation,
             max_eni: knobs.max_eni,
             custom_networking: config.custom_network.is_some(),
+            pod_eni: knobs.pod_eni,
             ..Default::default()
         };
         let max_pods = max_pods::max_pods(&instance.instance_type, &limits, &opts)

@@ -111,6 +111,10 @@ impl Pool {
         enis
     }
 
+    pub fn has_trunk(&self) -> bool {
+        self.enis.values().any(|e| e.eni.trunk)
+    }
+
     /// ENIs that can take more addresses: for pods and not draining.
     pub fn growable(&self) -> Vec<&Eni> {
         let mut enis: Vec<&Eni> = self

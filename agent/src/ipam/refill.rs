@@ -22,6 +22,9 @@ impl Ipam {
     /// One refill step: works out the plan and carries out (part of) it. Returns the plan, so
     /// callers can step until it says Hold.
     pub async fn refill_step(&self) -> Result<Plan, IpamError> {
+        if self.config.knobs.pod_eni && self.config.create_trunk && !self.lock().has_trunk() {
+            self.add_trunk().await?;
+        }
         let counts = self.counts();
         let plan = super::warm::plan(&self.config.knobs, self.capacity, counts);
         match plan {
@@ -259,21 +262,10 @@ impl Ipam {
     /// it at the lowest free device index of the default card. An ENI that cannot be attached is
     /// deleted again.
     async fn add_eni(&self, left: u32) -> Result<(), IpamError> {
-        let (attached, device_index) = {
-            let pool = self.lock();
-            let on_card: Vec<u32> = pool
-                .enis()
-                .iter()
-                .filter(|e| e.network_card == 0)
-                .map(|e| e.device_index)
-                .collect();
-            let free = (0..).find(|i| !on_card.contains(i)).unwrap_or(0);
-            (on_card.len() as u32, free)
-        };
-        if attached >= self.max_enis {
+        let Some(device_index) = self.free_device_index(true) else {
             log::debug!("refill: the node has its {} ENIs; no more", self.max_enis);
             return Ok(());
-        }
+        };
         let per_eni = self.limits.ipv4_per_eni.saturating_sub(1);
         for subnet in self.candidate_subnets().await? {
             let mut prefixes = self.prefixes_in(&subnet);
@@ -292,10 +284,11 @@ impl Ipam {
                         cluster_name: self.config.cluster_name.as_deref(),
                         secondary_addresses: if prefixes { 0 } else { first },
                         prefixes: if prefixes { first } else { 0 },
+                        trunk: false,
                     })
                     .await;
                 match created {
-                    Ok(eni) => return self.attach_new(eni, device_index).await,
+                    Ok(eni) => return self.attach_new(eni, device_index, true).await,
                     Err(e) if prefixes && e.is(codes::INSUFFICIENT_CIDR_BLOCKS) => {
                         self.pause(&self.fragmented_subnets, &subnet, &e);
                         prefixes = false;
@@ -312,7 +305,52 @@ impl Ipam {
         Ok(())
     }
 
-    async fn attach_new(&self, created: Eni, device_index: u32) -> Result<(), IpamError> {
+    /// The lowest free device index on the default card, if the node may attach another ENI
+    /// (with ENABLE_POD_ENI, a pod ENI leaves one slot for the trunk until it is attached).
+    fn free_device_index(&self, for_pods: bool) -> Option<u32> {
+        let pool = self.lock();
+        let on_card: Vec<u32> = pool
+            .enis()
+            .iter()
+            .filter(|e| e.network_card == 0)
+            .map(|e| e.device_index)
+            .collect();
+        let trunk_slot = u32::from(for_pods && self.config.knobs.pod_eni && !pool.has_trunk());
+        if on_card.len() as u32 + trunk_slot >= self.max_enis {
+            return None;
+        }
+        (0..).find(|i| !on_card.contains(i))
+    }
+
+    /// Creates and attaches the trunk ENI (primary subnet and security groups).
+    async fn add_trunk(&self) -> Result<(), IpamError> {
+        let device_index = self.free_device_index(false).ok_or_else(|| {
+            IpamError::Config(format!(
+                "ENABLE_POD_ENI: all {} ENI slots are taken; none is left for the trunk",
+                self.max_enis
+            ))
+        })?;
+        let created = self
+            .ec2
+            .create_eni(&NewEni {
+                subnet_id: &self.instance.subnet_id,
+                security_groups: &self.instance.security_groups,
+                instance_id: &self.instance.id,
+                cluster_name: self.config.cluster_name.as_deref(),
+                secondary_addresses: 0,
+                prefixes: 0,
+                trunk: true,
+            })
+            .await?;
+        self.attach_new(created, device_index, false).await
+    }
+
+    async fn attach_new(
+        &self,
+        created: Eni,
+        device_index: u32,
+        for_pods: bool,
+    ) -> Result<(), IpamError> {
         match self
             .ec2
             .attach(&created.id, &self.instance.id, device_index, 0)
@@ -333,7 +371,7 @@ impl Ipam {
                     eni.addresses.len().saturating_sub(1),
                     eni.prefixes.len()
                 );
-                self.lock().add_eni(eni, true);
+                self.lock().add_eni(eni, for_pods);
                 Ok(())
             }
             Err(e) => {
