@@ -2,6 +2,7 @@
 //! moves their packets.
 
 pub mod bpffs;
+pub mod cni;
 pub mod datapath;
 pub mod ec2;
 pub mod instance;

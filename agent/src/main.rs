@@ -9,6 +9,7 @@ use std::{
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use eniflow_agent::{
+    cni,
     datapath::{self, AttachMode, Datapath, Pins},
     ec2::{self, Ec2},
     instance::{self, Instance},
@@ -77,6 +78,12 @@ struct PoolArgs {
     /// clusters; on EKS the VPC resource controller attaches it).
     #[arg(long, env = "ENIFLOW_CREATE_TRUNK")]
     create_trunk: bool,
+    /// The unix socket the CNI shim calls (root only).
+    #[arg(long, env = "ENIFLOW_SOCKET", default_value = eniflow_api::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Host veth names start with this (VPC CNI's AWS_VPC_K8S_CNI_VETHPREFIX), at most 4 characters.
+    #[arg(long, env = "AWS_VPC_K8S_CNI_VETHPREFIX", default_value = "eni", value_parser = veth_prefix)]
+    veth_prefix: String,
     /// Tagged on the ENIs eniflow creates; the leak sweep deletes only this cluster's.
     #[arg(long, env = "CLUSTER_NAME")]
     cluster_name: Option<String>,
@@ -86,6 +93,14 @@ struct PoolArgs {
     /// The instance metadata endpoint; unset: http://169.254.169.254.
     #[arg(long, env = "AWS_EC2_METADATA_SERVICE_ENDPOINT")]
     imds_endpoint: Option<String>,
+}
+
+/// Host veth names are prefix + 11 hex digits and must fit IFNAMSIZ (15).
+fn veth_prefix(text: &str) -> Result<String, String> {
+    let fits =
+        !text.is_empty() && text.len() <= 4 && text.chars().all(|c| c.is_ascii_alphanumeric());
+    fits.then(|| text.to_owned())
+        .ok_or_else(|| format!("AWS_VPC_K8S_CNI_VETHPREFIX {text:?}: 1 to 4 letters or digits"))
 }
 
 #[derive(Subcommand)]
@@ -229,11 +244,12 @@ async fn run(
     for ifname in interfaces {
         dp.attach_eni(ifname).await?;
     }
-    if let Some(path) = ready_file {
-        std::fs::write(&path, b"ready\n").with_context(|| format!("write {}", path.display()))?;
-    }
     if let Some(ipam) = &ipam {
         tokio::spawn(ipam.clone().run_refill());
+        serve_cni(ipam.clone(), &pool).await?;
+    }
+    if let Some(path) = ready_file {
+        std::fs::write(&path, b"ready\n").with_context(|| format!("write {}", path.display()))?;
     }
     log::info!(
         "serving {} interface(s); pinned under {}",
@@ -246,6 +262,23 @@ async fn run(
         _ = tokio::signal::ctrl_c() => {}
     }
     log::info!("stopping; attachments stay pinned (`eniflow-agent uninstall` removes them)");
+    Ok(())
+}
+
+/// Serves the CNI shim on the agent's socket; pods' traffic is forwarded by this namespace.
+async fn serve_cni(ipam: Arc<Ipam>, args: &PoolArgs) -> Result<()> {
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", b"1")
+        .context("enable IPv4 forwarding (net.ipv4.ip_forward) for pod traffic")?;
+    let host = datapath::tc::connect().context("open a route netlink socket")?;
+    let service = cni::server::Service::new(ipam, host, args.veth_prefix.clone());
+    let released = service.release_unwired().await;
+    if released > 0 {
+        log::info!("released {released} address(es) of pods deleted while the agent was away");
+    }
+    let socket = cni::server::serve(&args.socket, service)
+        .await
+        .with_context(|| format!("serve the CNI socket {}", args.socket.display()))?;
+    log::info!("CNI requests served on {}", socket.display());
     Ok(())
 }
 

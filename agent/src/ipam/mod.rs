@@ -282,6 +282,10 @@ impl Ipam {
         pool.counts()
     }
 
+    pub fn allocation(&self, owner: &Owner) -> Option<Allocation> {
+        self.lock().allocation(owner).cloned()
+    }
+
     pub fn allocations(&self) -> Vec<Allocation> {
         self.lock().allocations().cloned().collect()
     }

@@ -1,0 +1,401 @@
+//! The agent's gRPC service on its unix socket: each CNI command from the shim, answered with the
+//! exact JSON the shim prints. ADD takes an address from the pool (never waiting on EC2) and wires
+//! the pod; DEL unwires and releases, and succeeds for what is already gone.
+
+use std::{
+    collections::BTreeSet,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use eniflow_api::{
+    cni_errors, compatible,
+    v1::{
+        cni_server::{Cni, CniServer},
+        CniReply, CniRequest,
+    },
+    PROTOCOL,
+};
+use rtnetlink::Handle;
+use serde_json::Value;
+use tonic::{Request as GrpcRequest, Response, Status};
+
+use super::{
+    plumbing::{self, Pod},
+    request::{self, host_veth_name, CniError, Request},
+    result,
+};
+use crate::ipam::{Ipam, IpamError, Owner, PoolError};
+
+/// The CNI service.
+pub struct Service {
+    ipam: Arc<Ipam>,
+    host: Handle,
+    /// AWS_VPC_K8S_CNI_VETHPREFIX: host veth names start with it.
+    veth_prefix: String,
+}
+
+impl Service {
+    pub fn new(ipam: Arc<Ipam>, host: Handle, veth_prefix: String) -> Service {
+        Service {
+            ipam,
+            host,
+            veth_prefix,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Command {
+    Add,
+    Del,
+    Check,
+    Status,
+    Gc,
+}
+
+fn reply(output: Option<Value>, failed: bool) -> Response<CniReply> {
+    Response::new(CniReply {
+        protocol: PROTOCOL,
+        output: output
+            .map(|v| v.to_string().into_bytes())
+            .unwrap_or_default(),
+        failed,
+    })
+}
+
+impl Service {
+    async fn answer(&self, request: CniRequest, command: Command) -> Response<CniReply> {
+        let version = serde_json::from_slice::<Value>(&request.config)
+            .ok()
+            .and_then(|c| c.get("cniVersion")?.as_str().map(str::to_owned))
+            .unwrap_or_else(|| "1.0.0".into());
+        if !compatible(request.protocol) {
+            let e = CniError::new(
+                cni_errors::PROTOCOL_MISMATCH,
+                format!(
+                    "eniflow-cni speaks protocol {}, this agent {} (it serves {}..={}): upgrade the older one",
+                    request.protocol,
+                    PROTOCOL,
+                    eniflow_api::OLDEST_PROTOCOL,
+                    PROTOCOL + 1
+                ),
+            );
+            return reply(Some(result::error(&version, &e)), true);
+        }
+        let needs_container = matches!(command, Command::Add | Command::Del | Command::Check);
+        let outcome = match request::parse(&request, needs_container) {
+            Ok(r) => match command {
+                Command::Add => self.add(&r).await.map(Some),
+                Command::Del => self.del(&r).await.map(|()| None),
+                Command::Check => self.check(&r).await.map(|()| None),
+                Command::Status => self.status().map(|()| None),
+                Command::Gc => self.gc(&r).await.map(|()| None),
+            },
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(output) => reply(output, false),
+            Err(e) => {
+                log::warn!("{command:?} {}: {}", request.container_id, e.msg);
+                reply(Some(result::error(&version, &e)), true)
+            }
+        }
+    }
+
+    fn owner(r: &Request) -> Owner {
+        Owner {
+            network: r.network.clone(),
+            container_id: r.container_id.clone(),
+            ifname: r.ifname.clone(),
+        }
+    }
+
+    fn pod(
+        &self,
+        r: &Request,
+        pod_namespace: &str,
+        pod_name: &str,
+        ipv4: std::net::Ipv4Addr,
+    ) -> Pod {
+        Pod {
+            netns: r.netns.clone(),
+            ifname: r.ifname.clone(),
+            host_veth: host_veth_name(&self.veth_prefix, pod_namespace, pod_name, &r.container_id),
+            ipv4,
+            mtu: r.mtu,
+        }
+    }
+
+    async fn add(&self, r: &Request) -> Result<Value, CniError> {
+        if r.netns.as_os_str().is_empty() || !r.netns.exists() {
+            return Err(CniError::new(
+                cni_errors::INVALID_ENV,
+                format!(
+                    "CNI_NETNS {:?} does not exist",
+                    r.netns.display().to_string()
+                ),
+            ));
+        }
+        let owner = Self::owner(r);
+        let repeated = self.ipam.allocation(&owner).is_some();
+        let allocation = self
+            .ipam
+            .assign(&owner, (&r.pod_namespace, &r.pod_name))
+            .map_err(pool_error)?;
+        let pod = self.pod(
+            r,
+            &allocation.pod_namespace,
+            &allocation.pod_name,
+            allocation.ipv4,
+        );
+        // A repeated ADD of a wired pod gets the first answer again.
+        let wired = match plumbing::check(&self.host, &pod).await {
+            Ok(wired) if repeated => Ok(wired),
+            _ => plumbing::add(&self.host, &pod).await,
+        };
+        let wired = match wired {
+            Ok(wired) => wired,
+            Err(e) => {
+                if !repeated {
+                    // Nothing was handed out: the address goes back (to cool, as any release).
+                    let _ = self.ipam.release(&owner);
+                }
+                let code = if e.taken {
+                    cni_errors::INVALID_ENV
+                } else {
+                    cni_errors::PLUMBING_FAILED
+                };
+                return Err(CniError::new(code, e.to_string()));
+            }
+        };
+        log::info!(
+            "ADD {} {}/{}: {} on {}",
+            r.container_id,
+            r.pod_namespace,
+            r.pod_name,
+            allocation.ipv4,
+            pod.host_veth
+        );
+        Ok(result::added(&result::Added {
+            cni_version: &r.cni_version,
+            host_veth: &pod.host_veth,
+            host_mac: wired.host_mac,
+            ifname: &r.ifname,
+            pod_mac: wired.pod_mac,
+            netns: &r.netns.display().to_string(),
+            ipv4: allocation.ipv4,
+        }))
+    }
+
+    /// Unwires and releases; what is already gone is success.
+    async fn del(&self, r: &Request) -> Result<(), CniError> {
+        let owner = Self::owner(r);
+        let allocation = self.ipam.allocation(&owner);
+        let mut veths = BTreeSet::new();
+        veths.insert(host_veth_name(
+            &self.veth_prefix,
+            &r.pod_namespace,
+            &r.pod_name,
+            &r.container_id,
+        ));
+        if let Some(a) = &allocation {
+            veths.insert(host_veth_name(
+                &self.veth_prefix,
+                &a.pod_namespace,
+                &a.pod_name,
+                &r.container_id,
+            ));
+        }
+        self.unwire_and_release(&owner, &veths).await
+    }
+
+    async fn unwire_and_release(
+        &self,
+        owner: &Owner,
+        veths: &BTreeSet<String>,
+    ) -> Result<(), CniError> {
+        let mut errors = Vec::new();
+        for veth in veths {
+            if let Err(e) = plumbing::del(&self.host, veth).await {
+                errors.push(e.to_string());
+            }
+        }
+        if let Err(e) = self.ipam.release(owner) {
+            errors.push(e.to_string());
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(CniError::new(cni_errors::IO_FAILURE, errors.join("; ")))
+        }
+    }
+
+    async fn check(&self, r: &Request) -> Result<(), CniError> {
+        let owner = Self::owner(r);
+        let allocation = self.ipam.allocation(&owner).ok_or_else(|| {
+            CniError::new(
+                cni_errors::UNKNOWN_CONTAINER,
+                format!(
+                    "no address is allocated to container {} ({})",
+                    r.container_id, r.ifname
+                ),
+            )
+        })?;
+        let pod = self.pod(
+            r,
+            &allocation.pod_namespace,
+            &allocation.pod_name,
+            allocation.ipv4,
+        );
+        plumbing::check(&self.host, &pod)
+            .await
+            .map(|_| ())
+            .map_err(|e| CniError::new(cni_errors::PLUMBING_FAILED, e.to_string()))
+    }
+
+    /// Ready when the pool has a free address for the next ADD.
+    fn status(&self) -> Result<(), CniError> {
+        let c = self.ipam.counts();
+        if c.total > c.assigned + c.cooling {
+            Ok(())
+        } else {
+            Err(CniError::new(
+                cni_errors::NOT_READY,
+                format!(
+                    "no free address yet ({} held, {} assigned, {} cooling); the refill loop is adding more",
+                    c.total, c.assigned, c.cooling
+                ),
+            ))
+        }
+    }
+
+    /// Releases this network's attachments the runtime no longer knows (`cni.dev/attachments`).
+    async fn gc(&self, r: &Request) -> Result<(), CniError> {
+        let valid: BTreeSet<(String, String)> = r
+            .config
+            .get("cni.dev/attachments")
+            .and_then(Value::as_array)
+            .map(|list| {
+                list.iter()
+                    .filter_map(|a| {
+                        Some((
+                            a.get("containerID")?.as_str()?.to_owned(),
+                            a.get("ifname")?.as_str()?.to_owned(),
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        for a in self.ipam.allocations() {
+            let key = (a.owner.container_id.clone(), a.owner.ifname.clone());
+            if a.owner.network != r.network || valid.contains(&key) {
+                continue;
+            }
+            let veth = host_veth_name(
+                &self.veth_prefix,
+                &a.pod_namespace,
+                &a.pod_name,
+                &a.owner.container_id,
+            );
+            log::info!(
+                "GC {}: {} is no longer attached",
+                a.owner.container_id,
+                a.ipv4
+            );
+            self.unwire_and_release(&a.owner, &BTreeSet::from([veth]))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+impl Service {
+    /// Releases allocations whose pod's veth is gone (deleted while the agent was down: DEL
+    /// succeeds without it). Returns how many.
+    pub async fn release_unwired(&self) -> usize {
+        let mut released = 0;
+        for a in self.ipam.allocations() {
+            let veth = host_veth_name(
+                &self.veth_prefix,
+                &a.pod_namespace,
+                &a.pod_name,
+                &a.owner.container_id,
+            );
+            if plumbing::exists(&self.host, &veth).await {
+                continue;
+            }
+            log::info!(
+                "{} of {}: its veth {veth} is gone; released",
+                a.ipv4,
+                a.owner.container_id
+            );
+            if self.ipam.release(&a.owner).is_ok() {
+                released += 1;
+            }
+        }
+        released
+    }
+}
+
+fn pool_error(e: IpamError) -> CniError {
+    match e {
+        IpamError::Pool(PoolError::Empty { .. }) => {
+            CniError::new(cni_errors::TRY_AGAIN_LATER, e.to_string())
+        }
+        other => CniError::new(cni_errors::IO_FAILURE, other.to_string()),
+    }
+}
+
+#[tonic::async_trait]
+impl Cni for Service {
+    async fn add(&self, r: GrpcRequest<CniRequest>) -> Result<Response<CniReply>, Status> {
+        Ok(self.answer(r.into_inner(), Command::Add).await)
+    }
+
+    async fn del(&self, r: GrpcRequest<CniRequest>) -> Result<Response<CniReply>, Status> {
+        Ok(self.answer(r.into_inner(), Command::Del).await)
+    }
+
+    async fn check(&self, r: GrpcRequest<CniRequest>) -> Result<Response<CniReply>, Status> {
+        Ok(self.answer(r.into_inner(), Command::Check).await)
+    }
+
+    async fn status(&self, r: GrpcRequest<CniRequest>) -> Result<Response<CniReply>, Status> {
+        Ok(self.answer(r.into_inner(), Command::Status).await)
+    }
+
+    async fn gc(&self, r: GrpcRequest<CniRequest>) -> Result<Response<CniReply>, Status> {
+        Ok(self.answer(r.into_inner(), Command::Gc).await)
+    }
+}
+
+/// Serves `service` (and gRPC health) on the unix socket at `socket`, root only; returns once
+/// the socket accepts connections.
+pub async fn serve(socket: &Path, service: Service) -> std::io::Result<PathBuf> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = tokio::net::UnixListener::bind(socket)?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_serving::<CniServer<Service>>().await;
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(CniServer::new(service))
+            .serve_with_incoming(incoming)
+            .await;
+        if let Err(e) = served {
+            log::error!("the CNI service stopped: {e}");
+        }
+    });
+    Ok(socket.to_owned())
+}

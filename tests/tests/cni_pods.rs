@@ -1,0 +1,448 @@
+//! Pods on the lab through the real shim binary, executed as a container runtime executes a CNI
+//! plugin (environment + configuration on stdin): the agent gives each pod an address from its
+//! pool and wires it; pods reach a remote VPC host; repeated ADDs, double DELs and DELs while the
+//! agent is down behave; bad input gets the right CNI error and leaves nothing behind.
+
+use std::{
+    io::Write,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use eniflow_tests::{
+    agent::{self, Agent, PoolFiles, LAB_NODE_ENV},
+    bpffs_dir,
+    lab::{Lab, LabSpec},
+    netns::Netns,
+    require_root,
+};
+use serde_json::{json, Value};
+
+struct Node {
+    lab: Lab,
+    files: PoolFiles,
+    root: eniflow_tests::BpffsDir,
+    agent: Option<Agent>,
+}
+
+/// What the shim printed and how it exited.
+struct Answer {
+    ok: bool,
+    json: Value,
+}
+
+impl Node {
+    async fn start() -> Node {
+        let lab = Lab::start(LabSpec::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let files = PoolFiles::new("cni-pods");
+        let root = bpffs_dir("cni-pods");
+        let mut node = Node {
+            lab,
+            files,
+            root,
+            agent: None,
+        };
+        node.start_agent();
+        node.wait_for_warm_pool().await;
+        node
+    }
+
+    fn start_agent(&mut self) {
+        let mut args = vec!["--interfaces".to_owned(), "eth0".to_owned()];
+        args.extend(self.files.args());
+        args.extend(["--socket".to_owned(), self.socket()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let netns = self.lab.node.netns.path();
+        self.agent = Some(Agent::start_with(&netns, &self.root, &args, LAB_NODE_ENV));
+    }
+
+    fn socket(&self) -> String {
+        self.files.path("agent.sock")
+    }
+
+    async fn wait_for_warm_pool(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = self.cni("STATUS", "", None, "", "");
+            if status.ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the pool never had a free address: {}",
+                status.json
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn config(&self) -> Value {
+        json!({
+            "cniVersion": "1.0.0",
+            "name": "eniflow",
+            "type": "eniflow-cni",
+            "socket": self.socket(),
+            "logFile": self.files.path("cni.log"),
+        })
+    }
+
+    /// Runs the shim for `command` with this node's configuration.
+    fn cni(
+        &self,
+        command: &str,
+        container: &str,
+        pod: Option<&Netns>,
+        ifname: &str,
+        args: &str,
+    ) -> Answer {
+        self.cni_with(
+            command,
+            container,
+            pod.map(Netns::path).unwrap_or_default(),
+            ifname,
+            args,
+            &self.config(),
+        )
+    }
+
+    fn cni_with(
+        &self,
+        command: &str,
+        container: &str,
+        netns: String,
+        ifname: &str,
+        args: &str,
+        config: &Value,
+    ) -> Answer {
+        let mut child = Command::new(agent::binary("eniflow-cni"))
+            .env_clear()
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", container)
+            .env("CNI_NETNS", netns)
+            .env("CNI_IFNAME", ifname)
+            .env("CNI_ARGS", args)
+            .env("CNI_PATH", "/usr/lib/cni")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run eniflow-cni");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(config.to_string().as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let json = if stdout.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&stdout)
+                .unwrap_or_else(|e| panic!("stdout is not CNI JSON ({e}): {stdout:?}"))
+        };
+        Answer {
+            ok: out.status.success(),
+            json,
+        }
+    }
+
+    /// The host ends of pod veths (ENIs come and go with the pool: they are not counted).
+    fn host_veths(&self) -> Vec<String> {
+        let out = self.lab.node.netns.ip(&["-j", "link", "show"]);
+        let links: Value = serde_json::from_str(&out).unwrap();
+        links
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
+            .filter(|name| name.starts_with("eni"))
+            .collect()
+    }
+
+    fn allocations(&self) -> usize {
+        let saved: Value =
+            serde_json::from_slice(&std::fs::read(self.files.checkpoint()).unwrap()).unwrap();
+        saved["allocations"].as_array().unwrap().len()
+    }
+}
+
+fn pod_args(name: &str) -> String {
+    format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID=x")
+}
+
+fn address(answer: &Answer) -> String {
+    let cidr = answer.json["ips"][0]["address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no address in {}", answer.json));
+    cidr.trim_end_matches("/32").to_owned()
+}
+
+fn pings(pod: &Netns, to: &str) -> bool {
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            pod.name(),
+            "ping",
+            "-c",
+            "2",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            to,
+        ])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_get_pool_addresses_reach_the_vpc_and_leave_nothing_behind() {
+    require_root();
+    let node = Node::start().await;
+    let pod = Netns::new("pod");
+
+    let added = node.cni("ADD", "c-web-0", Some(&pod), "eth0", &pod_args("web-0"));
+    assert!(added.ok, "ADD failed: {}", added.json);
+    let ip = address(&added);
+    assert_eq!(added.json["cniVersion"], "1.0.0");
+    assert_eq!(added.json["interfaces"][1]["sandbox"], pod.path());
+    let host_veth = added.json["interfaces"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        host_veth.starts_with("eni") && host_veth.len() == 14,
+        "{host_veth}"
+    );
+    let on_primary: Vec<String> = node.lab.emulator.view()["enis"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["id"] == node.lab.node.primary_eni.as_str())
+        .flat_map(|e| {
+            e["private_ips"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(
+        on_primary.contains(&ip),
+        "{ip} is not on the primary ENI: {on_primary:?}"
+    );
+    let routes = pod.ip(&["route", "show"]);
+    assert!(
+        routes.contains("default via 169.254.1.1 dev eth0"),
+        "{routes}"
+    );
+    assert!(pod.ip(&["neigh", "show"]).contains("PERMANENT"));
+    let remote = &node.lab.hosts[0].primary_ip;
+    assert!(pings(&pod, remote), "the pod at {ip} cannot reach {remote}");
+
+    let again = node.cni("ADD", "c-web-0", Some(&pod), "eth0", &pod_args("web-0"));
+    assert!(again.ok);
+    assert_eq!(
+        again.json, added.json,
+        "a repeated ADD returns the first answer"
+    );
+    assert!(
+        node.cni("CHECK", "c-web-0", Some(&pod), "eth0", &pod_args("web-0"))
+            .ok
+    );
+
+    for _ in 0..2 {
+        let deleted = node.cni("DEL", "c-web-0", Some(&pod), "eth0", &pod_args("web-0"));
+        assert!(
+            deleted.ok && deleted.json.is_null(),
+            "DEL: {}",
+            deleted.json
+        );
+    }
+    assert!(node.host_veths().is_empty(), "the host veth outlived DEL");
+    assert!(!pod.ip(&["-j", "link", "show"]).contains("\"eth0\""));
+    assert_eq!(node.allocations(), 0);
+    let unknown = node.cni("DEL", "never-added", Some(&pod), "eth0", "");
+    assert!(unknown.ok, "DEL of an unknown container: {}", unknown.json);
+    let missing = node.cni("CHECK", "c-web-0", Some(&pod), "eth0", &pod_args("web-0"));
+    assert_eq!(
+        (missing.ok, missing.json["code"].as_u64()),
+        (false, Some(3))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_adds_get_distinct_addresses() {
+    require_root();
+    let node = Node::start().await;
+    let pods: Vec<Netns> = (0..8).map(|_| Netns::new("pod")).collect();
+    let answers: Vec<Answer> = std::thread::scope(|s| {
+        let handles: Vec<_> = pods
+            .iter()
+            .enumerate()
+            .map(|(n, pod)| {
+                let node = &node;
+                s.spawn(move || {
+                    node.cni(
+                        "ADD",
+                        &format!("c{n}"),
+                        Some(pod),
+                        "eth0",
+                        &pod_args(&format!("p{n}")),
+                    )
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut addresses: Vec<String> = answers
+        .iter()
+        .map(|a| {
+            assert!(a.ok, "ADD failed: {}", a.json);
+            address(a)
+        })
+        .collect();
+    addresses.sort();
+    addresses.dedup();
+    assert_eq!(addresses.len(), 8, "an address handed out twice");
+    assert_eq!(node.allocations(), 8);
+    for (n, pod) in pods.iter().enumerate() {
+        assert!(
+            node.cni(
+                "DEL",
+                &format!("c{n}"),
+                Some(pod),
+                "eth0",
+                &pod_args(&format!("p{n}"))
+            )
+            .ok
+        );
+    }
+    assert_eq!(node.allocations(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_the_right_code_and_leaves_nothing() {
+    require_root();
+    let node = Node::start().await;
+    let pod = Netns::new("pod");
+    let expect = |answer: Answer, code: u64, named: &str| {
+        assert!(!answer.ok, "accepted: {}", answer.json);
+        assert_eq!(answer.json["code"].as_u64(), Some(code), "{}", answer.json);
+        let msg = answer.json["msg"].as_str().unwrap();
+        assert!(
+            msg.contains(named) && !msg.contains('\n'),
+            "{msg:?} does not name {named}"
+        );
+    };
+
+    expect(
+        node.cni_with(
+            "ADD",
+            "c1",
+            "/run/netns/no-such-pod".into(),
+            "eth0",
+            "",
+            &node.config(),
+        ),
+        4,
+        "CNI_NETNS",
+    );
+    expect(
+        node.cni_with("ADD", "", pod.path(), "eth0", "", &node.config()),
+        4,
+        "CNI_CONTAINERID",
+    );
+    let mut old = node.config();
+    old["cniVersion"] = json!("0.2.0");
+    expect(
+        node.cni_with("ADD", "c1", pod.path(), "eth0", "", &old),
+        1,
+        "0.2.0",
+    );
+    let mut unnamed = node.config();
+    unnamed.as_object_mut().unwrap().remove("name");
+    expect(
+        node.cni_with("ADD", "c1", pod.path(), "eth0", "", &unnamed),
+        7,
+        "name",
+    );
+    // The pod already has an eth0.
+    pod.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth0peer",
+    ]);
+    expect(
+        node.cni("ADD", "c1", Some(&pod), "eth0", &pod_args("taken")),
+        4,
+        "CNI_IFNAME",
+    );
+    assert!(
+        node.host_veths().is_empty(),
+        "a refused ADD left a host veth"
+    );
+    assert_eq!(node.allocations(), 0, "a refused ADD kept its address");
+
+    // Malformed JSON never reaches the agent.
+    let mut child = Command::new(agent::binary("eniflow-cni"))
+        .env_clear()
+        .env("CNI_COMMAND", "ADD")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"{not json").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let json: Value = serde_json::from_slice(&out.stdout).expect("a CNI error on stdout");
+    assert_eq!(json["code"], 6);
+
+    // An agent that accepts but never answers.
+    let silent = node.files.path("silent.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&silent).unwrap();
+    let mut config = node.config();
+    config["socket"] = json!(silent);
+    config["timeoutSeconds"] = json!(1);
+    let started = Instant::now();
+    expect(
+        node.cni_with("ADD", "c2", pod.path(), "eth1", "", &config),
+        100,
+        "did not answer within 1 s",
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn del_while_the_agent_is_down_succeeds_and_the_agent_catches_up() {
+    require_root();
+    let mut node = Node::start().await;
+    let pod = Netns::new("pod");
+    let added = node.cni("ADD", "c-db", Some(&pod), "eth0", &pod_args("db"));
+    assert!(added.ok, "{}", added.json);
+    let host_veth = added.json["interfaces"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    node.agent.take().unwrap().stop();
+    let refused = node.cni("ADD", "c-other", Some(&pod), "eth1", &pod_args("other"));
+    assert_eq!(refused.json["code"].as_u64(), Some(100), "{}", refused.json);
+    // The runtime deletes the pod (and its namespace) while the agent is away.
+    let deleted = node.cni("DEL", "c-db", Some(&pod), "eth0", &pod_args("db"));
+    assert!(deleted.ok && deleted.json.is_null(), "{}", deleted.json);
+    drop(pod); // the veth pair goes with the pod's namespace
+    assert_eq!(node.allocations(), 1, "nothing could release it yet");
+    assert!(!node.host_veths().contains(&host_veth));
+
+    node.start_agent();
+    assert_eq!(
+        node.allocations(),
+        0,
+        "the returning agent released the gone pod's address"
+    );
+}
