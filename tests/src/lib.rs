@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod bpftool;
+pub mod cni;
 pub mod hooks;
 pub mod lab;
 pub mod netns;

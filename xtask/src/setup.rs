@@ -20,7 +20,15 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "iputils-ping",
     "tcpdump",
     "procps",
+    // The reference CNI plugins chained after eniflow (portmap, bandwidth, tuning) ...
+    "containernetworking-plugins",
+    // ... and what builds cnitool, the CNI project's reference client, from Debian's source.
+    "golang-go",
+    "golang-github-appc-cni-dev",
 ];
+
+/// The Debian source package that carries cnitool.
+const CNITOOL_SOURCE_PACKAGE: &str = "golang-github-appc-cni";
 
 /// bpf-linker release known to link aya programs with the nightly toolchain's LLVM.
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -50,6 +58,10 @@ const STEPS: &[Step] = &[
     Step {
         name: "Debian packages",
         run: debian_packages,
+    },
+    Step {
+        name: "cnitool",
+        run: cnitool,
     },
     Step {
         name: "lab Python venv",
@@ -203,6 +215,82 @@ fn lab_venv() -> Result<Outcome> {
         .arg(&requirements))?;
     fs::write(&marker, wanted)?;
     Ok(Outcome::Installed)
+}
+
+/// cnitool is packaged nowhere as a binary: it is built from Debian's source package with
+/// Debian's Go and Go libraries (GOPATH mode, offline), fetched through a private deb-src list so
+/// the machine's apt sources stay untouched.
+fn cnitool() -> Result<Outcome> {
+    let binary = cnitool_path();
+    if binary.exists() {
+        return Ok(Outcome::Present);
+    }
+    let work = home().join(".cache/eniflow/cnitool-src");
+    let _ = fs::remove_dir_all(&work);
+    fs::create_dir_all(work.join("lists/partial"))?;
+    let sources = work.join("sources.list");
+    fs::write(
+        &sources,
+        "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main\n",
+    )?;
+    let apt = |args: &[&str]| {
+        let mut cmd = Command::new("apt-get");
+        cmd.arg("-o")
+            .arg(format!("Dir::Etc::sourcelist={}", sources.display()))
+            .args([
+                "-o",
+                "Dir::Etc::sourceparts=-",
+                "-o",
+                "APT::Sandbox::User=root",
+                "-o",
+            ])
+            .arg(format!(
+                "Dir::State::Lists={}",
+                work.join("lists").display()
+            ))
+            .args(args)
+            .current_dir(&work);
+        cmd
+    };
+    println!("    cnitool: apt-get source {CNITOOL_SOURCE_PACKAGE} + go build");
+    run(&mut apt(&["update", "-qq"]))?;
+    run(&mut apt(&[
+        "source",
+        "--download-only",
+        "-qq",
+        CNITOOL_SOURCE_PACKAGE,
+    ]))?;
+    let tarball = fs::read_dir(&work)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.to_string_lossy().ends_with(".orig.tar.xz"))
+        .context("the source package has no .orig.tar.xz")?;
+    run(Command::new("tar")
+        .arg("-xJf")
+        .arg(&tarball)
+        .current_dir(&work))?;
+    let source = fs::read_dir(&work)?
+        .filter_map(|e| e.ok().map(|e| e.path().join("cnitool/cnitool.go")))
+        .find(|p| p.exists())
+        .context("no cnitool/cnitool.go in the source package")?;
+    fs::create_dir_all(binary.parent().expect("a bin directory"))?;
+    run(Command::new("go")
+        .arg("build")
+        .arg("-o")
+        .arg(&binary)
+        .arg(&source)
+        .current_dir(source.parent().expect("cnitool's directory"))
+        .env("GO111MODULE", "off")
+        .env("GOPATH", "/usr/share/gocode")
+        .env("GOCACHE", work.join("gocache")))?;
+    fs::remove_dir_all(&work)?;
+    Ok(Outcome::Installed)
+}
+
+/// Where setup puts cnitool; the tests read the same default (`ENIFLOW_CNITOOL` overrides).
+pub fn cnitool_path() -> PathBuf {
+    env::var_os("ENIFLOW_CNITOOL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home().join(".cache/eniflow/bin/cnitool"))
 }
 
 /// Where the lab's venv lives; the tests read the same default (`ENIFLOW_LAB_VENV` overrides).

@@ -1,0 +1,208 @@
+//! A lab node whose agent serves pods, and the shim run as a container runtime runs a CNI
+//! plugin: environment, configuration on stdin, CNI JSON on stdout.
+
+use std::{
+    io::Write,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::{json, Value};
+
+use crate::{
+    agent::{self, Agent, PoolFiles, LAB_NODE_ENV},
+    bpffs_dir,
+    lab::{Lab, LabSpec},
+    netns::Netns,
+    BpffsDir,
+};
+
+/// The lab with its agent serving CNI requests (pool and socket in a scratch directory).
+pub struct PodNode {
+    pub lab: Lab,
+    pub files: PoolFiles,
+    root: BpffsDir,
+    pub agent: Option<Agent>,
+}
+
+/// What the shim printed and how it exited.
+pub struct Answer {
+    pub ok: bool,
+    pub json: Value,
+}
+
+impl PodNode {
+    /// Starts the lab and the agent, and waits until the pool can serve an ADD.
+    pub async fn start() -> PodNode {
+        let lab = Lab::start(LabSpec::default())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let files = PoolFiles::new("cni-pods");
+        let root = bpffs_dir("cni-pods");
+        let mut node = PodNode {
+            lab,
+            files,
+            root,
+            agent: None,
+        };
+        node.start_agent();
+        node.wait_for_warm_pool().await;
+        node
+    }
+
+    pub fn start_agent(&mut self) {
+        let mut args = vec!["--interfaces".to_owned(), "eth0".to_owned()];
+        args.extend(self.files.args());
+        args.extend(["--socket".to_owned(), self.socket()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let netns = self.lab.node.netns.path();
+        self.agent = Some(Agent::start_with(&netns, &self.root, &args, LAB_NODE_ENV));
+    }
+
+    pub fn socket(&self) -> String {
+        self.files.path("agent.sock")
+    }
+
+    async fn wait_for_warm_pool(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = self.cni("STATUS", "", None, "", "");
+            if status.ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the pool never had a free address: {}",
+                status.json
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The network configuration the shim gets on stdin.
+    pub fn config(&self) -> Value {
+        json!({
+            "cniVersion": "1.0.0",
+            "name": "eniflow",
+            "type": "eniflow-cni",
+            "socket": self.socket(),
+            "logFile": self.files.path("cni.log"),
+        })
+    }
+
+    /// Runs the shim for `command` with this node's configuration.
+    pub fn cni(
+        &self,
+        command: &str,
+        container: &str,
+        pod: Option<&Netns>,
+        ifname: &str,
+        args: &str,
+    ) -> Answer {
+        self.cni_with(
+            command,
+            container,
+            pod.map(Netns::path).unwrap_or_default(),
+            ifname,
+            args,
+            &self.config(),
+        )
+    }
+
+    pub fn cni_with(
+        &self,
+        command: &str,
+        container: &str,
+        netns: String,
+        ifname: &str,
+        args: &str,
+        config: &Value,
+    ) -> Answer {
+        let mut child = Command::new(agent::binary("eniflow-cni"))
+            .env_clear()
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", container)
+            .env("CNI_NETNS", netns)
+            .env("CNI_IFNAME", ifname)
+            .env("CNI_ARGS", args)
+            .env("CNI_PATH", "/usr/lib/cni")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run eniflow-cni");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(config.to_string().as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let json = if stdout.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&stdout)
+                .unwrap_or_else(|e| panic!("stdout is not CNI JSON ({e}): {stdout:?}"))
+        };
+        Answer {
+            ok: out.status.success(),
+            json,
+        }
+    }
+
+    /// The host ends of pod veths (ENIs come and go with the pool: they are not counted).
+    pub fn host_veths(&self) -> Vec<String> {
+        let out = self.lab.node.netns.ip(&["-j", "link", "show"]);
+        let links: Value = serde_json::from_str(&out).unwrap();
+        links
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
+            .filter(|name| name.starts_with("eni"))
+            .collect()
+    }
+
+    /// Allocations in the agent's checkpoint.
+    pub fn allocations(&self) -> usize {
+        let saved: Value =
+            serde_json::from_slice(&std::fs::read(self.files.checkpoint()).unwrap()).unwrap();
+        saved["allocations"].as_array().unwrap().len()
+    }
+}
+
+/// CNI_ARGS as kubelet's runtime passes them for a pod in `default`.
+pub fn pod_args(name: &str) -> String {
+    format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name};K8S_POD_INFRA_CONTAINER_ID=x")
+}
+
+/// The pod address of an ADD result.
+pub fn address(answer: &Answer) -> String {
+    let cidr = answer.json["ips"][0]["address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no address in {}", answer.json));
+    cidr.trim_end_matches("/32").to_owned()
+}
+
+/// Whether `pod` gets replies from `to`.
+pub fn pings(pod: &Netns, to: &str) -> bool {
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            pod.name(),
+            "ping",
+            "-c",
+            "2",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            to,
+        ])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
