@@ -84,6 +84,24 @@ struct PoolArgs {
     /// Host veth names start with this (VPC CNI's AWS_VPC_K8S_CNI_VETHPREFIX), at most 4 characters.
     #[arg(long, env = "AWS_VPC_K8S_CNI_VETHPREFIX", default_value = "eni", value_parser = veth_prefix)]
     veth_prefix: String,
+    /// Written once the agent serves CNI requests: its presence marks the node network-ready.
+    #[arg(
+        long,
+        env = "ENIFLOW_CNI_CONFLIST",
+        default_value = "/etc/cni/net.d/10-eniflow.conflist"
+    )]
+    cni_conflist: PathBuf,
+    /// Plugins chained after eniflow in that conflist (a JSON array).
+    #[arg(
+        long,
+        env = "ENIFLOW_CNI_CHAIN",
+        default_value = r#"[{"type":"portmap","capabilities":{"portMappings":true},"snat":true}]"#,
+        value_parser = cni_chain
+    )]
+    cni_chain: serde_json::Value,
+    /// Remove the conflist when the agent stops (the node stops being network-ready).
+    #[arg(long, env = "ENIFLOW_REMOVE_CONFLIST_ON_EXIT")]
+    remove_conflist_on_exit: bool,
     /// Tagged on the ENIs eniflow creates; the leak sweep deletes only this cluster's.
     #[arg(long, env = "CLUSTER_NAME")]
     cluster_name: Option<String>,
@@ -93,6 +111,22 @@ struct PoolArgs {
     /// The instance metadata endpoint; unset: http://169.254.169.254.
     #[arg(long, env = "AWS_EC2_METADATA_SERVICE_ENDPOINT")]
     imds_endpoint: Option<String>,
+}
+
+/// The plugins chained after eniflow: a JSON array of plugin objects, each with a "type".
+fn cni_chain(text: &str) -> Result<serde_json::Value, String> {
+    let chain: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("ENIFLOW_CNI_CHAIN is not JSON: {e}"))?;
+    let plugins = chain
+        .as_array()
+        .ok_or("ENIFLOW_CNI_CHAIN must be a JSON array of plugin objects")?;
+    if let Some(bad) = plugins
+        .iter()
+        .position(|p| p.get("type").and_then(|t| t.as_str()).is_none())
+    {
+        return Err(format!("ENIFLOW_CNI_CHAIN[{bad}] has no \"type\""));
+    }
+    Ok(chain)
 }
 
 /// Host veth names are prefix + 11 hex digits and must fit IFNAMSIZ (15).
@@ -247,6 +281,7 @@ async fn run(
     if let Some(ipam) = &ipam {
         tokio::spawn(ipam.clone().run_refill());
         serve_cni(ipam.clone(), &pool).await?;
+        write_conflist(&pool)?;
     }
     if let Some(path) = ready_file {
         std::fs::write(&path, b"ready\n").with_context(|| format!("write {}", path.display()))?;
@@ -261,7 +296,28 @@ async fn run(
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+    if ipam.is_some() && pool.remove_conflist_on_exit {
+        let _ = std::fs::remove_file(&pool.cni_conflist);
+    }
     log::info!("stopping; attachments stay pinned (`eniflow-agent uninstall` removes them)");
+    Ok(())
+}
+
+/// Writes the CNI network configuration: eniflow first, then the configured chain.
+fn write_conflist(args: &PoolArgs) -> Result<()> {
+    let mut plugins = vec![serde_json::json!({
+        "type": "eniflow-cni",
+        "socket": args.socket,
+    })];
+    plugins.extend(args.cni_chain.as_array().cloned().unwrap_or_default());
+    // 1.0.0: the newest version the reference plugins of today's distributions speak.
+    let conflist = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "eniflow",
+        "plugins": plugins,
+    });
+    write_atomically(&args.cni_conflist, format!("{conflist:#}\n").as_bytes())?;
+    log::info!("node network-ready: wrote {}", args.cni_conflist.display());
     Ok(())
 }
 

@@ -3,7 +3,8 @@
 //! carries only CNI JSON (a result, the versions, or a CNI error); logs go to a file.
 //!
 //! Network configuration keys of its own (all optional): `socket` (the agent's socket),
-//! `timeoutSeconds` (how long to wait for the agent, default 10), `logFile`.
+//! `timeoutSeconds` (how long to wait for the agent, default 10), `logFile` (else
+//! ENIFLOW_CNI_LOG, else /var/log/eniflow-cni.log).
 
 use std::{
     io::{Read, Write},
@@ -54,9 +55,9 @@ fn main() -> ExitCode {
         .to_owned();
     let log_file = config
         .as_ref()
-        .and_then(|c| c.get("logFile")?.as_str())
-        .unwrap_or(DEFAULT_LOG)
-        .to_owned();
+        .and_then(|c| c.get("logFile")?.as_str().map(str::to_owned))
+        .or_else(|| std::env::var("ENIFLOW_CNI_LOG").ok())
+        .unwrap_or_else(|| DEFAULT_LOG.to_owned());
     let outcome = run(&command, stdin, config.as_ref());
     let (code, line) = match &outcome {
         Ok(Some(output)) => (ExitCode::SUCCESS, Some(output.clone())),

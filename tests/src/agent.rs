@@ -182,7 +182,16 @@ impl PoolFiles {
         self.path("max-pods")
     }
 
-    /// `run` arguments that put the pool's files here (and no VPC CNI checkpoint to import).
+    pub fn socket(&self) -> String {
+        self.path("agent.sock")
+    }
+
+    pub fn conflist(&self) -> String {
+        self.path("10-eniflow.conflist")
+    }
+
+    /// `run` arguments that put everything the agent writes here (and no VPC CNI checkpoint to
+    /// import): nothing of the machine's own /run or /etc/cni is touched.
     pub fn args(&self) -> Vec<String> {
         vec![
             "--checkpoint".into(),
@@ -191,6 +200,10 @@ impl PoolFiles {
             self.max_pods(),
             "--vpc-cni-checkpoint".into(),
             self.path("aws-node-ipam.json"),
+            "--socket".into(),
+            self.socket(),
+            "--cni-conflist".into(),
+            self.conflist(),
         ]
     }
 }

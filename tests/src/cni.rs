@@ -53,14 +53,13 @@ impl PodNode {
     pub fn start_agent(&mut self) {
         let mut args = vec!["--interfaces".to_owned(), "eth0".to_owned()];
         args.extend(self.files.args());
-        args.extend(["--socket".to_owned(), self.socket()]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let netns = self.lab.node.netns.path();
         self.agent = Some(Agent::start_with(&netns, &self.root, &args, LAB_NODE_ENV));
     }
 
     pub fn socket(&self) -> String {
-        self.files.path("agent.sock")
+        self.files.socket()
     }
 
     async fn wait_for_warm_pool(&self) {
@@ -120,6 +119,7 @@ impl PodNode {
     ) -> Answer {
         let mut child = Command::new(agent::binary("eniflow-cni"))
             .env_clear()
+            .env("ENIFLOW_CNI_LOG", self.files.path("cni.log"))
             .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", container)
             .env("CNI_NETNS", netns)

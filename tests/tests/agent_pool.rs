@@ -15,9 +15,10 @@ use eniflow_tests::{
     require_root,
 };
 
-fn start(lab: &Lab, root: &Path, files: &PoolFiles) -> Agent {
+fn start(lab: &Lab, root: &Path, files: &PoolFiles, extra: &[&str]) -> Agent {
     let mut args = vec!["--interfaces".to_owned(), "eth0".to_owned()];
     args.extend(files.args());
+    args.extend(extra.iter().map(|a| a.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Agent::start_with(&lab.node.netns.path(), root, &args, LAB_NODE_ENV)
 }
@@ -78,7 +79,14 @@ async fn the_agent_fills_its_warm_pool_and_survives_a_crash_without_asking_again
     let root = bpffs_dir("agent-pool");
     let files = PoolFiles::new("agent-pool");
 
-    let running = start(&lab, &root, &files);
+    let running = start(&lab, &root, &files, &[]);
+    // Serving: the CNI configuration marks the node network-ready, eniflow first in the chain.
+    let conflist: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(files.conflist()).expect("the conflist")).unwrap();
+    assert_eq!(conflist["cniVersion"], "1.0.0");
+    assert_eq!(conflist["plugins"][0]["type"], "eniflow-cni");
+    assert_eq!(conflist["plugins"][0]["socket"], files.socket());
+    assert_eq!(conflist["plugins"][1]["type"], "portmap");
     assert_eq!(
         std::fs::read_to_string(files.max_pods()).unwrap(),
         "29\n",
@@ -103,11 +111,15 @@ async fn the_agent_fills_its_warm_pool_and_survives_a_crash_without_asking_again
             .unwrap_or(0)
     };
     let before = assigns(&lab);
-    let restarted = start(&lab, &root, &files);
+    let restarted = start(&lab, &root, &files, &["--remove-conflist-on-exit"]);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(assigns(&lab), before, "the restarted agent asked EC2 again");
     assert_eq!(primary_addresses(&lab).await.len(), 10);
     restarted.stop();
+    assert!(
+        !Path::new(&files.conflist()).exists(),
+        "the stopped agent left the node ready"
+    );
     let out = agent::command(&lab.node.netns.path(), &root, &["uninstall"]);
     assert!(
         out.status.success(),

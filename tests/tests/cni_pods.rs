@@ -208,6 +208,7 @@ async fn bad_input_gets_the_right_code_and_leaves_nothing() {
     // Malformed JSON never reaches the agent.
     let mut child = Command::new(agent::binary("eniflow-cni"))
         .env_clear()
+        .env("ENIFLOW_CNI_LOG", node.files.path("cni.log"))
         .env("CNI_COMMAND", "ADD")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

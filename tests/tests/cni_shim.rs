@@ -7,12 +7,14 @@ use eniflow_tests::agent::binary;
 use serde_json::Value;
 
 fn shim(command: Option<&str>) -> (bool, Value) {
+    let log = std::env::temp_dir().join(eniflow_tests::unique_name("shim-log"));
     let mut cmd = Command::new(binary("eniflow-cni"));
-    cmd.env_clear();
+    cmd.env_clear().env("ENIFLOW_CNI_LOG", &log);
     if let Some(command) = command {
         cmd.env("CNI_COMMAND", command);
     }
     let out = cmd.output().expect("run eniflow-cni");
+    let _ = std::fs::remove_file(&log);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let json = serde_json::from_str(&stdout)
         .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {stdout:?}"));
