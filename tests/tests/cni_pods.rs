@@ -263,3 +263,62 @@ async fn del_while_the_agent_is_down_succeeds_and_the_agent_catches_up() {
         "the returning agent released the gone pod's address"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_answers_grpc_health_and_neighbouring_protocol_versions() {
+    use eniflow_api::v1::{cni_client::CniClient, CniRequest};
+    use tonic_health::pb::{
+        health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+    };
+    require_root();
+    let node = Node::start().await;
+    let channel = eniflow_api::connect(std::path::Path::new(&node.socket()))
+        .await
+        .expect("the agent's socket");
+    let health = HealthClient::new(channel.clone())
+        .check(HealthCheckRequest {
+            service: "eniflow.v1.Cni".into(),
+        })
+        .await
+        .expect("grpc.health.v1 Check")
+        .into_inner();
+    assert_eq!(health.status, ServingStatus::Serving as i32);
+
+    let status = |protocol: u32| {
+        let mut client = CniClient::new(channel.clone());
+        let config = node.config().to_string().into_bytes();
+        async move {
+            client
+                .status(CniRequest {
+                    protocol,
+                    config,
+                    ..Default::default()
+                })
+                .await
+                .expect("a reply")
+                .into_inner()
+        }
+    };
+    let current = eniflow_api::PROTOCOL;
+    for served in [current, current + 1] {
+        let reply = status(served).await;
+        assert!(
+            !reply.failed,
+            "protocol {served}: {:?}",
+            String::from_utf8_lossy(&reply.output)
+        );
+    }
+    for refused in [0, current + 2] {
+        let reply = status(refused).await;
+        assert!(reply.failed, "protocol {refused} was served");
+        let error: Value = serde_json::from_slice(&reply.output).unwrap();
+        assert_eq!(error["code"], 101, "{error}");
+    }
+    // The socket is root's alone.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(node.socket())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
