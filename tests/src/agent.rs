@@ -186,8 +186,13 @@ impl PoolFiles {
         self.path("agent.sock")
     }
 
+    /// The CNI configuration directory the agent writes its conflist into.
+    pub fn cni_conf_dir(&self) -> String {
+        self.path("net.d")
+    }
+
     pub fn conflist(&self) -> String {
-        self.path("10-eniflow.conflist")
+        format!("{}/10-eniflow.conflist", self.cni_conf_dir())
     }
 
     /// `run` arguments that put everything the agent writes here (and no VPC CNI checkpoint to

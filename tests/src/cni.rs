@@ -23,6 +23,8 @@ pub struct PodNode {
     pub files: PoolFiles,
     root: BpffsDir,
     pub agent: Option<Agent>,
+    /// More `run` arguments for the agent.
+    extra: Vec<String>,
 }
 
 /// What the shim printed and how it exited.
@@ -34,6 +36,11 @@ pub struct Answer {
 impl PodNode {
     /// Starts the lab and the agent, and waits until the pool can serve an ADD.
     pub async fn start() -> PodNode {
+        PodNode::start_with(&[]).await
+    }
+
+    /// Like `start`, with more `run` arguments for the agent.
+    pub async fn start_with(extra: &[&str]) -> PodNode {
         let lab = Lab::start(LabSpec::default())
             .await
             .unwrap_or_else(|e| panic!("{e}"));
@@ -44,6 +51,7 @@ impl PodNode {
             files,
             root,
             agent: None,
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         node.start_agent();
         node.wait_for_warm_pool().await;
@@ -53,6 +61,7 @@ impl PodNode {
     pub fn start_agent(&mut self) {
         let mut args = vec!["--interfaces".to_owned(), "eth0".to_owned()];
         args.extend(self.files.args());
+        args.extend(self.extra.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let netns = self.lab.node.netns.path();
         self.agent = Some(Agent::start_with(&netns, &self.root, &args, LAB_NODE_ENV));

@@ -101,7 +101,8 @@ pub fn parse(request: &CniRequest, needs_container: bool) -> Result<Request, Cni
             format!("CNI_IFNAME {ifname:?} is not a valid interface name"),
         ));
     }
-    let netns = PathBuf::from(env("CNI_NETNS", &request.netns)?);
+    // May be empty: a runtime's second DEL (after the sandbox's namespace is gone) names none.
+    let netns = PathBuf::from(&request.netns);
     let mut pod_namespace = String::new();
     let mut pod_name = String::new();
     for pair in request.args.split(';').filter(|p| !p.is_empty()) {

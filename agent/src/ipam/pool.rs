@@ -178,8 +178,9 @@ impl Pool {
             && !self.leaving.contains(&prefix_of(ip))
     }
 
-    /// Hands `owner` an address (the same one again if it already has one). Secondaries first,
-    /// then the fullest prefix, so whole prefixes stay free to give back.
+    /// Hands `owner` an address (the same one again if it already has one): from the lowest ENI
+    /// with one free, secondaries first, then the fullest prefix, so whole prefixes and whole
+    /// ENIs stay free to give back.
     pub fn take(
         &mut self,
         owner: &Owner,
@@ -195,7 +196,15 @@ impl Pool {
                 .count()
         };
         let mut best: Option<(usize, Ipv4Addr, &str)> = None;
-        for e in self.enis.values().filter(|e| e.for_pods && !e.draining) {
+        // Lowest device index first: pods pack onto the first ENIs and the last ones empty out
+        // to be given back.
+        let mut enis: Vec<&PoolEni> = self
+            .enis
+            .values()
+            .filter(|e| e.for_pods && !e.draining)
+            .collect();
+        enis.sort_by_key(|e| (e.eni.network_card, e.eni.device_index));
+        for e in enis {
             if let Some(ip) = e.secondaries().iter().copied().find(|ip| self.usable(*ip)) {
                 best = Some((usize::MAX, ip, &e.eni.id));
                 break;

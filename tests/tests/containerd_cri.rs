@@ -1,0 +1,305 @@
+//! containerd 1.6's CRI, the path kubelet uses, bringing pods up and down through the conflist the
+//! agent wrote (eniflow, portmap, bandwidth, tuning): RunPodSandbox gives each pod a VPC address
+//! that a remote VPC host reaches; StopPodSandbox and RemovePodSandbox (each a whole DEL chain)
+//! leave no veth and no allocation behind.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use eniflow_tests::{agent, cni::PodNode, lab::emulator::venv, require_root};
+use serde_json::{json, Value};
+
+/// The sandbox ("pause") image: busybox sleeping, in a docker-archive containerd imports.
+const SANDBOX_IMAGE: &str = "eniflow.local/pause:1";
+
+/// containerd started by this test in the node's network namespace, with private root, state and
+/// socket; killed and its directories removed when dropped.
+struct Containerd {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Containerd {
+    fn start(node: &PodNode) -> Containerd {
+        let dir = PathBuf::from(node.files.path("containerd"));
+        let bin = dir.join("cni-bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        // CNI plugins: eniflow's shim and the reference plugins (loopback included) in one dir.
+        std::os::unix::fs::symlink(agent::binary("eniflow-cni"), bin.join("eniflow-cni")).unwrap();
+        for plugin in std::fs::read_dir("/usr/lib/cni").expect("containernetworking-plugins") {
+            let plugin = plugin.unwrap().path();
+            std::os::unix::fs::symlink(&plugin, bin.join(plugin.file_name().unwrap())).unwrap();
+        }
+        let config = format!(
+            r#"version = 2
+root = "{root}"
+state = "{state}"
+[grpc]
+  address = "{socket}"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{SANDBOX_IMAGE}"
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{bin}"
+    conf_dir = "{conf}"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+        Root = "{runc}"
+"#,
+            root = dir.join("root").display(),
+            state = dir.join("state").display(),
+            socket = dir.join("containerd.sock").display(),
+            bin = bin.display(),
+            conf = node.files.cni_conf_dir(),
+            runc = dir.join("runc").display(),
+        );
+        std::fs::write(dir.join("config.toml"), config).unwrap();
+        // In the node's network namespace (where a kubelet's runtime runs), not its mounts: the
+        // pod namespaces containerd bind-mounts must be visible to the agent.
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", node.lab.node.netns.path()))
+            .arg("containerd")
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .env("ENIFLOW_CNI_LOG", node.files.path("cni.log"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("containerd.log")).unwrap())
+            .spawn()
+            .expect("start containerd");
+        let containerd = Containerd { child, dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !containerd.socket().exists() {
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not start: {}",
+                containerd.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        containerd.import_sandbox_image();
+        containerd
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("containerd.sock")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    /// Builds the sandbox image (busybox-static sleeping) as a docker-archive and imports it.
+    fn import_sandbox_image(&self) {
+        let image = self.dir.join("image");
+        let rootfs = image.join("rootfs");
+        std::fs::create_dir_all(&rootfs).unwrap();
+        std::fs::copy("/bin/busybox", rootfs.join("busybox")).expect("busybox-static");
+        let layer = image.join("layer.tar");
+        run(
+            "tar",
+            &[
+                "-C",
+                &rootfs.to_string_lossy(),
+                "-cf",
+                &layer.to_string_lossy(),
+                "busybox",
+            ],
+        );
+        let digest = run("sha256sum", &[&layer.to_string_lossy()]);
+        let digest = digest.split_whitespace().next().unwrap();
+        let config = json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "config": { "Entrypoint": ["/busybox", "sleep", "2147483647"] },
+            "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{digest}")] },
+        });
+        std::fs::write(image.join("config.json"), config.to_string()).unwrap();
+        let manifest = json!([{ "Config": "config.json", "RepoTags": [SANDBOX_IMAGE], "Layers": ["layer.tar"] }]);
+        std::fs::write(image.join("manifest.json"), manifest.to_string()).unwrap();
+        let archive = self.dir.join("pause.tar");
+        run(
+            "tar",
+            &[
+                "-C",
+                &image.to_string_lossy(),
+                "-cf",
+                &archive.to_string_lossy(),
+                "manifest.json",
+                "config.json",
+                "layer.tar",
+            ],
+        );
+        run(
+            "ctr",
+            &[
+                "--address",
+                &self.socket().to_string_lossy(),
+                "-n",
+                "k8s.io",
+                "images",
+                "import",
+                &archive.to_string_lossy(),
+            ],
+        );
+    }
+
+    /// Runs the CRI client script; returns its JSON answer.
+    fn cri(&self, args: &[&str]) -> Value {
+        let script = agent::workspace().join("tests/lab/cri_client.py");
+        let out = Command::new(venv().join("bin/python"))
+            .arg(script)
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .expect("run the CRI client");
+        assert!(
+            out.status.success(),
+            "CRI {args:?}: {}\ncontainerd log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        serde_json::from_slice(&out.stdout).expect("the CRI client prints JSON")
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // Sandboxes a failed test left: through the CRI, so containerd tears them down itself.
+        let script = agent::workspace().join("tests/lab/cri_client.py");
+        let _ = Command::new(venv().join("bin/python"))
+            .arg(script)
+            .arg(self.socket())
+            .arg("cleanup")
+            .output();
+        // SAFETY: the pid of a child we started and have not reaped.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Shims that outlived it are ours: they name our socket.
+        let socket = self.socket().display().to_string();
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-f", &socket])
+            .output();
+        // libcni's cache of our sandboxes (the real runtime's path; emptied by DEL).
+        remove_if_empty("/var/lib/cni/results");
+        remove_if_empty("/var/lib/cni");
+        // containerd 1.6 keeps shim sockets here whatever its state directory.
+        remove_if_empty("/run/containerd/s");
+        remove_if_empty("/run/containerd");
+        // Shims containerd started for sandboxes are gone with RemovePodSandbox; mounts under
+        // its root are released before the directory goes.
+        let _ = Command::new("umount")
+            .arg("-R")
+            .arg(self.dir.join("root"))
+            .output();
+        let _ = Command::new("umount")
+            .arg("-R")
+            .arg(self.dir.join("state"))
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn remove_if_empty(dir: &str) {
+    let _ = std::fs::remove_dir(dir);
+}
+
+fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn pinged(from: &eniflow_tests::netns::Netns, ip: &str) -> bool {
+    Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            from.name(),
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            ip,
+        ])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containerd_runs_and_removes_pods_through_the_agents_conflist() {
+    require_root();
+    let chain = json!([
+        { "type": "portmap", "capabilities": { "portMappings": true } },
+        { "type": "bandwidth", "capabilities": { "bandwidth": true } },
+        { "type": "tuning", "sysctl": { "net.core.somaxconn": "512" } },
+    ])
+    .to_string();
+    let node = PodNode::start_with(&["--cni-chain", &chain]).await;
+    assert!(Path::new(&node.files.conflist()).exists());
+    let containerd = Containerd::start(&node);
+
+    let names: Vec<String> = (0..6).map(|n| format!("web-{n}")).collect();
+    let mut args = vec!["run"];
+    args.extend(names.iter().map(String::as_str));
+    let pods = containerd.cri(&args);
+    let pods = pods.as_array().unwrap();
+    let mut ips: Vec<&str> = pods.iter().map(|p| p["ip"].as_str().unwrap()).collect();
+    assert!(ips.iter().all(|ip| ip.starts_with("10.0.")), "{pods:?}");
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 6, "an address handed out twice: {pods:?}");
+    assert_eq!(node.allocations(), 6);
+    assert_eq!(node.host_veths().len(), 6);
+    let remote = &node.lab.hosts[0].netns;
+    for ip in &ips {
+        assert!(
+            pinged(remote, ip),
+            "a remote VPC host cannot reach the pod at {ip}"
+        );
+    }
+
+    let ids: Vec<&str> = pods.iter().map(|p| p["id"].as_str().unwrap()).collect();
+    let mut args = vec!["stop-remove"];
+    args.extend(ids);
+    containerd.cri(&args);
+    assert_eq!(
+        node.allocations(),
+        0,
+        "allocations outlived RemovePodSandbox"
+    );
+    assert!(
+        node.host_veths().is_empty(),
+        "veths outlived RemovePodSandbox"
+    );
+    let log = std::fs::read_to_string(node.files.path("cni.log")).unwrap_or_default();
+    let dels = log.lines().filter(|l| l.starts_with("DEL ")).count();
+    assert!(
+        dels >= 12,
+        "containerd runs DEL on stop and on remove; the shim logged {dels}:\n{log}"
+    );
+}
