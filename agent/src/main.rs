@@ -99,6 +99,9 @@ struct PoolArgs {
         value_parser = cni_chain
     )]
     cni_chain: serde_json::Value,
+    /// The shim's log file, named in the conflist (the shim's own default otherwise).
+    #[arg(long, env = "ENIFLOW_CNI_LOG_FILE")]
+    cni_log_file: Option<PathBuf>,
     /// Remove the conflist when the agent stops (the node stops being network-ready).
     #[arg(long, env = "ENIFLOW_REMOVE_CONFLIST_ON_EXIT")]
     remove_conflist_on_exit: bool,
@@ -305,10 +308,11 @@ async fn run(
 
 /// Writes the CNI network configuration: eniflow first, then the configured chain.
 fn write_conflist(args: &PoolArgs) -> Result<()> {
-    let mut plugins = vec![serde_json::json!({
-        "type": "eniflow-cni",
-        "socket": args.socket,
-    })];
+    let mut eniflow = serde_json::json!({ "type": "eniflow-cni", "socket": args.socket });
+    if let Some(log) = &args.cni_log_file {
+        eniflow["logFile"] = serde_json::json!(log);
+    }
+    let mut plugins = vec![eniflow];
     plugins.extend(args.cni_chain.as_array().cloned().unwrap_or_default());
     // 1.0.0: the newest version the reference plugins of today's distributions speak.
     let conflist = serde_json::json!({

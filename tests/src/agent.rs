@@ -209,6 +209,8 @@ impl PoolFiles {
             self.socket(),
             "--cni-conflist".into(),
             self.conflist(),
+            "--cni-log-file".into(),
+            self.path("cni.log"),
         ]
     }
 }

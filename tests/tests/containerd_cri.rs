@@ -68,7 +68,6 @@ state = "{state}"
             .arg("containerd")
             .arg("--config")
             .arg(dir.join("config.toml"))
-            .env("ENIFLOW_CNI_LOG", node.files.path("cni.log"))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("containerd.log")).unwrap())
             .spawn()

@@ -25,9 +25,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // ... and what builds cnitool, the CNI project's reference client, from Debian's source.
     "golang-go",
     "golang-github-appc-cni-dev",
-    // containerd's CRI (what kubelet drives) with runc; busybox makes the sandbox image.
+    // containerd's CRI (what kubelet drives) and podman, with runc; busybox is the workload.
     "containerd",
     "runc",
+    "podman",
     "busybox-static",
 ];
 
