@@ -322,3 +322,35 @@ async fn the_agent_answers_grpc_health_and_neighbouring_protocol_versions() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_releases_what_the_runtime_no_longer_knows() {
+    require_root();
+    let node = Node::start().await;
+    let kept = Netns::new("pod");
+    let stale = Netns::new("pod");
+    assert!(
+        node.cni("ADD", "c-kept", Some(&kept), "eth0", &pod_args("kept"))
+            .ok
+    );
+    let gone = node.cni("ADD", "c-stale", Some(&stale), "eth0", &pod_args("stale"));
+    assert!(gone.ok);
+    let stale_veth = gone.json["interfaces"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let mut config = node.config();
+    config["cniVersion"] = json!("1.1.0");
+    config["cni.dev/attachments"] = json!([{ "containerID": "c-kept", "ifname": "eth0" }]);
+    let gc = node.cni_with("GC", "", String::new(), "", "", &config);
+    assert!(gc.ok && gc.json.is_null(), "GC: {}", gc.json);
+    assert_eq!(node.allocations(), 1);
+    let veths = node.host_veths();
+    assert_eq!(veths.len(), 1);
+    assert!(!veths.contains(&stale_veth), "GC left the stale pod's veth");
+    assert!(
+        node.cni("CHECK", "c-kept", Some(&kept), "eth0", &pod_args("kept"))
+            .ok
+    );
+}
