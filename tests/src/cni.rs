@@ -25,6 +25,8 @@ pub struct PodNode {
     pub agent: Option<Agent>,
     /// More `run` arguments for the agent.
     extra: Vec<String>,
+    /// More environment for the agent (pool knobs).
+    env: Vec<(String, String)>,
 }
 
 /// What the shim printed and how it exited.
@@ -41,9 +43,12 @@ impl PodNode {
 
     /// Like `start`, with more `run` arguments for the agent.
     pub async fn start_with(extra: &[&str]) -> PodNode {
-        let lab = Lab::start(LabSpec::default())
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        PodNode::start_custom(LabSpec::default(), extra, &[]).await
+    }
+
+    /// A lab of `spec`, the agent with more `run` arguments and environment (pool knobs).
+    pub async fn start_custom(spec: LabSpec, extra: &[&str], env: &[(&str, &str)]) -> PodNode {
+        let lab = Lab::start(spec).await.unwrap_or_else(|e| panic!("{e}"));
         let files = PoolFiles::new("cni-pods");
         let root = bpffs_dir("cni-pods");
         let mut node = PodNode {
@@ -52,6 +57,10 @@ impl PodNode {
             root,
             agent: None,
             extra: extra.iter().map(|a| a.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         node.start_agent();
         node.wait_for_warm_pool().await;
@@ -64,7 +73,9 @@ impl PodNode {
         args.extend(self.extra.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let netns = self.lab.node.netns.path();
-        self.agent = Some(Agent::start_with(&netns, &self.root, &args, LAB_NODE_ENV));
+        let mut env: Vec<(&str, &str)> = LAB_NODE_ENV.to_vec();
+        env.extend(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        self.agent = Some(Agent::start_with(&netns, &self.root, &args, &env));
     }
 
     pub fn socket(&self) -> String {

@@ -38,8 +38,8 @@ enum Task {
     },
     /// Set up, build, and run eniflow on an emulated node in network namespaces (needs root).
     Demo,
-    /// Set up, build, and run the benchmarks: EC2 calls and idle addresses of the pool on the
-    /// lab's EC2 emulator under VPC CNI's default knobs and eniflow's recommended ones.
+    /// Set up, build, and run the benchmarks: EC2 calls and idle addresses of the pool under VPC
+    /// CNI's default knobs and eniflow's recommended ones; CNI ADD/DEL latency (needs root).
     Bench,
     /// Regenerate the agent's bundled instance-type limits from the AWS data the lab's moto carries.
     GenLimits,
@@ -129,6 +129,11 @@ fn bench() -> Result<()> {
     step("bench: the address pool against the lab's EC2 emulator");
     cmd::run(&mut std::process::Command::new(
         root().join("target/debug/eniflow-bench-ipam"),
+    ))?;
+    cmd::require_root("the CNI bench creates network namespaces and pods")?;
+    step("bench: CNI ADD and DEL latency on the lab's node");
+    cmd::run(&mut std::process::Command::new(
+        root().join("target/debug/eniflow-bench-cni"),
     ))
 }
 
