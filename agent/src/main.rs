@@ -308,7 +308,13 @@ async fn run(
 
 /// Writes the CNI network configuration: eniflow first, then the configured chain.
 fn write_conflist(args: &PoolArgs) -> Result<()> {
-    let mut eniflow = serde_json::json!({ "type": "eniflow-cni", "socket": args.socket });
+    // Pod annotations reach the agent through runtimeConfig (containerd's CRI passes them to a
+    // plugin that declares the capability): security-group pods are named there.
+    let mut eniflow = serde_json::json!({
+        "type": "eniflow-cni",
+        "socket": args.socket,
+        "capabilities": { "io.kubernetes.cri.pod-annotations": true },
+    });
     if let Some(log) = &args.cni_log_file {
         eniflow["logFile"] = serde_json::json!(log);
     }

@@ -4,7 +4,7 @@
 //! leave no veth and no allocation behind.
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -259,7 +259,17 @@ async fn containerd_runs_and_removes_pods_through_the_agents_conflist() {
     ])
     .to_string();
     let node = PodNode::start_with(&["--cni-chain", &chain]).await;
-    assert!(Path::new(&node.files.conflist()).exists());
+    let conflist: Value = serde_json::from_slice(
+        &std::fs::read(node.files.conflist()).expect("the agent's conflist"),
+    )
+    .unwrap();
+    let types: Vec<&str> = conflist["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["eniflow-cni", "portmap", "bandwidth", "tuning"]);
     let containerd = Containerd::start(&node);
 
     let names: Vec<String> = (0..6).map(|n| format!("web-{n}")).collect();
