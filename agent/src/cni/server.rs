@@ -150,10 +150,16 @@ impl Service {
             &allocation.pod_name,
             allocation.ipv4,
         );
-        // A repeated ADD of a wired pod gets the first answer again.
-        let wired = match plumbing::check(&self.host, &pod).await {
-            Ok(wired) if repeated => Ok(wired),
-            _ => plumbing::add(&self.host, &pod).await,
+        // A repeated ADD of a wired pod gets the first answer again; a first ADD goes straight
+        // to wiring.
+        let checked = if repeated {
+            plumbing::check(&self.host, &pod).await.ok()
+        } else {
+            None
+        };
+        let wired = match checked {
+            Some(wired) => Ok(wired),
+            None => plumbing::add(&self.host, &pod).await,
         };
         let wired = match wired {
             Ok(wired) => wired,

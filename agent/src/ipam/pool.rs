@@ -582,6 +582,32 @@ mod tests {
     }
 
     #[test]
+    fn reconcile_follows_what_ec2_says_is_attached() {
+        let mut pool = Pool::default();
+        pool.add_eni(
+            eni("eni-0", 0, &["10.0.0.10", "10.0.0.11", "10.0.0.12"], &[]),
+            true,
+        );
+        pool.add_eni(eni("eni-1", 1, &["10.0.0.20", "10.0.0.21"], &[]), true);
+        let on_primary = pool.take(&owner(1), ("ns", "a"), 0).unwrap();
+        let on_second = pool.take(&owner(2), ("ns", "b"), 0).unwrap();
+        assert_eq!(
+            (on_primary.eni.as_str(), on_second.eni.as_str()),
+            ("eni-0", "eni-0")
+        );
+        // eni-1 was detached and 10.0.0.11 unassigned behind the pool's back; eni-2 appeared.
+        let lost = pool.reconcile(vec![
+            (eni("eni-0", 0, &["10.0.0.10", "10.0.0.12"], &[]), true),
+            (eni("eni-2", 2, &["10.0.0.30", "10.0.0.31"], &[]), true),
+        ]);
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].ipv4, "10.0.0.11".parse::<Ipv4Addr>().unwrap());
+        let addresses: Vec<String> = pool.pod_addresses().iter().map(|a| a.to_string()).collect();
+        assert_eq!(addresses, ["10.0.0.12", "10.0.0.31"]);
+        assert!(pool.allocation(&owner(2)).is_some());
+    }
+
+    #[test]
     fn restore_drops_allocations_whose_address_is_gone() {
         let mut pool = Pool::default();
         pool.add_eni(eni("eni-0", 0, &["10.0.0.10", "10.0.0.11"], &[]), true);
