@@ -137,38 +137,15 @@ impl PodNode {
         args: &str,
         config: &Value,
     ) -> Answer {
-        let mut child = Command::new(agent::binary("eniflow-cni"))
-            .env_clear()
-            .env("ENIFLOW_CNI_LOG", self.files.path("cni.log"))
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", container)
-            .env("CNI_NETNS", netns)
-            .env("CNI_IFNAME", ifname)
-            .env("CNI_ARGS", args)
-            .env("CNI_PATH", "/usr/lib/cni")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run eniflow-cni");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(config.to_string().as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let json = if stdout.trim().is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&stdout)
-                .unwrap_or_else(|e| panic!("stdout is not CNI JSON ({e}): {stdout:?}"))
+        let call = ShimCall {
+            command,
+            container,
+            netns: &netns,
+            ifname,
+            args,
+            log: &self.files.path("cni.log"),
         };
-        Answer {
-            ok: out.status.success(),
-            json,
-        }
+        shim(&call, config)
     }
 
     /// The host ends of pod veths (ENIs come and go with the pool: they are not counted).
@@ -225,4 +202,51 @@ pub fn pings(pod: &Netns, to: &str) -> bool {
         .unwrap()
         .status
         .success()
+}
+
+/// One execution of the shim, as a runtime executes a CNI plugin.
+pub struct ShimCall<'a> {
+    pub command: &'a str,
+    pub container: &'a str,
+    pub netns: &'a str,
+    pub ifname: &'a str,
+    pub args: &'a str,
+    /// The shim's log file (ENIFLOW_CNI_LOG), unless `config` names one.
+    pub log: &'a str,
+}
+
+/// Runs the shim with `call`'s environment and `config` on stdin; returns what it printed.
+pub fn shim(call: &ShimCall, config: &Value) -> Answer {
+    let mut child = Command::new(agent::binary("eniflow-cni"))
+        .env_clear()
+        .env("ENIFLOW_CNI_LOG", call.log)
+        .env("CNI_COMMAND", call.command)
+        .env("CNI_CONTAINERID", call.container)
+        .env("CNI_NETNS", call.netns)
+        .env("CNI_IFNAME", call.ifname)
+        .env("CNI_ARGS", call.args)
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run eniflow-cni");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(config.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let json = if stdout.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("stdout is not CNI JSON ({e}): {stdout:?}"))
+    };
+    Answer {
+        ok: out.status.success(),
+        json,
+    }
 }

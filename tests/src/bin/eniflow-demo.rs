@@ -1,8 +1,9 @@
 //! `cargo xtask demo`: eniflow on the lab. An emulated m5.large (the `node` namespace) in a VPC
 //! with a remote host on each subnet; a second ENI is created and attached through the EC2 API
 //! and the hypervisor plugs it in; the agent attaches its programs to both ENIs and fills its
-//! warm address pool through the EC2 API; real traffic crosses the programs; the pinned maps are
-//! dumped with bpftool. Everything is removed at the end.
+//! warm address pool through the EC2 API; a pod is added through the real CNI shim and pings a
+//! remote VPC host; real traffic crosses the programs; the pinned maps are dumped with bpftool.
+//! Everything is removed at the end.
 
 use eniflow_tests::{
     agent::{self, Agent},
@@ -131,6 +132,43 @@ async fn main() {
         .filter(|l| l.contains("packets transmitted"))
         .collect();
     println!("host {} -> eth1 {eni_ip}: {summary}", host.primary_ip);
+
+    section("a pod: eniflow-cni ADD as a container runtime runs it, then ping, then DEL");
+    let pod = eniflow_tests::netns::Netns::new("demo-pod");
+    let config = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "eniflow",
+        "type": "eniflow-cni",
+        "socket": files.socket(),
+        "logFile": files.path("cni.log"),
+    });
+    let (pod_path, log) = (pod.path(), files.path("cni.log"));
+    let call = |command| eniflow_tests::cni::ShimCall {
+        command,
+        container: "demo-pod",
+        netns: &pod_path,
+        ifname: "eth0",
+        args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=demo",
+        log: &log,
+    };
+    let added = eniflow_tests::cni::shim(&call("ADD"), &config);
+    println!("ADD printed: {}", added.json);
+    print!("{}", pod.ip(&["-br", "addr", "show", "dev", "eth0"]));
+    print!("{}", pod.ip(&["route", "show"]));
+    let remote = &lab.hosts[0].primary_ip;
+    let out = pod.run("ping", &["-c", "3", "-i", "0.2", "-W", "1", remote]);
+    let summary: String = out
+        .lines()
+        .filter(|l| l.contains("packets transmitted"))
+        .collect();
+    println!("pod -> {remote}: {summary}");
+    let deleted = eniflow_tests::cni::shim(&call("DEL"), &config);
+    println!(
+        "DEL: exit ok {} (prints nothing: {})",
+        deleted.ok,
+        deleted.json.is_null()
+    );
+    drop(pod);
 
     section("eniflow-agent status");
     let status = agent::command(&node.path(), &root, &["status"]);
