@@ -250,3 +250,29 @@ pub fn shim(call: &ShimCall, config: &Value) -> Answer {
         json,
     }
 }
+
+/// cnitool as `cargo xtask setup` builds it (`ENIFLOW_CNITOOL` overrides).
+pub fn cnitool() -> String {
+    std::env::var("ENIFLOW_CNITOOL").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+        format!("{home}/.cache/eniflow/bin/cnitool")
+    })
+}
+
+/// A CNI plugin directory for a runtime: eniflow's shim and the reference plugins (loopback
+/// included), as symlinks in `dir`.
+pub fn plugin_dir(dir: &std::path::Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::os::unix::fs::symlink(agent::binary("eniflow-cni"), dir.join("eniflow-cni")).unwrap();
+    for plugin in std::fs::read_dir("/usr/lib/cni").expect("containernetworking-plugins") {
+        let plugin = plugin.unwrap().path();
+        std::os::unix::fs::symlink(&plugin, dir.join(plugin.file_name().unwrap())).unwrap();
+    }
+}
+
+/// Removes libcni's cache directory (a fixed path every runtime uses) if the runtimes' DELs
+/// left it empty.
+pub fn remove_cni_cache_if_empty() {
+    let _ = std::fs::remove_dir("/var/lib/cni/results");
+    let _ = std::fs::remove_dir("/var/lib/cni");
+}

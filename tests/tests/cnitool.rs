@@ -4,16 +4,13 @@
 
 use std::process::Command;
 
-use eniflow_tests::{agent, cni::PodNode, netns::Netns, require_root};
+use eniflow_tests::{
+    agent,
+    cni::{cnitool, PodNode},
+    netns::Netns,
+    require_root,
+};
 use serde_json::{json, Value};
-
-/// cnitool as `cargo xtask setup` builds it.
-fn cnitool() -> String {
-    std::env::var("ENIFLOW_CNITOOL").unwrap_or_else(|_| {
-        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-        format!("{home}/.cache/eniflow/bin/cnitool")
-    })
-}
 
 /// Runs `cnitool <command> <network> <pod netns>` in the node's namespace (where a runtime runs
 /// the plugins), returning its stdout.
@@ -136,4 +133,5 @@ async fn cnitool_runs_eniflow_first_in_a_chain_with_portmap_bandwidth_and_tuning
     run(&node, &confdir, "del", "eniflow-check", &other)
         .unwrap_or_else(|e| panic!("cnitool del: {e}"));
     assert_eq!(node.allocations(), 0);
+    eniflow_tests::cni::remove_cni_cache_if_empty();
 }

@@ -9,7 +9,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use eniflow_tests::{agent, cni::PodNode, lab::emulator::venv, require_root};
+use eniflow_tests::{
+    agent,
+    cni::{self, PodNode},
+    lab::emulator::venv,
+    require_root,
+};
 use serde_json::{json, Value};
 
 /// The sandbox ("pause") image: busybox sleeping, in a docker-archive containerd imports.
@@ -26,13 +31,7 @@ impl Containerd {
     fn start(node: &PodNode) -> Containerd {
         let dir = PathBuf::from(node.files.path("containerd"));
         let bin = dir.join("cni-bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        // CNI plugins: eniflow's shim and the reference plugins (loopback included) in one dir.
-        std::os::unix::fs::symlink(agent::binary("eniflow-cni"), bin.join("eniflow-cni")).unwrap();
-        for plugin in std::fs::read_dir("/usr/lib/cni").expect("containernetworking-plugins") {
-            let plugin = plugin.unwrap().path();
-            std::os::unix::fs::symlink(&plugin, bin.join(plugin.file_name().unwrap())).unwrap();
-        }
+        cni::plugin_dir(&bin);
         let config = format!(
             r#"version = 2
 root = "{root}"
@@ -194,11 +193,10 @@ impl Drop for Containerd {
             .args(["-KILL", "-f", &socket])
             .output();
         // libcni's cache of our sandboxes (the real runtime's path; emptied by DEL).
-        remove_if_empty("/var/lib/cni/results");
-        remove_if_empty("/var/lib/cni");
+        cni::remove_cni_cache_if_empty();
         // containerd 1.6 keeps shim sockets here whatever its state directory.
-        remove_if_empty("/run/containerd/s");
-        remove_if_empty("/run/containerd");
+        let _ = std::fs::remove_dir("/run/containerd/s");
+        let _ = std::fs::remove_dir("/run/containerd");
         // Shims containerd started for sandboxes are gone with RemovePodSandbox; mounts under
         // its root are released before the directory goes.
         let _ = Command::new("umount")
@@ -213,10 +211,6 @@ impl Drop for Containerd {
     }
 }
 
-fn remove_if_empty(dir: &str) {
-    let _ = std::fs::remove_dir(dir);
-}
-
 fn run(program: &str, args: &[&str]) -> String {
     let out = Command::new(program)
         .args(args)
@@ -228,25 +222,6 @@ fn run(program: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn pinged(from: &eniflow_tests::netns::Netns, ip: &str) -> bool {
-    Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            from.name(),
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "1",
-            ip,
-        ])
-        .output()
-        .unwrap()
-        .status
-        .success()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -287,7 +262,7 @@ async fn containerd_runs_and_removes_pods_through_the_agents_conflist() {
     let remote = &node.lab.hosts[0].netns;
     for ip in &ips {
         assert!(
-            pinged(remote, ip),
+            cni::pings(remote, ip),
             "a remote VPC host cannot reach the pod at {ip}"
         );
     }

@@ -4,7 +4,10 @@
 
 use std::process::Command;
 
-use eniflow_tests::{agent, cni::PodNode, require_root};
+use eniflow_tests::{
+    cni::{self, PodNode},
+    require_root,
+};
 
 /// podman with every piece of its state in `dir` (storage, run root, tmp, events), the CNI
 /// backend reading the agent's conflist, runc as the runtime (crun fails on this machine's
@@ -12,17 +15,7 @@ use eniflow_tests::{agent, cni::PodNode, require_root};
 fn podman(node: &PodNode, dir: &str, args: &[&str]) -> std::process::Output {
     let bin = format!("{dir}/cni-bin");
     if !std::path::Path::new(&bin).exists() {
-        std::fs::create_dir_all(&bin).unwrap();
-        std::os::unix::fs::symlink(agent::binary("eniflow-cni"), format!("{bin}/eniflow-cni"))
-            .unwrap();
-        for plugin in std::fs::read_dir("/usr/lib/cni").expect("containernetworking-plugins") {
-            let plugin = plugin.unwrap().path();
-            std::os::unix::fs::symlink(
-                &plugin,
-                format!("{bin}/{}", plugin.file_name().unwrap().to_string_lossy()),
-            )
-            .unwrap();
-        }
+        cni::plugin_dir(std::path::Path::new(&bin));
         let conf = format!(
             r#"[containers]
 default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
@@ -120,6 +113,5 @@ async fn podman_runs_a_container_on_the_eniflow_network() {
         log.lines().any(|l| l.starts_with("ADD ")) && log.lines().any(|l| l.starts_with("DEL ")),
         "{log}"
     );
-    let _ = std::fs::remove_dir("/var/lib/cni/results");
-    let _ = std::fs::remove_dir("/var/lib/cni");
+    cni::remove_cni_cache_if_empty();
 }

@@ -12,7 +12,7 @@ use std::{
 
 use eniflow_tests::{
     agent,
-    cni::{pod_args, PodNode},
+    cni::{cnitool, pod_args, PodNode},
     lab::{LabSpec, SubnetSpec},
     netns::Netns,
     require_root,
@@ -22,13 +22,6 @@ use serde_json::json;
 const SAMPLES: usize = 40;
 /// With the measured pod, the node's max pods (250).
 const BACKGROUND: usize = 249;
-
-fn cnitool() -> String {
-    std::env::var("ENIFLOW_CNITOOL").unwrap_or_else(|_| {
-        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-        format!("{home}/.cache/eniflow/bin/cnitool")
-    })
-}
 
 /// One way of running a CNI command for a pod.
 #[derive(Clone, Copy)]
