@@ -7,14 +7,16 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use aws_config::imds;
 use clap::{Parser, Subcommand};
 use eniflow_agent::{
     cni,
-    datapath::{self, AttachMode, Datapath, Pins},
+    datapath::{self, AttachMode, Datapath, Pins, Plane},
     ec2::{self, Ec2},
+    eni_links,
     instance::{self, Instance},
     ipam::{self, eniconfig, Ipam},
-    limits, max_pods, netns,
+    limits, max_pods, netns, snat,
 };
 use eniflow_common::{
     ATTACH_FLAG_CREATED_CLSACT, ATTACH_MODE_CLSACT, ATTACH_MODE_TCX, DIRECTION_INGRESS,
@@ -145,13 +147,9 @@ enum Command {
     /// Load the tc programs, attach them to the ENIs, and keep serving until SIGTERM/SIGINT.
     /// Attachments stay in place when the agent stops.
     Run {
-        /// ENI interfaces to attach to (comma separated).
-        #[arg(
-            long,
-            env = "ENIFLOW_INTERFACES",
-            value_delimiter = ',',
-            required = true
-        )]
+        /// Interfaces to attach the ENI programs to (comma separated) besides the ENIs the
+        /// pool finds through IMDS; with --ipam=false, the only ones.
+        #[arg(long, env = "ENIFLOW_INTERFACES", value_delimiter = ',')]
         interfaces: Vec<String>,
         /// tc attachment API: auto (tcx, else clsact), tcx or clsact.
         #[arg(long, env = "ENIFLOW_ATTACH_MODE", default_value = "auto")]
@@ -252,7 +250,11 @@ async fn dispatch(cli: Cli) -> Result<()> {
             println!("{pods}");
             Ok(())
         }
-        Command::Uninstall => datapath::uninstall(&pins).await.map_err(|errors| {
+        Command::Uninstall => {
+            snat::remove();
+            datapath::uninstall(&pins).await
+        }
+        .map_err(|errors| {
             anyhow::anyhow!("uninstall left things behind:\n  {}", errors.join("\n  "))
         }),
     }
@@ -268,12 +270,16 @@ async fn run(
     // Knobs and interface names are checked before anything is loaded or attached: a typo
     // attaches nothing.
     let knobs = ipam::Knobs::from_env().map_err(anyhow::Error::msg)?;
+    let snat = snat::Snat::from_env()?;
+    if !pool.ipam && interfaces.is_empty() {
+        anyhow::bail!("--interfaces: name the interfaces to attach to when --ipam=false");
+    }
     for ifname in interfaces {
         datapath::ifindex(ifname)?;
     }
     // The pool starts before the data plane, so EC2 or IMDS trouble attaches nothing either.
     let ipam = if pool.ipam {
-        Some(Arc::new(start_pool(knobs, &pool).await?))
+        Some(start_pool(knobs, &pool).await?)
     } else {
         None
     };
@@ -281,9 +287,18 @@ async fn run(
     for ifname in interfaces {
         dp.attach_eni(ifname).await?;
     }
-    if let Some(ipam) = &ipam {
+    let pinned_under = dp.pins().versioned();
+    if let Some((ipam, imds)) = &ipam {
+        let plane = Arc::new(Plane::new(dp)?);
         tokio::spawn(ipam.clone().run_refill());
-        serve_cni(ipam.clone(), &pool).await?;
+        // The node's ENIs get their programs and table entries as they appear.
+        tokio::spawn(eni_links::watch(
+            plane.clone(),
+            imds.clone(),
+            ipam.clone(),
+            snat,
+        ));
+        serve_cni(ipam.clone(), plane, &pool).await?;
         write_conflist(&pool)?;
     }
     if let Some(path) = ready_file {
@@ -292,7 +307,7 @@ async fn run(
     log::info!(
         "serving {} interface(s); pinned under {}",
         interfaces.len(),
-        dp.pins().versioned().display()
+        pinned_under.display()
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -332,14 +347,18 @@ fn write_conflist(args: &PoolArgs) -> Result<()> {
 }
 
 /// Serves the CNI shim on the agent's socket; pods' traffic is forwarded by this namespace.
-async fn serve_cni(ipam: Arc<Ipam>, args: &PoolArgs) -> Result<()> {
+async fn serve_cni(ipam: Arc<Ipam>, plane: Arc<Plane>, args: &PoolArgs) -> Result<()> {
     std::fs::write("/proc/sys/net/ipv4/ip_forward", b"1")
         .context("enable IPv4 forwarding (net.ipv4.ip_forward) for pod traffic")?;
     let host = datapath::tc::connect().context("open a route netlink socket")?;
-    let service = cni::server::Service::new(ipam, host, args.veth_prefix.clone());
+    let service = cni::server::Service::new(ipam, plane, host, args.veth_prefix.clone());
     let released = service.release_unwired().await;
     if released > 0 {
         log::info!("released {released} address(es) of pods deleted while the agent was away");
+    }
+    let adopted = service.restore_data_plane().await;
+    if adopted > 0 {
+        log::info!("re-adopted the data plane of {adopted} pod(s)");
     }
     let socket = cni::server::serve(&args.socket, service)
         .await
@@ -349,8 +368,8 @@ async fn serve_cni(ipam: Arc<Ipam>, args: &PoolArgs) -> Result<()> {
 }
 
 /// Reads the instance from IMDS, starts the pool (restoring its checkpoint) and publishes the
-/// node's max pods.
-async fn start_pool(knobs: ipam::Knobs, args: &PoolArgs) -> Result<Ipam> {
+/// node's max pods. Returns the IMDS client too: the ENI watcher reads the ENIs from it.
+async fn start_pool(knobs: ipam::Knobs, args: &PoolArgs) -> Result<(Arc<Ipam>, imds::Client)> {
     let imds = instance::client(args.imds_endpoint.as_deref())?;
     let node = Instance::read(&imds).await?;
     let settings = ec2::Settings {
@@ -389,7 +408,7 @@ async fn start_pool(knobs: ipam::Knobs, args: &PoolArgs) -> Result<Ipam> {
         "max pods {max_pods} (written to {})",
         args.max_pods_file.display()
     );
-    Ok(pool)
+    Ok((Arc::new(pool), imds))
 }
 
 /// Writes `path` through a temporary file and a rename: readers see the old or the new text.
@@ -434,6 +453,17 @@ fn status(pins: &Pins) -> Result<()> {
             direction(key.direction),
             stats.packets,
             stats.bytes
+        );
+    }
+    println!("pods:");
+    for (addr, s) in datapath::read_pod_stats(pins)? {
+        println!(
+            "  {addr:<15} sent {:>8} ({} to the stack) received {:>8} dropped: spoofed source {} redirect failed {}",
+            s.sent_packets,
+            s.sent_to_stack,
+            s.received_packets,
+            s.drop_spoofed_source,
+            s.drop_redirect_failed
         );
     }
     Ok(())

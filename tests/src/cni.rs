@@ -68,8 +68,7 @@ impl PodNode {
     }
 
     pub fn start_agent(&mut self) {
-        let mut args = vec!["--interfaces".to_owned(), "eth0".to_owned()];
-        args.extend(self.files.args());
+        let mut args = self.files.args();
         args.extend(self.extra.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let netns = self.lab.node.netns.path();
@@ -82,10 +81,76 @@ impl PodNode {
         self.files.socket()
     }
 
+    /// One of the agent's pinned maps.
+    pub fn map(&self, name: &str) -> std::path::PathBuf {
+        self.root
+            .join(eniflow_common::PIN_VERSION)
+            .join("maps")
+            .join(name)
+    }
+
     async fn wait_for_warm_pool(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let status = self.cni("STATUS", "", None, "", "");
+        wait_for_warm_pool(|| self.cni("STATUS", "", None, "", "")).await
+    }
+
+    /// An agent of its own on the lab's second node (the spec must ask for one).
+    pub async fn start_second_agent(&self) -> PeerAgent {
+        let second = self
+            .lab
+            .second_node
+            .as_ref()
+            .expect("a lab with a second node");
+        let files = PoolFiles::new("cni-peer");
+        let root = bpffs_dir("cni-peer");
+        let args = files.args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let agent = Agent::start_with(&second.netns.path(), &root, &args, LAB_NODE_ENV);
+        let peer = PeerAgent {
+            files,
+            _root: root,
+            _agent: agent,
+        };
+        wait_for_warm_pool(|| peer.cni("STATUS", "", None, "", "")).await;
+        peer
+    }
+}
+
+/// An agent on the lab's second node, serving pods there.
+pub struct PeerAgent {
+    pub files: PoolFiles,
+    _root: BpffsDir,
+    _agent: Agent,
+}
+
+impl PeerAgent {
+    /// Runs the shim against this agent, as `PodNode::cni` does.
+    pub fn cni(
+        &self,
+        command: &str,
+        container: &str,
+        pod: Option<&Netns>,
+        ifname: &str,
+        args: &str,
+    ) -> Answer {
+        let netns = pod.map(Netns::path).unwrap_or_default();
+        let call = ShimCall {
+            command,
+            container,
+            netns: &netns,
+            ifname,
+            args,
+            log: &self.files.path("cni.log"),
+        };
+        shim(&call, &shim_config(&self.files))
+    }
+}
+
+/// Waits until `status` (a CNI STATUS call) says the pool can serve an ADD.
+async fn wait_for_warm_pool(status: impl Fn() -> Answer) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        {
+            let status = status();
             if status.ok {
                 return;
             }
@@ -94,19 +159,26 @@ impl PodNode {
                 "the pool never had a free address: {}",
                 status.json
             );
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
 
+/// The network configuration the shim gets on stdin for the agent using `files`.
+fn shim_config(files: &PoolFiles) -> Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": "eniflow",
+        "type": "eniflow-cni",
+        "socket": files.socket(),
+        "logFile": files.path("cni.log"),
+    })
+}
+
+impl PodNode {
     /// The network configuration the shim gets on stdin.
     pub fn config(&self) -> Value {
-        json!({
-            "cniVersion": "1.0.0",
-            "name": "eniflow",
-            "type": "eniflow-cni",
-            "socket": self.socket(),
-            "logFile": self.files.path("cni.log"),
-        })
+        shim_config(&self.files)
     }
 
     /// Runs the shim for `command` with this node's configuration.

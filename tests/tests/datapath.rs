@@ -133,7 +133,8 @@ fn bpftool_prints_every_map_by_field_name() {
     let agent = Agent::start(&wire.left.path(), &root, &["eth0"], "clsact");
     wire.send_udp(3);
     let maps_dir = root.join(eniflow_common::PIN_VERSION).join("maps");
-    for map in maps::ALL {
+    // The per-hook maps; the pod maps are checked with pods on the lab (pod_dataplane.rs).
+    for map in [maps::IFACE_STATS, maps::ATTACHMENTS] {
         let entries = bpftool::dump(&maps_dir.join(map));
         assert!(
             !entries.is_empty(),

@@ -26,20 +26,25 @@ use super::{
     request::{self, host_veth_name, CniError, Request},
     result,
 };
-use crate::ipam::{Ipam, IpamError, Owner, PoolError};
+use crate::{
+    datapath::{KnownPod, Plane, PodPort},
+    ipam::{Ipam, IpamError, Owner, PoolError},
+};
 
 /// The CNI service.
 pub struct Service {
     ipam: Arc<Ipam>,
+    plane: Arc<Plane>,
     host: Handle,
     /// AWS_VPC_K8S_CNI_VETHPREFIX: host veth names start with it.
     veth_prefix: String,
 }
 
 impl Service {
-    pub fn new(ipam: Arc<Ipam>, host: Handle, veth_prefix: String) -> Service {
+    pub fn new(ipam: Arc<Ipam>, plane: Arc<Plane>, host: Handle, veth_prefix: String) -> Service {
         Service {
             ipam,
+            plane,
             host,
             veth_prefix,
         }
@@ -176,6 +181,24 @@ impl Service {
                 return Err(CniError::new(code, e.to_string()));
             }
         };
+        let port = PodPort {
+            addr: allocation.ipv4,
+            eni_id: allocation.eni.clone(),
+            host_ifindex: 0,
+            host_mac: wired.host_mac,
+            pod_mac: wired.pod_mac,
+        };
+        if let Err(e) = self.plane.add_pod(&pod.host_veth, port).await {
+            // Half a pod is no pod: the veth and (on a first ADD) the address go back.
+            let _ = plumbing::del(&self.host, &pod.host_veth).await;
+            if !repeated {
+                let _ = self.ipam.release(&owner);
+            }
+            return Err(CniError::new(
+                cni_errors::PLUMBING_FAILED,
+                format!("data plane for {}: {e}", pod.host_veth),
+            ));
+        }
         log::info!(
             "ADD {} {}/{}: {} on {}",
             r.container_id,
@@ -223,10 +246,18 @@ impl Service {
         veths: &BTreeSet<String>,
     ) -> Result<(), CniError> {
         let mut errors = Vec::new();
+        // Out of the maps first, so nothing is steered into a veth being deleted.
+        let ifindex = self
+            .ipam
+            .allocation(owner)
+            .and_then(|a| self.plane.remove_pod(a.ipv4));
         for veth in veths {
             if let Err(e) = plumbing::del(&self.host, veth).await {
                 errors.push(e.to_string());
             }
+        }
+        if let Some(ifindex) = ifindex {
+            self.plane.forget_veth(ifindex).await;
         }
         if let Err(e) = self.ipam.release(owner) {
             errors.push(e.to_string());
@@ -337,11 +368,34 @@ impl Service {
                 a.ipv4,
                 a.owner.container_id
             );
+            if let Some(ifindex) = self.plane.remove_pod(a.ipv4) {
+                self.plane.forget_veth(ifindex).await;
+            }
             if self.ipam.release(&a.owner).is_ok() {
                 released += 1;
             }
         }
         released
+    }
+
+    /// Re-adopts the data plane of the pods in the checkpoint (run after `release_unwired`).
+    pub async fn restore_data_plane(&self) -> usize {
+        let known: Vec<KnownPod> = self
+            .ipam
+            .allocations()
+            .into_iter()
+            .map(|a| KnownPod {
+                addr: a.ipv4,
+                host_veth: host_veth_name(
+                    &self.veth_prefix,
+                    &a.pod_namespace,
+                    &a.pod_name,
+                    &a.owner.container_id,
+                ),
+                eni_id: a.eni,
+            })
+            .collect();
+        self.plane.restore(&known).await
     }
 }
 

@@ -153,7 +153,7 @@ fn attach_tcx(dp: &mut Datapath, hook: &Hook) -> Result<Outcome, DatapathError> 
     )?;
     let path = dp.pins.link(hook.ifindex, hook.direction);
     let result = (|| {
-        let program = dp.program(hook.eni_program())?;
+        let program = dp.program(hook.program)?;
         let id = program
             .attach_with_options(
                 &hook.ifname,
@@ -184,7 +184,7 @@ async fn attach_clsact(
     inherited_flags: u32,
 ) -> Result<Outcome, DatapathError> {
     if let Some(filter) = own_filter(dp, hook).await? {
-        if filter.name != hook.eni_program() {
+        if filter.name != hook.program {
             return Err(attach_error(
                 hook,
                 format!(
@@ -221,7 +221,7 @@ async fn attach_clsact(
             aya_tc::qdisc_add_clsact(&hook.ifname)
                 .map_err(|e| attach_error(hook, format!("add clsact qdisc: {e}")))?;
         }
-        let program = dp.program(hook.eni_program())?;
+        let program = dp.program(hook.program)?;
         let id = program
             .attach_with_options(
                 &hook.ifname,

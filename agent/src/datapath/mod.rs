@@ -2,7 +2,9 @@
 //! attach one program per hook, re-adopt what an earlier agent attached, and remove it all.
 
 mod attach;
+mod forwarding;
 mod pins;
+mod pods;
 pub mod tc;
 mod uninstall;
 
@@ -18,7 +20,9 @@ use eniflow_common::{
 };
 
 pub use attach::{AttachMode, Outcome};
+pub use forwarding::{read_pod_stats, EniPort, Forwarding, PodPort};
 pub use pins::Pins;
+pub use pods::{KnownPod, Plane};
 pub use uninstall::uninstall;
 
 /// The tc programs, built by `cargo xtask build-ebpf` and embedded at build time.
@@ -92,16 +96,36 @@ pub struct Hook {
     pub ifname: String,
     pub ifindex: u32,
     pub direction: Direction,
+    /// The program eniflow runs there.
+    pub program: &'static str,
 }
 
 impl Hook {
-    /// Resolves an interface name in the current network namespace.
-    pub fn new(ifname: &str, direction: Direction) -> Result<Self, DatapathError> {
+    /// A hook of an ENI, resolved by name in the current network namespace.
+    pub fn eni(ifname: &str, direction: Direction) -> Result<Self, DatapathError> {
         let ifindex = ifindex(ifname)?;
         Ok(Self {
             ifname: ifname.to_owned(),
             ifindex,
             direction,
+            program: match direction {
+                Direction::Ingress => programs::ENI_INGRESS,
+                Direction::Egress => programs::ENI_EGRESS,
+            },
+        })
+    }
+
+    /// A hook of a pod's host veth: its tc ingress carries what the pod sends.
+    pub fn pod_veth(ifname: &str, direction: Direction) -> Result<Self, DatapathError> {
+        let ifindex = ifindex(ifname)?;
+        Ok(Self {
+            ifname: ifname.to_owned(),
+            ifindex,
+            direction,
+            program: match direction {
+                Direction::Ingress => programs::POD_EGRESS,
+                Direction::Egress => programs::POD_INGRESS,
+            },
         })
     }
 
@@ -109,14 +133,6 @@ impl Hook {
         IfaceKey {
             ifindex: self.ifindex,
             direction: self.direction.code(),
-        }
-    }
-
-    /// The program eniflow runs on an ENI at this hook.
-    fn eni_program(&self) -> &'static str {
-        match self.direction {
-            Direction::Ingress => programs::ENI_INGRESS,
-            Direction::Egress => programs::ENI_EGRESS,
         }
     }
 }
@@ -145,6 +161,19 @@ pub fn ifindex(ifname: &str) -> Result<u32, DatapathError> {
         )),
         index => Ok(index),
     }
+}
+
+/// The name of the interface `ifindex` in the current network namespace, if there is one.
+pub fn ifname(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buf holds IF_NAMESIZE bytes, as if_indextoname requires.
+    let name = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: on success buf holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
 }
 
 /// The loaded object, its pinned maps, and where things are pinned.
@@ -194,12 +223,41 @@ impl Datapath {
     ) -> Result<Vec<(Hook, Outcome)>, DatapathError> {
         let mut done = Vec::new();
         for direction in Direction::BOTH {
-            let hook = Hook::new(ifname, direction)?;
+            let hook = Hook::eni(ifname, direction)?;
             let outcome = attach::ensure(self, &hook).await?;
             log::info!("{hook}: {outcome}");
             done.push((hook, outcome));
         }
         Ok(done)
+    }
+
+    /// Attaches the pod programs to both hooks of a pod's host veth (re-adopting what is there);
+    /// returns its ifindex. On failure nothing stays attached.
+    pub async fn attach_pod_veth(&mut self, ifname: &str) -> Result<u32, DatapathError> {
+        let mut index = 0;
+        for direction in Direction::BOTH {
+            let hook = Hook::pod_veth(ifname, direction)?;
+            index = hook.ifindex;
+            if let Err(e) = attach::ensure(self, &hook).await {
+                self.forget_hooks(index);
+                return Err(e);
+            }
+        }
+        Ok(index)
+    }
+
+    /// Forgets the attachments of an interface that is gone (its programs went with it): the
+    /// records and link pins, so a reused ifindex starts clean.
+    pub fn forget_hooks(&mut self, ifindex: u32) {
+        for direction in Direction::BOTH {
+            let _ = std::fs::remove_file(self.pins.link(ifindex, direction));
+            if let Ok(mut records) = self.attachments() {
+                let _ = records.remove(&IfaceKey {
+                    ifindex,
+                    direction: direction.code(),
+                });
+            }
+        }
     }
 
     fn program(&mut self, name: &'static str) -> Result<&mut SchedClassifier, DatapathError> {

@@ -23,7 +23,7 @@ pub use knobs::Knobs;
 pub use pool::{Allocation, Owner, PoolError};
 
 use crate::{
-    ec2::{Ec2, Ec2Error},
+    ec2::{Ec2, Ec2Error, Eni},
     instance::Instance,
     limits::{self, InstanceLimits, ADDRESSES_PER_PREFIX},
     max_pods,
@@ -293,6 +293,11 @@ impl Ipam {
     /// Every pod address the pool holds, assigned or not.
     pub fn addresses(&self) -> Vec<Ipv4Addr> {
         self.lock().pod_addresses()
+    }
+
+    /// The ENIs the pool holds (the trunk among them).
+    pub fn enis(&self) -> Vec<Eni> {
+        self.lock().enis().into_iter().cloned().collect()
     }
 
     pub fn capacity(&self) -> warm::Capacity {

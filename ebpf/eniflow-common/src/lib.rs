@@ -14,8 +14,30 @@ pub mod maps {
     pub const IFACE_STATS: &str = "iface_stats";
     /// What the agent attached where (`IfaceKey` → `Attachment`), so uninstall removes exactly that.
     pub const ATTACHMENTS: &str = "attachments";
+    /// Pods by IPv4 address, network order (`u32` → `Pod`): where their packets go.
+    pub const PODS: &str = "pods";
+    /// Host veths by ifindex (`u32` → `Veth`): whose veth it is, for source validation.
+    pub const VETHS: &str = "veths";
+    /// The node's ENIs by ifindex (`u32` → `Eni`).
+    pub const ENIS: &str = "enis";
+    /// Destinations by longest prefix (`Key<[u8; 4]>`, address in network order → `Destination`): the VPC's CIDRs, and the
+    /// node's own addresses inside them.
+    pub const DESTINATIONS: &str = "destinations";
+    /// Per-pod counters, per CPU (`u32` pod address → `PodStats`).
+    pub const POD_STATS: &str = "pod_stats";
+    /// Pod ports with a flow the kernel stack handles (NAT), LRU (`FlowKey` → last seen, ns).
+    pub const STACK_FLOWS: &str = "stack_flows";
     /// Every map the object declares; each is pinned by the agent.
-    pub const ALL: &[&str] = &[IFACE_STATS, ATTACHMENTS];
+    pub const ALL: &[&str] = &[
+        IFACE_STATS,
+        ATTACHMENTS,
+        PODS,
+        VETHS,
+        ENIS,
+        DESTINATIONS,
+        POD_STATS,
+        STACK_FLOWS,
+    ];
 }
 
 /// Names of the tc programs, one per hook.
@@ -24,6 +46,10 @@ pub mod programs {
     pub const ENI_INGRESS: &str = "eni_ingress";
     /// tc egress of an ENI: packets leaving for the VPC.
     pub const ENI_EGRESS: &str = "eni_egress";
+    /// tc ingress of a pod's host veth: packets the pod sends.
+    pub const POD_EGRESS: &str = "pod_egress";
+    /// tc egress of a pod's host veth: packets the kernel stack delivers to the pod.
+    pub const POD_INGRESS: &str = "pod_ingress";
 }
 
 /// `IfaceKey::direction` for tc ingress.
@@ -69,6 +95,94 @@ pub struct Attachment {
     pub handle: u32,
 }
 
+/// Where a pod's packets go. Addresses and MACs as on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pod {
+    /// The pod's veth in the host namespace (its peer is the pod's interface).
+    pub host_ifindex: u32,
+    /// The ENI that owns the pod's address; 0 while the agent has not seen it yet (the kernel
+    /// stack routes the pod meanwhile).
+    pub eni_ifindex: u32,
+    pub pod_mac: [u8; 6],
+    pub host_mac: [u8; 6],
+    /// 802.1Q id of the pod's branch ENI; 0: not a branch pod.
+    pub vlan: u16,
+    /// `POD_FLAG_*` bits.
+    pub flags: u16,
+}
+
+/// A pod's host veth.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Veth {
+    /// The only source address the pod may send from, network order.
+    pub pod_addr: u32,
+}
+
+/// `Eni::role`.
+pub const ENI_ROLE_PRIMARY: u32 = 1;
+pub const ENI_ROLE_SECONDARY: u32 = 2;
+pub const ENI_ROLE_TRUNK: u32 = 3;
+
+/// One of the node's ENIs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Eni {
+    /// Its subnet's router (the subnet's base address + 1), network order: VPC-bound packets
+    /// leave through it.
+    pub gateway: u32,
+    /// The ENI's primary address, network order.
+    pub primary_addr: u32,
+    /// `ENI_ROLE_*`.
+    pub role: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// `Destination::kind`: inside the VPC, sent out of the pod's own ENI.
+pub const DEST_VPC: u32 = 1;
+/// `Destination::kind`: an address of this node; the kernel stack handles it.
+pub const DEST_NODE: u32 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Destination {
+    /// `DEST_*`.
+    pub kind: u32,
+}
+
+/// One pod's counters (summed over CPUs by readers).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodStats {
+    /// Everything the pod sent.
+    pub sent_packets: u64,
+    pub sent_bytes: u64,
+    /// Sent, and handed to the kernel stack (off-VPC, services, the node, NAT'd flows).
+    pub sent_to_stack: u64,
+    /// Delivered into the pod, by eniflow or by the kernel stack.
+    pub received_packets: u64,
+    pub received_bytes: u64,
+    /// Dropped: sent with a source address that is not the pod's own.
+    pub drop_spoofed_source: u64,
+    /// Dropped: redirect to the owning ENI or a peer pod failed.
+    pub drop_redirect_failed: u64,
+}
+
+/// A pod's port (TCP, UDP, or ICMP echo id) in one protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// The pod's address, network order.
+    pub pod_addr: u32,
+    /// Host order.
+    pub port: u16,
+    /// IP protocol number.
+    pub protocol: u8,
+    pub _pad: u8,
+}
+
 /// The lab's VPC fabric (tests only): how a trunk ENI's port in the fabric maps VLANs to branch
 /// ENIs. EC2 does this in its hypervisor; the lab's kernel has no 8021q module, so BPF does it.
 pub mod lab {
@@ -79,6 +193,21 @@ pub mod lab {
     pub const BRANCH_BY_ADDR: &str = "lab_branch_by_addr";
     pub const TRUNK_IN: &str = "lab_trunk_in";
     pub const TRUNK_OUT: &str = "lab_trunk_out";
+    /// Another tool's counting program, before and after eniflow's on a hook (`TapKey` → IPv4
+    /// packets seen, per CPU).
+    pub const TAPS: &str = "lab_taps";
+    pub const TAP_FIRST_PROGRAM: &str = "lab_tap_first";
+    pub const TAP_LAST_PROGRAM: &str = "lab_tap_last";
+    pub const TAP_FIRST: u32 = 0;
+    pub const TAP_LAST: u32 = 1;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct TapKey {
+        pub ifindex: u32,
+        /// `TAP_FIRST` or `TAP_LAST`.
+        pub position: u32,
+    }
 
     #[repr(C)]
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -112,7 +241,14 @@ mod user {
     unsafe impl aya::Pod for super::IfaceKey {}
     unsafe impl aya::Pod for super::IfaceStats {}
     unsafe impl aya::Pod for super::Attachment {}
+    unsafe impl aya::Pod for super::Pod {}
+    unsafe impl aya::Pod for super::Veth {}
+    unsafe impl aya::Pod for super::Eni {}
+    unsafe impl aya::Pod for super::Destination {}
+    unsafe impl aya::Pod for super::PodStats {}
+    unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::lab::BranchKey {}
+    unsafe impl aya::Pod for super::lab::TapKey {}
     unsafe impl aya::Pod for super::lab::PortMac {}
     unsafe impl aya::Pod for super::lab::Branch {}
 }

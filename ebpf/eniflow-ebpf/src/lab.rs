@@ -6,13 +6,13 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    btf_maps::HashMap,
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, TC_ACT_UNSPEC},
+    btf_maps::{HashMap, PerCpuHashMap},
     helpers::{bpf_skb_change_type, bpf_skb_vlan_pop, bpf_skb_vlan_push},
     macros::{btf_map, classifier},
     programs::TcContext,
 };
-use eniflow_common::lab::{Branch, BranchKey, PortMac};
+use eniflow_common::lab::{Branch, BranchKey, PortMac, TapKey, TAP_FIRST, TAP_LAST};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_8021Q: u16 = 0x8100;
@@ -88,6 +88,39 @@ pub fn lab_trunk_out(ctx: TcContext) -> i32 {
         return TC_ACT_SHOT;
     }
     TC_ACT_OK as i32
+}
+
+/// IPv4 packets another tool's program saw on a hook, by its place in the chain.
+#[btf_map(name = "lab_taps")]
+static TAPS: PerCpuHashMap<TapKey, u64, 64> = PerCpuHashMap::new();
+
+fn tap(ctx: &TcContext, position: u32) -> i32 {
+    let ip = ctx.load::<u16>(ETHERTYPE).is_ok_and(|t| u16::from_be(t) == ETH_P_IP);
+    if ip {
+        // SAFETY: reading a field of the program's own __sk_buff.
+        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+        let key = TapKey { ifindex, position };
+        match TAPS.get_ptr_mut(key) {
+            // SAFETY: this CPU's slot, only touched by this program run.
+            Some(count) => unsafe { *count += 1 },
+            None => {
+                let _ = TAPS.insert(key, 1, 0);
+            }
+        }
+    }
+    TC_ACT_UNSPEC
+}
+
+/// Another agent's observability program, placed before eniflow's (tests of chaining).
+#[classifier]
+pub fn lab_tap_first(ctx: TcContext) -> i32 {
+    tap(&ctx, TAP_FIRST)
+}
+
+/// The same, placed after eniflow's: it sees only what eniflow passes on.
+#[classifier]
+pub fn lab_tap_last(ctx: TcContext) -> i32 {
+    tap(&ctx, TAP_LAST)
 }
 
 #[cfg(not(test))]

@@ -1,25 +1,176 @@
-//! eniflow's tc programs, one per hook. Each passes what it does not own to the next program on
-//! the hook (`TC_ACT_UNSPEC`), so policy and observability agents can chain on the same interfaces.
+//! eniflow's tc programs: per-pod source routing, direct delivery into pods and anti-spoofing,
+//! without per-pod ip rules. Each passes what it does not own to the next program on the hook
+//! (`TC_ACT_UNSPEC`), so policy and observability agents can chain on the same interfaces.
+//!
+//! The kernel stack keeps what needs it: off-VPC traffic (SNAT), services (DNAT), the node's
+//! own addresses, and every later packet of a flow the stack NAT'd (see `state::STACK_FLOWS`).
 #![no_std]
 #![no_main]
 
+mod packet;
+mod state;
 mod stats;
 
-use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, programs::TcContext};
-use eniflow_common::{DIRECTION_EGRESS, DIRECTION_INGRESS};
+use aya_ebpf::{
+    bindings::{
+        bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1, TC_ACT_REDIRECT, TC_ACT_SHOT,
+        TC_ACT_UNSPEC,
+    },
+    helpers::{bpf_redirect_neigh, bpf_redirect_peer},
+    macros::classifier,
+    programs::TcContext,
+};
+use eniflow_common::{Pod, DEST_VPC, DIRECTION_EGRESS, DIRECTION_INGRESS};
+use packet::Ipv4;
 
-/// tc ingress of an ENI: packets arriving from the VPC.
+const AF_INET: u32 = 2;
+
+/// tc ingress of a pod's host veth: what the pod sends.
 #[classifier]
-pub fn eni_ingress(ctx: TcContext) -> i32 {
-    stats::count(&ctx, DIRECTION_INGRESS);
+pub fn pod_egress(mut ctx: TcContext) -> i32 {
+    let Some(veth) = state::veth(ifindex(&ctx)) else {
+        return TC_ACT_UNSPEC;
+    };
+    let Some(ip) = packet::ipv4(&ctx) else {
+        return TC_ACT_UNSPEC;
+    };
+    let len = u64::from(ctx.len());
+    // Anti-spoofing: EC2 would drop it at the ENI; dropping here names the pod that sent it.
+    if ip.saddr != veth.pod_addr {
+        state::count(veth.pod_addr, |s| s.drop_spoofed_source += 1);
+        return TC_ACT_SHOT;
+    }
+    state::count(ip.saddr, |s| {
+        s.sent_packets += 1;
+        s.sent_bytes += len;
+    });
+    if state::is_stack_flow(ip.saddr, ip.protocol, ip.sport) {
+        return to_stack(&ip);
+    }
+    if let Some(peer) = state::pod(ip.daddr) {
+        return deliver(&mut ctx, &peer, ip.daddr, len);
+    }
+    if state::destination(ip.daddr) == DEST_VPC {
+        if let Some(own) = state::pod(ip.saddr) {
+            if own.eni_ifindex != 0 {
+                return out_of_eni(own.eni_ifindex, ip.saddr);
+            }
+        }
+    }
+    // Off-VPC, a service address, the node: the stack routes (and NATs) it, so it must also
+    // see this flow's replies.
+    state::mark_stack_flow(ip.saddr, ip.protocol, ip.sport);
+    to_stack(&ip)
+}
+
+/// tc egress of a pod's host veth: what the kernel stack delivers to the pod (packets eniflow
+/// delivers with `bpf_redirect_peer` skip this hook).
+#[classifier]
+pub fn pod_ingress(ctx: TcContext) -> i32 {
+    let Some(veth) = state::veth(ifindex(&ctx)) else {
+        return TC_ACT_UNSPEC;
+    };
+    if let Some(ip) = packet::ipv4(&ctx) {
+        if ip.daddr == veth.pod_addr {
+            // The stack may have NAT'd it (hostPort, NodePort): the pod's reply must go back
+            // through the stack to be un-NAT'd.
+            state::mark_stack_flow(ip.daddr, ip.protocol, ip.dport);
+            let len = u64::from(ctx.len());
+            state::count(ip.daddr, |s| {
+                s.received_packets += 1;
+                s.received_bytes += len;
+            });
+        }
+    }
     TC_ACT_UNSPEC
 }
 
-/// tc egress of an ENI: packets leaving for the VPC.
+/// tc ingress of an ENI: packets from the VPC; a local pod's go straight into the pod.
+#[classifier]
+pub fn eni_ingress(mut ctx: TcContext) -> i32 {
+    stats::count(&ctx, DIRECTION_INGRESS);
+    let Some(ip) = packet::ipv4(&ctx) else {
+        return TC_ACT_UNSPEC;
+    };
+    let Some(pod) = state::pod(ip.daddr) else {
+        return TC_ACT_UNSPEC;
+    };
+    if state::is_stack_flow(ip.daddr, ip.protocol, ip.dport) {
+        return TC_ACT_UNSPEC;
+    }
+    let len = u64::from(ctx.len());
+    deliver(&mut ctx, &pod, ip.daddr, len)
+}
+
+/// tc egress of an ENI: a pod's packet the stack sent out of an ENI that does not own the
+/// pod's address (after DNAT, say) moves to the ENI that does; EC2 would drop it here.
 #[classifier]
 pub fn eni_egress(ctx: TcContext) -> i32 {
     stats::count(&ctx, DIRECTION_EGRESS);
+    let Some(ip) = packet::ipv4(&ctx) else {
+        return TC_ACT_UNSPEC;
+    };
+    let Some(pod) = state::pod(ip.saddr) else {
+        return TC_ACT_UNSPEC;
+    };
+    if pod.eni_ifindex == 0 || pod.eni_ifindex == ifindex(&ctx) {
+        return TC_ACT_UNSPEC;
+    }
+    out_of_eni(pod.eni_ifindex, ip.saddr)
+}
+
+fn ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: reading a field of the __sk_buff the program was given.
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
+#[inline(always)]
+fn to_stack(ip: &Ipv4) -> i32 {
+    state::count(ip.saddr, |s| s.sent_to_stack += 1);
     TC_ACT_UNSPEC
+}
+
+/// Into `pod`, whose address is `addr`, as if its host veth had sent it.
+#[inline(always)]
+fn deliver(ctx: &mut TcContext, pod: &Pod, addr: u32, len: u64) -> i32 {
+    if !packet::set_macs(ctx, &pod.pod_mac, &pod.host_mac) {
+        state::count(addr, |s| s.drop_redirect_failed += 1);
+        return TC_ACT_SHOT;
+    }
+    state::count(addr, |s| {
+        s.received_packets += 1;
+        s.received_bytes += len;
+    });
+    // SAFETY: a helper call with plain arguments.
+    unsafe { bpf_redirect_peer(pod.host_ifindex, 0) as i32 }
+}
+
+/// Out of the ENI `eni_ifindex` toward its subnet's router: per-pod source routing.
+#[inline(always)]
+fn out_of_eni(eni_ifindex: u32, pod_addr: u32) -> i32 {
+    let Some(eni) = state::eni(eni_ifindex) else {
+        // Not known yet: the stack's route is the best there is.
+        return TC_ACT_UNSPEC;
+    };
+    let mut next_hop = bpf_redir_neigh {
+        nh_family: AF_INET,
+        __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
+            ipv4_nh: eni.gateway,
+        },
+    };
+    // SAFETY: the parameters point at a live struct of the size given.
+    let verdict = unsafe {
+        bpf_redirect_neigh(
+            eni_ifindex,
+            &mut next_hop,
+            core::mem::size_of::<bpf_redir_neigh>() as i32,
+            0,
+        )
+    } as i32;
+    if verdict != TC_ACT_REDIRECT as i32 {
+        state::count(pod_addr, |s| s.drop_redirect_failed += 1);
+    }
+    verdict
 }
 
 #[cfg(not(test))]

@@ -1,4 +1,4 @@
-//! Per-interface counters, and the agent's record of its attachments (declared here so the map
+//! Per-interface counters (ENI hooks), and the agent's record of its attachments (declared here so the map
 //! carries BTF and `bpftool map dump` prints its fields; only the agent writes it).
 
 use aya_ebpf::{

@@ -5,6 +5,7 @@
 
 pub mod api_vpc;
 pub mod emulator;
+pub mod internet;
 pub mod spec;
 
 use aws_sdk_ec2::{

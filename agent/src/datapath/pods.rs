@@ -1,0 +1,124 @@
+//! The data plane as the CNI service and the ENI watcher use it: a pod's programs and map
+//! entries go in on ADD and out on DEL, ENIs and the VPC's CIDRs are kept current, and a
+//! restarted agent re-adopts the pods an earlier one wired.
+
+use std::{net::Ipv4Addr, sync::Mutex};
+
+use super::{Datapath, DatapathError, EniPort, Forwarding, PodPort};
+
+pub struct Plane {
+    datapath: tokio::sync::Mutex<Datapath>,
+    forwarding: Mutex<Forwarding>,
+}
+
+/// A pod the agent knows from its checkpoint, with its host veth's name.
+pub struct KnownPod {
+    pub addr: Ipv4Addr,
+    pub eni_id: String,
+    pub host_veth: String,
+}
+
+impl Plane {
+    pub fn new(datapath: Datapath) -> Result<Plane, DatapathError> {
+        let forwarding = Forwarding::open(datapath.pins())?;
+        Ok(Plane {
+            datapath: tokio::sync::Mutex::new(datapath),
+            forwarding: Mutex::new(forwarding),
+        })
+    }
+
+    fn forwarding(&self) -> std::sync::MutexGuard<'_, Forwarding> {
+        self.forwarding.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Attaches the pod programs to `host_veth` and adds the pod's entries. On failure nothing
+    /// of the pod stays in the data plane.
+    pub async fn add_pod(&self, host_veth: &str, mut pod: PodPort) -> Result<(), DatapathError> {
+        let addr = pod.addr;
+        let mut datapath = self.datapath.lock().await;
+        pod.host_ifindex = datapath.attach_pod_veth(host_veth).await?;
+        let ifindex = pod.host_ifindex;
+        if let Err(e) = self.forwarding().add_pod(pod) {
+            self.forwarding().remove_pod(addr);
+            datapath.forget_hooks(ifindex);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Takes the pod's entries out (before its veth is deleted, so nothing is steered into a
+    /// dying interface); returns its veth's ifindex for `forget_veth`.
+    pub fn remove_pod(&self, addr: Ipv4Addr) -> Option<u32> {
+        self.forwarding().remove_pod(addr)
+    }
+
+    /// After the veth is deleted: its attachment records and link pins go too.
+    pub async fn forget_veth(&self, ifindex: u32) {
+        self.datapath.lock().await.forget_hooks(ifindex);
+    }
+
+    /// Attaches the ENI programs to each ENI and makes the ENI table and destinations current.
+    pub async fn set_enis(
+        &self,
+        enis: Vec<EniPort>,
+        vpc_cidrs: &[(Ipv4Addr, u8)],
+    ) -> Result<(), DatapathError> {
+        {
+            let mut datapath = self.datapath.lock().await;
+            for eni in &enis {
+                if !self.forwarding().enis().any(|e| e == eni) {
+                    datapath.attach_eni(&eni.ifname).await?;
+                }
+            }
+        }
+        let node_addrs: Vec<Ipv4Addr> = enis.iter().map(|e| e.primary).collect();
+        let mut forwarding = self.forwarding();
+        forwarding.set_destinations(vpc_cidrs, &node_addrs)?;
+        forwarding.set_enis(enis)
+    }
+
+    /// Re-adopts the pods an earlier agent wired: each known pod whose veth still exists keeps
+    /// (or gets back) its programs and entries; pinned entries of anything else are removed.
+    /// Returns how many pods were re-adopted.
+    pub async fn restore(&self, known: &[KnownPod]) -> usize {
+        let pinned = self.forwarding().pinned_pods();
+        let mut adopted = 0;
+        for pod in known {
+            let Some((_, entry)) = pinned.iter().find(|(a, _)| *a == pod.addr) else {
+                // Wired by another CNI (an imported VPC CNI pod): the stack routes it.
+                continue;
+            };
+            match super::ifindex(&pod.host_veth) {
+                Ok(ifindex) if ifindex == entry.host_ifindex => {}
+                _ => continue,
+            }
+            let port = PodPort {
+                addr: pod.addr,
+                eni_id: pod.eni_id.clone(),
+                host_ifindex: entry.host_ifindex,
+                host_mac: entry.host_mac,
+                pod_mac: entry.pod_mac,
+            };
+            match self.add_pod(&pod.host_veth, port).await {
+                Ok(()) => adopted += 1,
+                Err(e) => log::warn!("pod {}: cannot re-adopt its data plane: {e}", pod.addr),
+            }
+        }
+        let stale: Vec<(Ipv4Addr, u32)> = {
+            let forwarding = self.forwarding();
+            pinned
+                .iter()
+                .filter(|(a, _)| !forwarding.pods().any(|p| p.addr == *a))
+                .map(|(a, e)| (*a, e.host_ifindex))
+                .collect()
+        };
+        for (addr, ifindex) in stale {
+            self.remove_pod(addr);
+            // Only if that interface is gone (a reused ifindex belongs to someone else now).
+            if super::ifname(ifindex).is_none() {
+                self.forget_veth(ifindex).await;
+            }
+        }
+        adopted
+    }
+}

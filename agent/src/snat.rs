@@ -1,0 +1,127 @@
+//! Off-VPC traffic from pods leaves SNATed to the node's primary address: only that address
+//! has a public mapping at the internet gateway, as with VPC CNI. An iptables chain of eniflow's
+//! own, rebuilt whenever the primary address or the VPC's CIDRs change; VPC CNI's
+//! AWS_VPC_K8S_CNI_EXTERNALSNAT (a NAT gateway does it) and AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS
+//! keep their meaning.
+
+use std::{net::Ipv4Addr, process::Command};
+
+use anyhow::{bail, Context, Result};
+
+const CHAIN: &str = "ENIFLOW-SNAT";
+const COMMENT: &str = "eniflow: SNAT pod traffic leaving the VPC";
+
+/// The SNAT settings and what was last applied.
+pub struct Snat {
+    external: bool,
+    excluded: Vec<(Ipv4Addr, u8)>,
+    applied: Option<(Ipv4Addr, Vec<(Ipv4Addr, u8)>)>,
+}
+
+impl Snat {
+    /// Reads AWS_VPC_K8S_CNI_EXTERNALSNAT and AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS.
+    pub fn from_env() -> Result<Snat> {
+        let external = match std::env::var("AWS_VPC_K8S_CNI_EXTERNALSNAT").as_deref() {
+            Ok("true") => true,
+            Ok("false") | Ok("") | Err(_) => false,
+            Ok(other) => bail!("AWS_VPC_K8S_CNI_EXTERNALSNAT={other:?}: expected true or false"),
+        };
+        let mut excluded = Vec::new();
+        let list = std::env::var("AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS").unwrap_or_default();
+        for text in list.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            excluded.push(crate::eni_links::parse_cidr(text).with_context(|| {
+                format!("AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS: {text:?} is not an IPv4 CIDR")
+            })?);
+        }
+        Ok(Snat {
+            external,
+            excluded,
+            applied: None,
+        })
+    }
+
+    /// Makes the chain SNAT to `primary` everything not bound for `vpc_cidrs` or the
+    /// excluded CIDRs; a no-op when nothing changed or SNAT is external.
+    pub fn apply(&mut self, primary: Ipv4Addr, vpc_cidrs: &[(Ipv4Addr, u8)]) -> Result<()> {
+        let wanted = (primary, vpc_cidrs.to_vec());
+        if self.external || self.applied.as_ref() == Some(&wanted) {
+            return Ok(());
+        }
+        // -N fails when the chain exists; -F then empties it either way.
+        let _ = iptables(&["-t", "nat", "-N", CHAIN]);
+        iptables(&["-t", "nat", "-F", CHAIN])?;
+        for (addr, len) in vpc_cidrs.iter().chain(&self.excluded) {
+            iptables(&[
+                "-t",
+                "nat",
+                "-A",
+                CHAIN,
+                "-d",
+                &format!("{addr}/{len}"),
+                "-j",
+                "RETURN",
+            ])?;
+        }
+        iptables(&[
+            "-t",
+            "nat",
+            "-A",
+            CHAIN,
+            "-m",
+            "addrtype",
+            "!",
+            "--dst-type",
+            "LOCAL",
+            "-j",
+            "SNAT",
+            "--to-source",
+            &primary.to_string(),
+            "--random-fully",
+        ])?;
+        if iptables(&jump("-C")).is_err() {
+            iptables(&jump("-A"))?;
+        }
+        log::info!("off-VPC pod traffic SNATed to {primary} (chain {CHAIN})");
+        self.applied = Some(wanted);
+        Ok(())
+    }
+}
+
+/// `iptables <op>` of the POSTROUTING rule that sends packets through eniflow's chain.
+fn jump(op: &str) -> [&str; 10] {
+    [
+        "-t",
+        "nat",
+        op,
+        "POSTROUTING",
+        "-m",
+        "comment",
+        "--comment",
+        COMMENT,
+        "-j",
+        CHAIN,
+    ]
+}
+
+/// Removes eniflow's chain and the jump to it, if they are there (uninstall).
+pub fn remove() {
+    let _ = iptables(&jump("-D"));
+    let _ = iptables(&["-t", "nat", "-F", CHAIN]);
+    let _ = iptables(&["-t", "nat", "-X", CHAIN]);
+}
+
+fn iptables(args: &[&str]) -> Result<()> {
+    let out = Command::new("iptables")
+        .arg("-w")
+        .args(args)
+        .output()
+        .context("run iptables")?;
+    if !out.status.success() {
+        bail!(
+            "iptables {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}

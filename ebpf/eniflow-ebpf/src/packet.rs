@@ -1,0 +1,78 @@
+//! The few header fields the programs decide on. Frames on ENIs and pod veths are untagged
+//! Ethernet (the kernel moves an 802.1Q tag into skb metadata before tc sees it).
+
+use aya_ebpf::programs::TcContext;
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_HLEN: usize = 14;
+const ETH_DEST: usize = 0;
+const ETHERTYPE: usize = 12;
+const IP_PROTOCOL: usize = ETH_HLEN + 9;
+const IP_SADDR: usize = ETH_HLEN + 12;
+const IP_DADDR: usize = ETH_HLEN + 16;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const ICMP_ECHOREPLY: u8 = 0;
+const ICMP_ECHO: u8 = 8;
+
+/// An IPv4 packet's addresses (network order) and ports (host order; the echo id for ICMP
+/// echo, 0 where the protocol has none or the packet is a fragment).
+#[derive(Clone, Copy)]
+pub struct Ipv4 {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub protocol: u8,
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// The IPv4 header of the frame, or None for anything else (ARP, IPv6, runts).
+#[inline(always)]
+pub fn ipv4(ctx: &TcContext) -> Option<Ipv4> {
+    let ethertype: u16 = ctx.load(ETHERTYPE).ok()?;
+    if u16::from_be(ethertype) != ETH_P_IP {
+        return None;
+    }
+    let version_ihl: u8 = ctx.load(ETH_HLEN).ok()?;
+    let frag: u16 = ctx.load(ETH_HLEN + 6).ok()?;
+    let mut packet = Ipv4 {
+        saddr: ctx.load(IP_SADDR).ok()?,
+        daddr: ctx.load(IP_DADDR).ok()?,
+        protocol: ctx.load(IP_PROTOCOL).ok()?,
+        sport: 0,
+        dport: 0,
+    };
+    // Only a first fragment (or an unfragmented packet) carries the transport header.
+    if u16::from_be(frag) & 0x1fff != 0 {
+        return Some(packet);
+    }
+    let l4 = ETH_HLEN + usize::from(version_ihl & 0x0f) * 4;
+    match packet.protocol {
+        IPPROTO_TCP | IPPROTO_UDP => {
+            let sport: u16 = ctx.load(l4).ok()?;
+            let dport: u16 = ctx.load(l4 + 2).ok()?;
+            packet.sport = u16::from_be(sport);
+            packet.dport = u16::from_be(dport);
+        }
+        IPPROTO_ICMP => {
+            let kind: u8 = ctx.load(l4).ok()?;
+            if kind == ICMP_ECHO || kind == ICMP_ECHOREPLY {
+                let id: u16 = ctx.load(l4 + 4).ok()?;
+                packet.sport = u16::from_be(id);
+                packet.dport = packet.sport;
+            }
+        }
+        _ => {}
+    }
+    Some(packet)
+}
+
+/// Rewrites the frame's destination and source MACs.
+#[inline(always)]
+pub fn set_macs(ctx: &mut TcContext, dest: &[u8; 6], source: &[u8; 6]) -> bool {
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(dest);
+    macs[6..].copy_from_slice(source);
+    ctx.store(ETH_DEST, &macs, 0).is_ok()
+}

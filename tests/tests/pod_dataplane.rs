@@ -1,0 +1,495 @@
+//! The eBPF data plane on the lab, with real packets through a fabric that enforces EC2's
+//! source/destination check: pods on the primary and on a secondary ENI reach remote VPC hosts
+//! and each other with no per-pod ip rule; a spoofing pod is dropped and counted; off-VPC
+//! traffic leaves SNATed; a service address DNAT'd by the node still leaves by the pod's ENI;
+//! the agent killed during a ping flood costs no packet and the restarted agent re-adopts.
+
+use std::{
+    net::Ipv4Addr,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use eniflow_common::maps;
+use eniflow_tests::{
+    bpftool,
+    cni::{address, pings, pod_args, PodNode as Node},
+    lab::{internet, LabSpec},
+    netns::Netns,
+    require_root,
+};
+use serde_json::Value;
+
+struct Pod {
+    netns: Netns,
+    container: String,
+    ip: String,
+    device_index: u64,
+}
+
+/// The node with ten pods: the primary ENI holds nine (m5.large: ten addresses, one its own),
+/// so the tenth lands on the secondary ENI the warm pool attached.
+async fn node_with_pods() -> (Node, Vec<Pod>) {
+    let node = Node::start().await;
+    let mut pods = Vec::new();
+    for i in 0..10 {
+        let netns = Netns::new("pod");
+        let container = format!("c-dp-{i}");
+        let added = node.cni(
+            "ADD",
+            &container,
+            Some(&netns),
+            "eth0",
+            &pod_args(&format!("dp-{i}")),
+        );
+        assert!(added.ok, "ADD {container}: {}", added.json);
+        let ip = address(&added);
+        let device_index = device_index_of(&node, &ip);
+        pods.push(Pod {
+            netns,
+            container,
+            ip,
+            device_index,
+        });
+    }
+    (node, pods)
+}
+
+fn device_index_of(node: &Node, ip: &str) -> u64 {
+    node.lab.view()["enis"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["private_ips"].as_array().unwrap().iter().any(|a| a == ip))
+        .and_then(|e| e["device_index"].as_u64())
+        .unwrap_or_else(|| panic!("{ip} is on no ENI"))
+}
+
+fn on_device(pods: &[Pod], index: u64) -> &Pod {
+    pods.iter()
+        .find(|p| p.device_index == index)
+        .unwrap_or_else(|| panic!("no pod on the ENI at device index {index}"))
+}
+
+fn wire(ip: &str) -> u64 {
+    u64::from(u32::from_ne_bytes(ip.parse::<Ipv4Addr>().unwrap().octets()))
+}
+
+/// The pod's entry in the pinned `pods` map, by field name.
+fn pod_entry(node: &Node, ip: &str) -> Option<Value> {
+    bpftool::dump(&node.map(maps::PODS))
+        .iter()
+        .map(|e| bpftool::formatted(e, maps::PODS).clone())
+        .find(|f| f["key"] == wire(ip))
+        .map(|f| f["value"].clone())
+}
+
+/// The pod's counters, summed over CPUs.
+fn pod_counter(node: &Node, ip: &str, field: &str) -> u64 {
+    bpftool::dump(&node.map(maps::POD_STATS))
+        .iter()
+        .map(|e| bpftool::formatted(e, maps::POD_STATS).clone())
+        .find(|f| f["key"] == wire(ip))
+        .map_or(0, |f| bpftool::per_cpu_sum(&f, field))
+}
+
+/// Waits until the data plane routes `pod` by its ENI (the watcher found the ENI's interface).
+async fn wait_for_eni(node: &Node, pod: &Pod) {
+    let eth = format!("eth{}", pod.device_index);
+    let want = node.lab.node.netns.ifindex(&eth);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let entry = pod_entry(node, &pod.ip);
+        if entry.as_ref().is_some_and(|e| e["eni_ifindex"] == want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never got {eth} (ifindex {want}) as its ENI: {entry:?}",
+            pod.ip
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn ping_from(ns: &Netns, to: &str) -> bool {
+    Command::new("nsenter")
+        .args([
+            &format!("--net={}", ns.path()),
+            "ping",
+            "-c",
+            "2",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            to,
+        ])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_on_every_eni_reach_the_vpc_and_each_other_without_ip_rules() {
+    require_root();
+    let (node, pods) = node_with_pods().await;
+    let primary = on_device(&pods, 0);
+    let secondary = on_device(&pods, 1);
+    wait_for_eni(&node, secondary).await;
+    wait_for_eni(&node, primary).await;
+
+    let hosts: Vec<&str> = node
+        .lab
+        .hosts
+        .iter()
+        .map(|h| h.primary_ip.as_str())
+        .collect();
+    for host in &hosts {
+        assert!(pings(&secondary.netns, host), "secondary-ENI pod -> {host}");
+        assert!(pings(&primary.netns, host), "primary-ENI pod -> {host}");
+    }
+    for host in &node.lab.hosts {
+        assert!(
+            ping_from(&host.netns, &secondary.ip),
+            "{} -> the secondary-ENI pod",
+            host.primary_ip
+        );
+    }
+    assert!(
+        pings(&primary.netns, &secondary.ip),
+        "pod -> pod on this node"
+    );
+    assert!(
+        pings(&secondary.netns, &primary.ip),
+        "pod -> pod on this node"
+    );
+
+    // Everything above went by eniflow's programs, not the kernel stack.
+    assert_eq!(pod_counter(&node, &secondary.ip, "sent_to_stack"), 0);
+    assert!(pod_counter(&node, &secondary.ip, "sent_packets") >= 12);
+    assert!(pod_counter(&node, &secondary.ip, "received_packets") >= 12);
+    assert_eq!(pod_counter(&node, &secondary.ip, "drop_spoofed_source"), 0);
+
+    // On-call view: each pod's entry by field name.
+    let entry = pod_entry(&node, &secondary.ip).expect("the secondary pod's entry");
+    for field in [
+        "host_ifindex",
+        "eni_ifindex",
+        "pod_mac",
+        "host_mac",
+        "vlan",
+        "flags",
+    ] {
+        assert!(entry.get(field).is_some(), "no {field} in {entry}");
+    }
+    for pod in &pods {
+        assert!(
+            pod_entry(&node, &pod.ip).is_some(),
+            "{} has no entry",
+            pod.ip
+        );
+    }
+
+    // No per-pod routing state beyond a /32 route: the three rules every Linux has.
+    let rules = node.lab.node.netns.ip(&["rule", "show"]);
+    assert_eq!(
+        rules.lines().count(),
+        3,
+        "ip rule holds more than the defaults:\n{rules}"
+    );
+    for pod in &pods {
+        assert!(!rules.contains(&pod.ip), "{rules}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_sending_from_another_pods_address_is_dropped_and_counted() {
+    require_root();
+    let (node, pods) = node_with_pods().await;
+    let spoofer = on_device(&pods, 0);
+    let victim = on_device(&pods, 1);
+    wait_for_eni(&node, victim).await;
+    let host = &node.lab.hosts[0].primary_ip;
+    assert!(pings(&spoofer.netns, host));
+
+    spoofer
+        .netns
+        .ip(&["addr", "add", &format!("{}/32", victim.ip), "dev", "eth0"]);
+    let spoofed = Command::new("nsenter")
+        .args([
+            &format!("--net={}", spoofer.netns.path()),
+            "ping",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "-I",
+            &victim.ip,
+            host,
+        ])
+        .output()
+        .unwrap();
+    assert!(!spoofed.status.success(), "a spoofed ping got answers");
+    assert!(
+        pod_counter(&node, &spoofer.ip, "drop_spoofed_source") >= 3,
+        "drops not counted against the spoofing pod"
+    );
+    assert_eq!(pod_counter(&node, &victim.ip, "drop_spoofed_source"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_vpc_traffic_leaves_snated_and_a_dnated_service_leaves_by_the_pods_eni() {
+    require_root();
+    let (node, pods) = node_with_pods().await;
+    let pod = on_device(&pods, 1);
+    wait_for_eni(&node, pod).await;
+    let node_ns = &node.lab.node.netns;
+
+    // A service address, DNAT'd by the node to a host on the other subnet: the stack routes the
+    // rewritten packet out of the primary ENI, the ENI program moves it to the pod's own ENI,
+    // and the reply goes back through the stack to be un-DNAT'd.
+    let backend = &node.lab.hosts[1].primary_ip;
+    node_ns.run(
+        "iptables",
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-d",
+            "10.96.0.10/32",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            backend,
+        ],
+    );
+    assert!(
+        pings(&pod.netns, "10.96.0.10"),
+        "secondary-ENI pod -> DNAT'd service"
+    );
+    assert!(pod_counter(&node, &pod.ip, "sent_to_stack") >= 2);
+
+    let internet = node.lab.internet();
+    assert!(
+        pings(&pod.netns, internet::HOST),
+        "secondary-ENI pod -> the internet"
+    );
+    // Without the SNAT the internet cannot answer a pod address.
+    node_ns.run(
+        "iptables",
+        &[
+            "-t",
+            "nat",
+            "-D",
+            "POSTROUTING",
+            "-m",
+            "comment",
+            "--comment",
+            "eniflow: SNAT pod traffic leaving the VPC",
+            "-j",
+            "ENIFLOW-SNAT",
+        ],
+    );
+    assert!(
+        !pings(&pod.netns, internet::HOST),
+        "the internet answered a pod address without SNAT"
+    );
+    drop(internet);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_killed_during_a_ping_flood_costs_no_packet_and_readopts() {
+    require_root();
+    let (mut node, pods) = node_with_pods().await;
+    let pod = on_device(&pods, 1);
+    wait_for_eni(&node, pod).await;
+    let host = node.lab.hosts[1].primary_ip.clone();
+
+    let flood = Command::new("nsenter")
+        .args([
+            &format!("--net={}", pod.netns.path()),
+            "ping",
+            "-q",
+            "-c",
+            "1500",
+            "-i",
+            "0.002",
+            "-W",
+            "1",
+            &host,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    node.agent.take().expect("running").kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    node.start_agent();
+    let out = flood.wait_with_output().unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = summary
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .unwrap_or_else(|| panic!("no ping summary: {summary}"));
+    let numbers: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    assert_eq!(numbers[0], 1500, "{line}");
+    assert_eq!(
+        numbers[1], 1500,
+        "lost packets while the agent restarted: {line}"
+    );
+
+    // The restarted agent re-adopted the pod: DEL removes its entry and its link pins.
+    let entry = pod_entry(&node, &pod.ip).expect("entry kept across the restart");
+    let host_ifindex = entry["host_ifindex"].as_u64().unwrap();
+    let del = node.cni(
+        "DEL",
+        &pod.container,
+        Some(&pod.netns),
+        "eth0",
+        &pod_args("x"),
+    );
+    assert!(del.ok, "DEL: {}", del.json);
+    assert!(pod_entry(&node, &pod.ip).is_none(), "entry left after DEL");
+    let veths = bpftool::dump(&node.map(maps::VETHS));
+    assert!(
+        !veths
+            .iter()
+            .any(|e| bpftool::formatted(e, maps::VETHS)["key"] == host_ifindex),
+        "veth entry left after DEL"
+    );
+    let links = node.map(maps::PODS);
+    let links = links.parent().unwrap().parent().unwrap().join("links");
+    let left: Vec<_> = std::fs::read_dir(&links)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!("if{host_ifindex}_")))
+        .collect();
+    assert!(left.is_empty(), "link pins left after DEL: {left:?}");
+
+    // And the restarted agent wires new pods.
+    let fresh = Netns::new("pod");
+    let added = node.cni("ADD", "c-dp-new", Some(&fresh), "eth0", &pod_args("dp-new"));
+    assert!(added.ok, "{}", added.json);
+    assert!(pings(&fresh, &host));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_on_two_nodes_reach_each_other_by_their_enis() {
+    require_root();
+    let spec = LabSpec {
+        second_node: true,
+        ..LabSpec::default()
+    };
+    let node = Node::start_custom(spec, &[], &[]).await;
+    let peer = node.start_second_agent().await;
+    let here = Netns::new("pod");
+    let there = Netns::new("pod");
+    let added = node.cni("ADD", "c-x-here", Some(&here), "eth0", &pod_args("x-here"));
+    assert!(added.ok, "{}", added.json);
+    let here_ip = address(&added);
+    let added = peer.cni(
+        "ADD",
+        "c-x-there",
+        Some(&there),
+        "eth0",
+        &pod_args("x-there"),
+    );
+    assert!(added.ok, "{}", added.json);
+    let there_ip = address(&added);
+    assert!(pings(&here, &there_ip), "pod -> pod on the other node");
+    assert!(pings(&there, &here_ip), "pod on the other node -> pod");
+    assert_eq!(pod_counter(&node, &here_ip, "sent_to_stack"), 0);
+    assert!(pod_counter(&node, &here_ip, "received_packets") >= 4);
+}
+
+/// Another tool's program on the same hook as eniflow's: placed first it sees every packet and
+/// eniflow still forwards; placed last it sees only what eniflow passes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tc_program_chains_before_and_after_eniflows() {
+    use aya::{
+        maps::PerCpuHashMap,
+        programs::{
+            tc::{TcAttachOptions, TcAttachType},
+            LinkOrder, SchedClassifier,
+        },
+        Ebpf,
+    };
+    use eniflow_common::lab::{self, TapKey};
+    static LAB_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("ENIFLOW_LAB_EBPF_EMBED"));
+
+    require_root();
+    let (node, pods) = node_with_pods().await;
+    let pod = on_device(&pods, 1);
+    wait_for_eni(&node, pod).await;
+    let veth = node
+        .lab
+        .node
+        .netns
+        .ip(&["-j", "link", "show"])
+        .parse::<Value>()
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["ifindex"] == pod_entry(&node, &pod.ip).unwrap()["host_ifindex"])
+        .and_then(|l| l["ifname"].as_str().map(str::to_owned))
+        .expect("the pod's host veth");
+    let ifindex = node.lab.node.netns.ifindex(&veth);
+
+    let mut other = Ebpf::load(LAB_OBJECT).expect("load the lab object");
+    node.lab.node.netns.within(|| {
+        for (name, order) in [
+            (lab::TAP_FIRST_PROGRAM, LinkOrder::first()),
+            (lab::TAP_LAST_PROGRAM, LinkOrder::last()),
+        ] {
+            let program: &mut SchedClassifier =
+                other.program_mut(name).unwrap().try_into().unwrap();
+            program.load().unwrap();
+            program
+                .attach_with_options(
+                    &veth,
+                    TcAttachType::Ingress,
+                    TcAttachOptions::TcxOrder(order),
+                )
+                .unwrap();
+        }
+    });
+    let seen = |position: u32| -> u64 {
+        let map: PerCpuHashMap<_, TapKey, u64> =
+            PerCpuHashMap::try_from(other.map(lab::TAPS).unwrap()).unwrap();
+        map.get(&TapKey { ifindex, position }, 0)
+            .map_or(0, |values| values.iter().sum())
+    };
+
+    let host = &node.lab.hosts[0].primary_ip;
+    assert!(
+        pings(&pod.netns, host),
+        "VPC traffic with another program chained"
+    );
+    assert!(seen(lab::TAP_FIRST) >= 2, "the first program saw nothing");
+    assert_eq!(
+        seen(lab::TAP_LAST),
+        0,
+        "eniflow passed on packets it forwarded"
+    );
+
+    let internet = node.lab.internet();
+    assert!(
+        pings(&pod.netns, internet::HOST),
+        "off-VPC traffic with another program chained"
+    );
+    assert!(
+        seen(lab::TAP_LAST) >= 2,
+        "eniflow did not pass off-VPC packets on"
+    );
+    drop(internet);
+}
