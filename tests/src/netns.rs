@@ -33,6 +33,22 @@ impl Netns {
         sh::ip(&full)
     }
 
+    /// A veth pair: `name` here, `peer` in `other`.
+    pub fn add_veth(&self, name: &str, other: &Netns, peer: &str) {
+        self.ip(&[
+            "link",
+            "add",
+            name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            peer,
+            "netns",
+            other.name(),
+        ]);
+    }
+
     /// Runs a program inside the namespace (bpffs stays visible).
     pub fn run(&self, program: &str, args: &[&str]) -> String {
         sh::run_in(&self.name, program, args)

@@ -71,8 +71,9 @@ fn on_device(pods: &[Pod], index: u64) -> &Pod {
         .unwrap_or_else(|| panic!("no pod on the ENI at device index {index}"))
 }
 
-fn wire(ip: &str) -> u64 {
-    u64::from(u32::from_ne_bytes(ip.parse::<Ipv4Addr>().unwrap().octets()))
+/// An address as bpftool prints a `[u8; 4]` key: `[10,0,1,6]`.
+fn wire(ip: &str) -> Value {
+    serde_json::json!(ip.parse::<Ipv4Addr>().unwrap().octets())
 }
 
 /// The pod's entry in the pinned `pods` map, by field name.

@@ -39,8 +39,12 @@ enum Task {
     /// Set up, build, and run eniflow on an emulated node in network namespaces (needs root).
     Demo,
     /// Set up, build, and run the benchmarks: EC2 calls and idle addresses of the pool under VPC
-    /// CNI's default knobs and eniflow's recommended ones; CNI ADD/DEL latency (needs root).
-    Bench,
+    /// CNI's default knobs and eniflow's recommended ones; CNI ADD/DEL latency; pod-to-VPC-host
+    /// netperf through eniflow vs per-pod ip rules vs the floor (needs root).
+    Bench {
+        /// Only one part: ipam, cni or datapath.
+        part: Option<BenchPart>,
+    },
     /// Regenerate the agent's bundled instance-type limits from the AWS data the lab's moto carries.
     GenLimits,
 }
@@ -52,7 +56,7 @@ fn main() -> ExitCode {
         Task::Build { release } => build(release),
         Task::Test { filter } => test(filter),
         Task::Demo => demo(),
-        Task::Bench => bench(),
+        Task::Bench { part } => bench(part),
         Task::GenLimits => gen_limits(),
     };
     // One line per cause; a backtrace of xtask itself helps nobody.
@@ -121,20 +125,42 @@ fn demo() -> Result<()> {
     ))
 }
 
-fn bench() -> Result<()> {
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BenchPart {
+    Ipam,
+    Cni,
+    Datapath,
+}
+
+fn bench(part: Option<BenchPart>) -> Result<()> {
+    let runs = |p| part.is_none_or(|only| only == p);
     setup::run_all()?;
     ebpf::build()?;
     step("build: cargo build --workspace --bins");
     cmd::cargo(&["build", "--quiet", "--workspace", "--bins"])?;
-    step("bench: the address pool against the lab's EC2 emulator");
-    cmd::run(&mut std::process::Command::new(
-        root().join("target/debug/eniflow-bench-ipam"),
-    ))?;
-    cmd::require_root("the CNI bench creates network namespaces and pods")?;
-    step("bench: CNI ADD and DEL latency on the lab's node");
-    cmd::run(&mut std::process::Command::new(
-        root().join("target/debug/eniflow-bench-cni"),
-    ))
+    if runs(BenchPart::Ipam) {
+        step("bench: the address pool against the lab's EC2 emulator");
+        cmd::run(&mut std::process::Command::new(
+            root().join("target/debug/eniflow-bench-ipam"),
+        ))?;
+    }
+    if runs(BenchPart::Cni) {
+        cmd::require_root("the CNI bench creates network namespaces and pods")?;
+        step("bench: CNI ADD and DEL latency on the lab's node");
+        cmd::run(&mut std::process::Command::new(
+            root().join("target/debug/eniflow-bench-cni"),
+        ))?;
+    }
+    if runs(BenchPart::Datapath) {
+        cmd::require_root("the data-plane bench creates network namespaces")?;
+        let netperf = setup::netperf()?;
+        step("bench: pod to VPC host, netperf TCP_RR and TCP_STREAM: eniflow, ip rules, floor");
+        cmd::run(
+            std::process::Command::new(root().join("target/debug/eniflow-bench-datapath"))
+                .env("ENIFLOW_NETPERF_DIR", netperf),
+        )?;
+    }
+    Ok(())
 }
 
 fn gen_limits() -> Result<()> {

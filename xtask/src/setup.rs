@@ -232,31 +232,7 @@ fn cnitool() -> Result<Outcome> {
     }
     let work = home().join(".cache/eniflow/cnitool-src");
     let _ = fs::remove_dir_all(&work);
-    fs::create_dir_all(work.join("lists/partial"))?;
-    let sources = work.join("sources.list");
-    fs::write(
-        &sources,
-        "deb-src [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm main\n",
-    )?;
-    let apt = |args: &[&str]| {
-        let mut cmd = Command::new("apt-get");
-        cmd.arg("-o")
-            .arg(format!("Dir::Etc::sourcelist={}", sources.display()))
-            .args([
-                "-o",
-                "Dir::Etc::sourceparts=-",
-                "-o",
-                "APT::Sandbox::User=root",
-                "-o",
-            ])
-            .arg(format!(
-                "Dir::State::Lists={}",
-                work.join("lists").display()
-            ))
-            .args(args)
-            .current_dir(&work);
-        cmd
-    };
+    let apt = private_apt(&work, "deb-src", "main")?;
     println!("    cnitool: apt-get source {CNITOOL_SOURCE_PACKAGE} + go build");
     run(&mut apt(&["update", "-qq"]))?;
     run(&mut apt(&[
@@ -289,6 +265,69 @@ fn cnitool() -> Result<Outcome> {
         .env("GOCACHE", work.join("gocache")))?;
     fs::remove_dir_all(&work)?;
     Ok(Outcome::Installed)
+}
+
+/// apt-get with a sources list of its own (one bookworm line of `kind` and `component`) and
+/// its own lists under `work`: the machine's apt configuration stays untouched.
+fn private_apt(
+    work: &std::path::Path,
+    kind: &str,
+    component: &str,
+) -> Result<impl Fn(&[&str]) -> Command> {
+    fs::create_dir_all(work.join("lists/partial"))?;
+    let sources = work.join("sources.list");
+    fs::write(
+        &sources,
+        format!("{kind} [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm {component}\n"),
+    )?;
+    let work = work.to_owned();
+    Ok(move |args: &[&str]| {
+        let mut cmd = Command::new("apt-get");
+        cmd.arg("-o")
+            .arg(format!("Dir::Etc::sourcelist={}", sources.display()))
+            .args([
+                "-o",
+                "Dir::Etc::sourceparts=-",
+                "-o",
+                "APT::Sandbox::User=root",
+                "-o",
+            ])
+            .arg(format!(
+                "Dir::State::Lists={}",
+                work.join("lists").display()
+            ))
+            .args(args)
+            .current_dir(&work);
+        cmd
+    })
+}
+
+/// netperf (the data-plane bench's load generator) is only in Debian's non-free component:
+/// its package is downloaded through a private list and unpacked, not installed.
+pub fn netperf() -> Result<PathBuf> {
+    let bin = home().join(".cache/eniflow/bin");
+    if bin.join("netperf").exists() && bin.join("netserver").exists() {
+        return Ok(bin);
+    }
+    let work = home().join(".cache/eniflow/netperf-deb");
+    let _ = fs::remove_dir_all(&work);
+    let apt = private_apt(&work, "deb", "non-free")?;
+    println!("    netperf: apt-get download netperf (bookworm non-free) + dpkg -x");
+    run(&mut apt(&["update", "-qq"]))?;
+    run(&mut apt(&["download", "-qq", "netperf"]))?;
+    let deb = fs::read_dir(&work)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .context("apt-get download left no netperf .deb")?;
+    let unpacked = work.join("root");
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
+    fs::create_dir_all(&bin)?;
+    for tool in ["netperf", "netserver"] {
+        fs::copy(unpacked.join("usr/bin").join(tool), bin.join(tool))
+            .with_context(|| format!("copy {tool} out of {}", deb.display()))?;
+    }
+    fs::remove_dir_all(&work)?;
+    Ok(bin)
 }
 
 /// Where setup puts cnitool; the tests read the same default (`ENIFLOW_CNITOOL` overrides).

@@ -43,22 +43,18 @@ pub struct PodPort {
 
 /// Handles on the pinned forwarding maps and the mirror of their contents.
 pub struct Forwarding {
-    pods: HashMap<MapData, u32, Pod>,
+    pods: HashMap<MapData, [u8; 4], Pod>,
     veths: HashMap<MapData, u32, Veth>,
     enis: HashMap<MapData, u32, Eni>,
     destinations: LpmTrie<MapData, [u8; 4], Destination>,
-    pod_stats: PerCpuHashMap<MapData, u32, PodStats>,
+    pod_stats: PerCpuHashMap<MapData, [u8; 4], PodStats>,
     known_pods: BTreeMap<Ipv4Addr, PodPort>,
     known_enis: BTreeMap<String, EniPort>,
     known_destinations: BTreeSet<(Ipv4Addr, u8, u32)>,
 }
 
-fn wire(addr: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(addr.octets())
-}
-
-fn from_wire(addr: u32) -> Ipv4Addr {
-    Ipv4Addr::from(addr.to_ne_bytes())
+fn wire(addr: Ipv4Addr) -> [u8; 4] {
+    addr.octets()
 }
 
 fn open(pins: &Pins, name: &'static str, as_map: fn(MapData) -> Map) -> Result<Map, DatapathError> {
@@ -96,10 +92,11 @@ impl Forwarding {
     }
 
     fn entry(&self, pod: &PodPort) -> Pod {
-        // An ENI the watcher has not reported yet (a restarted agent) keeps the ifindex the
-        // pinned entry has: forwarding must not pause while the agent catches up.
+        // Before the watcher's first report (a restarted agent), the pinned entry's ENI stays:
+        // forwarding must not pause while the agent catches up.
         let eni_ifindex = match self.known_enis.get(&pod.eni_id) {
             Some(eni) => eni.ifindex,
+            None if !self.known_enis.is_empty() => 0,
             None => self
                 .pods
                 .get(&wire(pod.addr), 0)
@@ -172,7 +169,7 @@ impl Forwarding {
         self.pods
             .iter()
             .flatten()
-            .map(|(k, v)| (from_wire(k), v))
+            .map(|(k, v)| (Ipv4Addr::from(k), v))
             .collect()
     }
 
@@ -268,7 +265,7 @@ pub fn read_pod_stats(pins: &Pins) -> Result<Vec<(Ipv4Addr, PodStats)>, Datapath
     if !Path::new(&pins.map(maps::POD_STATS)).exists() {
         return Ok(Vec::new());
     }
-    let stats: PerCpuHashMap<MapData, u32, PodStats> =
+    let stats: PerCpuHashMap<MapData, [u8; 4], PodStats> =
         open(pins, maps::POD_STATS, Map::PerCpuHashMap)?
             .try_into()
             .map_err(map_error(maps::POD_STATS))?;
@@ -285,7 +282,7 @@ pub fn read_pod_stats(pins: &Pins) -> Result<Vec<(Ipv4Addr, PodStats)>, Datapath
             sum.drop_spoofed_source += s.drop_spoofed_source;
             sum.drop_redirect_failed += s.drop_redirect_failed;
         }
-        out.push((from_wire(addr), sum));
+        out.push((Ipv4Addr::from(addr), sum));
     }
     out.sort_by_key(|(a, _)| *a);
     Ok(out)

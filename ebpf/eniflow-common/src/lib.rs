@@ -1,6 +1,7 @@
 //! Map key and value types shared by eniflow's tc programs and its agent.
 //!
-//! Every struct is `#[repr(C)]` and padding-free (explicit `_pad` fields) so the kernel, the agent
+//! IPv4 addresses are `[u8; 4]` as on the wire, so `bpftool map dump` prints them as
+//! `[10,0,1,6]`. Every struct is `#[repr(C)]` and padding-free (explicit `_pad` fields) so the kernel, the agent
 //! and `bpftool` (through BTF) all see the same layout. No enums or `Option`s: not every bit
 //! pattern would be valid.
 #![no_std]
@@ -14,7 +15,7 @@ pub mod maps {
     pub const IFACE_STATS: &str = "iface_stats";
     /// What the agent attached where (`IfaceKey` → `Attachment`), so uninstall removes exactly that.
     pub const ATTACHMENTS: &str = "attachments";
-    /// Pods by IPv4 address, network order (`u32` → `Pod`): where their packets go.
+    /// Pods by IPv4 address (`[u8; 4]`, as on the wire → `Pod`): where their packets go.
     pub const PODS: &str = "pods";
     /// Host veths by ifindex (`u32` → `Veth`): whose veth it is, for source validation.
     pub const VETHS: &str = "veths";
@@ -23,7 +24,7 @@ pub mod maps {
     /// Destinations by longest prefix (`Key<[u8; 4]>`, address in network order → `Destination`): the VPC's CIDRs, and the
     /// node's own addresses inside them.
     pub const DESTINATIONS: &str = "destinations";
-    /// Per-pod counters, per CPU (`u32` pod address → `PodStats`).
+    /// Per-pod counters, per CPU (`[u8; 4]` pod address → `PodStats`).
     pub const POD_STATS: &str = "pod_stats";
     /// Pod ports with a flow the kernel stack handles (NAT), LRU (`FlowKey` → last seen, ns).
     pub const STACK_FLOWS: &str = "stack_flows";
@@ -116,8 +117,8 @@ pub struct Pod {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Veth {
-    /// The only source address the pod may send from, network order.
-    pub pod_addr: u32,
+    /// The only source address the pod may send from.
+    pub pod_addr: [u8; 4],
 }
 
 /// `Eni::role`.
@@ -129,11 +130,10 @@ pub const ENI_ROLE_TRUNK: u32 = 3;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Eni {
-    /// Its subnet's router (the subnet's base address + 1), network order: VPC-bound packets
-    /// leave through it.
-    pub gateway: u32,
-    /// The ENI's primary address, network order.
-    pub primary_addr: u32,
+    /// Its subnet's router (the subnet's base address + 1): VPC-bound packets leave through it.
+    pub gateway: [u8; 4],
+    /// The ENI's primary address.
+    pub primary_addr: [u8; 4],
     /// `ENI_ROLE_*`.
     pub role: u32,
     pub mac: [u8; 6],
@@ -174,8 +174,8 @@ pub struct PodStats {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
-    /// The pod's address, network order.
-    pub pod_addr: u32,
+    /// The pod's address.
+    pub pod_addr: [u8; 4],
     /// Host order.
     pub port: u16,
     /// IP protocol number.

@@ -36,8 +36,9 @@ pub fn pod_egress(mut ctx: TcContext) -> i32 {
     };
     let len = u64::from(ctx.len());
     // Anti-spoofing: EC2 would drop it at the ENI; dropping here names the pod that sent it.
-    if ip.saddr != veth.pod_addr {
-        state::count(veth.pod_addr, |s| s.drop_spoofed_source += 1);
+    let own = u32::from_ne_bytes(veth.pod_addr);
+    if ip.saddr != own {
+        state::count(own, |s| s.drop_spoofed_source += 1);
         return TC_ACT_SHOT;
     }
     state::count(ip.saddr, |s| {
@@ -71,7 +72,7 @@ pub fn pod_ingress(ctx: TcContext) -> i32 {
         return TC_ACT_UNSPEC;
     };
     if let Some(ip) = packet::ipv4(&ctx) {
-        if ip.daddr == veth.pod_addr {
+        if ip.daddr == u32::from_ne_bytes(veth.pod_addr) {
             // The stack may have NAT'd it (hostPort, NodePort): the pod's reply must go back
             // through the stack to be un-NAT'd.
             state::mark_stack_flow(ip.daddr, ip.protocol, ip.dport);
@@ -155,7 +156,7 @@ fn out_of_eni(eni_ifindex: u32, pod_addr: u32) -> i32 {
     let mut next_hop = bpf_redir_neigh {
         nh_family: AF_INET,
         __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
-            ipv4_nh: eni.gateway,
+            ipv4_nh: u32::from_ne_bytes(eni.gateway),
         },
     };
     // SAFETY: the parameters point at a live struct of the size given.

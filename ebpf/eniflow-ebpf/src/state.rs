@@ -17,7 +17,7 @@ const MAX_DESTINATIONS: usize = 1024;
 const MAX_STACK_FLOWS: usize = 65536;
 
 #[btf_map(name = "pods")]
-pub static PODS: HashMap<u32, Pod, MAX_PODS> = HashMap::new();
+pub static PODS: HashMap<[u8; 4], Pod, MAX_PODS> = HashMap::new();
 
 #[btf_map(name = "veths")]
 pub static VETHS: HashMap<u32, Veth, MAX_PODS> = HashMap::new();
@@ -30,16 +30,16 @@ pub static DESTINATIONS: LpmTrie<[u8; 4], Destination, MAX_DESTINATIONS> = LpmTr
 
 /// Per CPU, so counting needs no atomics; the agent creates an entry when it adds the pod.
 #[btf_map(name = "pod_stats")]
-pub static POD_STATS: PerCpuHashMap<u32, PodStats, MAX_PODS> = PerCpuHashMap::new();
+pub static POD_STATS: PerCpuHashMap<[u8; 4], PodStats, MAX_PODS> = PerCpuHashMap::new();
 
 #[btf_map(name = "stack_flows")]
 pub static STACK_FLOWS: LruHashMap<FlowKey, u64, MAX_STACK_FLOWS> = LruHashMap::new();
 
-/// The pod at `addr`, copied out.
+/// The pod at `addr` (as loaded from the packet), copied out.
 #[inline(always)]
 pub fn pod(addr: u32) -> Option<Pod> {
     // SAFETY: the value is copied before the map can change it.
-    unsafe { PODS.get(&addr) }.copied()
+    unsafe { PODS.get(addr.to_ne_bytes()) }.copied()
 }
 
 #[inline(always)]
@@ -64,7 +64,7 @@ pub fn destination(addr: u32) -> u32 {
 /// Applies `update` to this CPU's counters of the pod at `addr`, if the agent created them.
 #[inline(always)]
 pub fn count(addr: u32, update: impl FnOnce(&mut PodStats)) {
-    if let Some(stats) = POD_STATS.get_ptr_mut(addr) {
+    if let Some(stats) = POD_STATS.get_ptr_mut(addr.to_ne_bytes()) {
         // SAFETY: this CPU's slot, touched by nothing else until this program returns.
         update(unsafe { &mut *stats });
     }
@@ -72,7 +72,7 @@ pub fn count(addr: u32, update: impl FnOnce(&mut PodStats)) {
 
 fn flow_key(pod_addr: u32, protocol: u8, port: u16) -> FlowKey {
     FlowKey {
-        pod_addr,
+        pod_addr: pod_addr.to_ne_bytes(),
         port,
         protocol,
         _pad: 0,

@@ -162,15 +162,7 @@ async fn main() {
         .filter(|l| l.contains("packets transmitted"))
         .collect();
     println!("pod -> {remote}: {summary}");
-    let deleted = eniflow_tests::cni::shim(&call("DEL"), &config);
-    println!(
-        "DEL: exit ok {} (prints nothing: {})",
-        deleted.ok,
-        deleted.json.is_null()
-    );
-    drop(pod);
-
-    section("eniflow-agent status");
+    section("eniflow-agent status (the pod is running)");
     let status = agent::command(&node.path(), &root, &["status"]);
     print!("{}", String::from_utf8_lossy(&status.stdout));
 
@@ -186,6 +178,15 @@ async fn main() {
             )
         );
     }
+
+    section("the pod is deleted");
+    let deleted = eniflow_tests::cni::shim(&call("DEL"), &config);
+    println!(
+        "DEL: exit ok {} (prints nothing: {})",
+        deleted.ok,
+        deleted.json.is_null()
+    );
+    drop(pod);
 
     section("stop the agent (the programs stay attached), then eniflow-agent uninstall");
     running.stop();

@@ -19,18 +19,7 @@ impl super::Lab {
     pub fn internet(&self) -> Internet {
         let netns = Netns::new("inet");
         let fabric_if = format!("igw{}", std::process::id() % 100_000);
-        self.fabric.ip(&[
-            "link",
-            "add",
-            &fabric_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            netns.name(),
-        ]);
+        self.fabric.add_veth(&fabric_if, &netns, "eth0");
         self.fabric
             .ip(&["addr", "add", &format!("{GATEWAY}/24"), "dev", &fabric_if]);
         self.fabric.ip(&["link", "set", &fabric_if, "up"]);
