@@ -213,9 +213,16 @@ pub async fn watch(plane: Arc<Plane>, imds: imds::Client, ipam: Arc<Ipam>, mut s
     loop {
         let pool: BTreeSet<(String, bool)> =
             ipam.enis().into_iter().map(|e| (e.id, e.trunk)).collect();
-        let due = synced
-            .as_ref()
-            .is_none_or(|(ids, at)| *ids != pool || at.elapsed() >= RESYNC);
+        // An ENI interface that vanished (detached outside eniflow) is noticed at once, before
+        // the pool's reconcile: its table entry and pins must not outlive it.
+        let vanished = plane
+            .eni_ifindexes()
+            .into_iter()
+            .any(|i| crate::datapath::ifname(i).is_none());
+        let due = vanished
+            || synced
+                .as_ref()
+                .is_none_or(|(ids, at)| *ids != pool || at.elapsed() >= RESYNC);
         if due {
             synced = match sync(&plane, &imds, &nl, &pool, &mut snat).await {
                 Ok(true) => Some((pool, Instant::now())),

@@ -494,3 +494,133 @@ async fn another_tc_program_chains_before_and_after_eniflows() {
     );
     drop(internet);
 }
+
+/// hostPort/NodePort style: a remote host connects to the node's address, the node DNATs to a
+/// pod on the secondary ENI; the pod's replies must go back through the stack to be un-DNAT'd
+/// (sent straight out of its ENI they would carry the pod's address and the client would reset).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dnat_to_a_pod_is_answered_through_the_stack() {
+    use std::io::{Read, Write};
+    require_root();
+    let (node, pods) = node_with_pods().await;
+    let pod = on_device(&pods, 1);
+    wait_for_eni(&node, pod).await;
+    let node_ip = node.lab.node.primary_ip.clone();
+    node.lab.node.netns.run(
+        "iptables",
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-d",
+            &node_ip,
+            "-p",
+            "tcp",
+            "--dport",
+            "30080",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &format!("{}:8080", pod.ip),
+        ],
+    );
+    let listener = pod
+        .netns
+        .within(|| std::net::TcpListener::bind(("0.0.0.0", 8080)).unwrap());
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.write_all(b"from the pod").unwrap();
+    });
+    let host = &node.lab.hosts[0];
+    let answer = host.netns.within(|| {
+        let to = format!("{node_ip}:30080").parse().unwrap();
+        let mut conn = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(3))
+            .expect("connect through the node's DNAT");
+        conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut text = String::new();
+        conn.read_to_string(&mut text).unwrap();
+        text
+    });
+    server.join().unwrap();
+    assert_eq!(answer, "from the pod");
+    assert!(pod_counter(&node, &pod.ip, "sent_to_stack") >= 2);
+}
+
+/// An ENI detached outside eniflow: its table entry, attachment records and link pins go with
+/// its interface.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_detached_eni_leaves_no_entry_or_pin_behind() {
+    require_root();
+    // Ten pods fill the primary ENI and start on eth1; the warm pool adds eth2, left empty.
+    let (node, _pods) = node_with_pods().await;
+    let node_ns = &node.lab.node.netns;
+    let third_eni = || {
+        node.lab.view()["enis"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["instance_id"] == node.lab.node.id.as_str() && e["device_index"] == 2)
+            .cloned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let eni = loop {
+        if let Some(eni) = third_eni() {
+            break eni;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the warm pool attached no third ENI"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let ifindex = node_ns.ifindex("eth2");
+    let in_table = |index: u64| {
+        bpftool::dump(&node.map(maps::ENIS))
+            .iter()
+            .any(|e| bpftool::formatted(e, maps::ENIS)["key"] == index)
+    };
+    let pins = |index: u32| -> Vec<String> {
+        let links = node.map(maps::ENIS);
+        let links = links.parent().unwrap().parent().unwrap().join("links");
+        std::fs::read_dir(links)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&format!("if{index}_")))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !in_table(u64::from(ifindex)) || pins(ifindex).len() != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "eth2 never got its programs and entry"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    node.lab
+        .ec2()
+        .detach_network_interface()
+        .attachment_id(eni["attachment_id"].as_str().unwrap())
+        .force(true)
+        .send()
+        .await
+        .expect("DetachNetworkInterface");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while in_table(u64::from(ifindex)) || !pins(ifindex).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "eth2's entry or pins outlived it: {:?}",
+            pins(ifindex)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let records = bpftool::dump(&node.map(maps::ATTACHMENTS));
+    assert!(
+        !records
+            .iter()
+            .any(|e| bpftool::formatted(e, maps::ATTACHMENTS)["key"]["ifindex"] == ifindex),
+        "attachment records outlived eth2"
+    );
+}

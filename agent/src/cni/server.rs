@@ -257,7 +257,7 @@ impl Service {
             }
         }
         if let Some(ifindex) = ifindex {
-            self.plane.forget_veth(ifindex).await;
+            self.plane.forget_interface(ifindex).await;
         }
         if let Err(e) = self.ipam.release(owner) {
             errors.push(e.to_string());
@@ -369,7 +369,7 @@ impl Service {
                 a.owner.container_id
             );
             if let Some(ifindex) = self.plane.remove_pod(a.ipv4) {
-                self.plane.forget_veth(ifindex).await;
+                self.plane.forget_interface(ifindex).await;
             }
             if self.ipam.release(&a.owner).is_ok() {
                 released += 1;

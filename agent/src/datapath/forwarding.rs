@@ -174,7 +174,8 @@ impl Forwarding {
     }
 
     /// Makes the ENI table exactly `enis`, and re-points every pod at its ENI's ifindex.
-    pub fn set_enis(&mut self, enis: Vec<EniPort>) -> Result<(), DatapathError> {
+    /// Returns the ifindexes of the ENIs that left the table.
+    pub fn set_enis(&mut self, enis: Vec<EniPort>) -> Result<Vec<u32>, DatapathError> {
         let wanted: BTreeMap<String, EniPort> =
             enis.into_iter().map(|e| (e.id.clone(), e)).collect();
         for eni in wanted.values() {
@@ -196,8 +197,8 @@ impl Forwarding {
             .flatten()
             .filter(|i| !kept.contains(i))
             .collect();
-        for ifindex in stale {
-            let _ = self.enis.remove(&ifindex);
+        for ifindex in &stale {
+            let _ = self.enis.remove(ifindex);
         }
         let changed = wanted != self.known_enis;
         self.known_enis = wanted;
@@ -210,7 +211,7 @@ impl Forwarding {
                     .map_err(map_error(maps::PODS))?;
             }
         }
-        Ok(())
+        Ok(stale)
     }
 
     pub fn enis(&self) -> impl Iterator<Item = &EniPort> {

@@ -47,13 +47,14 @@ impl Plane {
     }
 
     /// Takes the pod's entries out (before its veth is deleted, so nothing is steered into a
-    /// dying interface); returns its veth's ifindex for `forget_veth`.
+    /// dying interface); returns its veth's ifindex for `forget_interface`.
     pub fn remove_pod(&self, addr: Ipv4Addr) -> Option<u32> {
         self.forwarding().remove_pod(addr)
     }
 
-    /// After the veth is deleted: its attachment records and link pins go too.
-    pub async fn forget_veth(&self, ifindex: u32) {
+    /// After an interface (a pod's veth, a detached ENI) is deleted: its attachment records and
+    /// link pins go too.
+    pub async fn forget_interface(&self, ifindex: u32) {
         self.datapath.lock().await.forget_hooks(ifindex);
     }
 
@@ -72,9 +73,25 @@ impl Plane {
             }
         }
         let node_addrs: Vec<Ipv4Addr> = enis.iter().map(|e| e.primary).collect();
-        let mut forwarding = self.forwarding();
-        forwarding.set_destinations(vpc_cidrs, &node_addrs)?;
-        forwarding.set_enis(enis)
+        let gone = {
+            let mut forwarding = self.forwarding();
+            forwarding.set_destinations(vpc_cidrs, &node_addrs)?;
+            forwarding.set_enis(enis)?
+        };
+        // A detached ENI's interface is gone, and its programs with it: its records and link
+        // pins go too (an interface that is still there keeps what is attached to it).
+        for ifindex in gone {
+            if super::ifname(ifindex).is_none() {
+                log::info!("ENI ifindex {ifindex} is gone; its attachments are forgotten");
+                self.forget_interface(ifindex).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The ifindexes of the ENIs in the table.
+    pub fn eni_ifindexes(&self) -> Vec<u32> {
+        self.forwarding().enis().map(|e| e.ifindex).collect()
     }
 
     /// Re-adopts the pods an earlier agent wired: each known pod whose veth still exists keeps
@@ -116,7 +133,7 @@ impl Plane {
             self.remove_pod(addr);
             // Only if that interface is gone (a reused ifindex belongs to someone else now).
             if super::ifname(ifindex).is_none() {
-                self.forget_veth(ifindex).await;
+                self.forget_interface(ifindex).await;
             }
         }
         adopted
