@@ -80,6 +80,17 @@ struct PoolArgs {
     /// clusters; on EKS the VPC resource controller attaches it).
     #[arg(long, env = "ENIFLOW_CREATE_TRUNK")]
     create_trunk: bool,
+    /// Security-group pods: strict (all their traffic, node-local too, goes through the VPC and
+    /// its security groups) or standard (node-local traffic stays on the node), as VPC CNI.
+    #[arg(
+        long,
+        env = "POD_SECURITY_GROUP_ENFORCING_MODE",
+        default_value = "strict"
+    )]
+    sg_mode: SgMode,
+    /// A VLAN of a deleted security-group pod is wired again only after this long (seconds).
+    #[arg(long, env = "ENIFLOW_VLAN_COOLDOWN", default_value = "60", value_parser = seconds)]
+    vlan_cooldown: std::time::Duration,
     /// The unix socket the CNI shim calls (root only).
     #[arg(long, env = "ENIFLOW_SOCKET", default_value = eniflow_api::DEFAULT_SOCKET)]
     socket: PathBuf,
@@ -116,6 +127,18 @@ struct PoolArgs {
     /// The instance metadata endpoint; unset: http://169.254.169.254.
     #[arg(long, env = "AWS_EC2_METADATA_SERVICE_ENDPOINT")]
     imds_endpoint: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SgMode {
+    Strict,
+    Standard,
+}
+
+fn seconds(text: &str) -> Result<std::time::Duration, String> {
+    text.parse::<u64>()
+        .map(std::time::Duration::from_secs)
+        .map_err(|_| format!("{text:?} is not a whole number of seconds"))
 }
 
 /// The plugins chained after eniflow: a JSON array of plugin objects, each with a "type".
@@ -351,7 +374,11 @@ async fn serve_cni(ipam: Arc<Ipam>, plane: Arc<Plane>, args: &PoolArgs) -> Resul
     std::fs::write("/proc/sys/net/ipv4/ip_forward", b"1")
         .context("enable IPv4 forwarding (net.ipv4.ip_forward) for pod traffic")?;
     let host = datapath::tc::connect().context("open a route netlink socket")?;
-    let service = cni::server::Service::new(ipam, plane, host, args.veth_prefix.clone());
+    let branch_pods = args.checkpoint.with_file_name("branch-pods.json");
+    let branches = cni::branch::BranchPods::open(&branch_pods, args.vlan_cooldown)
+        .map_err(anyhow::Error::msg)?;
+    plane.set_sg_strict(args.sg_mode == SgMode::Strict)?;
+    let service = cni::server::Service::new(ipam, plane, branches, host, args.veth_prefix.clone());
     let released = service.release_unwired().await;
     if released > 0 {
         log::info!("released {released} address(es) of pods deleted while the agent was away");

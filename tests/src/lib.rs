@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod bpftool;
 pub mod cni;
+pub mod dataplane;
 pub mod hooks;
 pub mod lab;
 pub mod netns;

@@ -5,7 +5,6 @@
 //! the agent killed during a ping flood costs no packet and the restarted agent re-adopts.
 
 use std::{
-    net::Ipv4Addr,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -14,6 +13,7 @@ use eniflow_common::maps;
 use eniflow_tests::{
     bpftool,
     cni::{address, pings, pod_args, PodNode as Node},
+    dataplane::Taps,
     lab::{internet, LabSpec},
     netns::Netns,
     require_root,
@@ -71,36 +71,13 @@ fn on_device(pods: &[Pod], index: u64) -> &Pod {
         .unwrap_or_else(|| panic!("no pod on the ENI at device index {index}"))
 }
 
-/// An address as bpftool prints a `[u8; 4]` key: `[10,0,1,6]`.
-fn wire(ip: &str) -> Value {
-    serde_json::json!(ip.parse::<Ipv4Addr>().unwrap().octets())
-}
-
-/// The pod's entry in the pinned `pods` map, by field name.
-fn pod_entry(node: &Node, ip: &str) -> Option<Value> {
-    bpftool::dump(&node.map(maps::PODS))
-        .iter()
-        .map(|e| bpftool::formatted(e, maps::PODS).clone())
-        .find(|f| f["key"] == wire(ip))
-        .map(|f| f["value"].clone())
-}
-
-/// The pod's counters, summed over CPUs.
-fn pod_counter(node: &Node, ip: &str, field: &str) -> u64 {
-    bpftool::dump(&node.map(maps::POD_STATS))
-        .iter()
-        .map(|e| bpftool::formatted(e, maps::POD_STATS).clone())
-        .find(|f| f["key"] == wire(ip))
-        .map_or(0, |f| bpftool::per_cpu_sum(&f, field))
-}
-
 /// Waits until the data plane routes `pod` by its ENI (the watcher found the ENI's interface).
 async fn wait_for_eni(node: &Node, pod: &Pod) {
     let eth = format!("eth{}", pod.device_index);
     let want = node.lab.node.netns.ifindex(&eth);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let entry = pod_entry(node, &pod.ip);
+        let entry = node.pod_entry(&pod.ip);
         if entry.as_ref().is_some_and(|e| e["eni_ifindex"] == want) {
             return;
         }
@@ -168,13 +145,15 @@ async fn pods_on_every_eni_reach_the_vpc_and_each_other_without_ip_rules() {
     );
 
     // Everything above went by eniflow's programs, not the kernel stack.
-    assert_eq!(pod_counter(&node, &secondary.ip, "sent_to_stack"), 0);
-    assert!(pod_counter(&node, &secondary.ip, "sent_packets") >= 12);
-    assert!(pod_counter(&node, &secondary.ip, "received_packets") >= 12);
-    assert_eq!(pod_counter(&node, &secondary.ip, "drop_spoofed_source"), 0);
+    assert_eq!(node.pod_counter(&secondary.ip, "sent_to_stack"), 0);
+    assert!(node.pod_counter(&secondary.ip, "sent_packets") >= 12);
+    assert!(node.pod_counter(&secondary.ip, "received_packets") >= 12);
+    assert_eq!(node.pod_counter(&secondary.ip, "drop_spoofed_source"), 0);
 
     // On-call view: each pod's entry by field name.
-    let entry = pod_entry(&node, &secondary.ip).expect("the secondary pod's entry");
+    let entry = node
+        .pod_entry(&secondary.ip)
+        .expect("the secondary pod's entry");
     for field in [
         "host_ifindex",
         "eni_ifindex",
@@ -186,11 +165,7 @@ async fn pods_on_every_eni_reach_the_vpc_and_each_other_without_ip_rules() {
         assert!(entry.get(field).is_some(), "no {field} in {entry}");
     }
     for pod in &pods {
-        assert!(
-            pod_entry(&node, &pod.ip).is_some(),
-            "{} has no entry",
-            pod.ip
-        );
+        assert!(node.pod_entry(&pod.ip).is_some(), "{} has no entry", pod.ip);
     }
 
     // No per-pod routing state beyond a /32 route: the three rules every Linux has.
@@ -236,10 +211,10 @@ async fn a_pod_sending_from_another_pods_address_is_dropped_and_counted() {
         .unwrap();
     assert!(!spoofed.status.success(), "a spoofed ping got answers");
     assert!(
-        pod_counter(&node, &spoofer.ip, "drop_spoofed_source") >= 3,
+        node.pod_counter(&spoofer.ip, "drop_spoofed_source") >= 3,
         "drops not counted against the spoofing pod"
     );
-    assert_eq!(pod_counter(&node, &victim.ip, "drop_spoofed_source"), 0);
+    assert_eq!(node.pod_counter(&victim.ip, "drop_spoofed_source"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,7 +248,7 @@ async fn off_vpc_traffic_leaves_snated_and_a_dnated_service_leaves_by_the_pods_e
         pings(&pod.netns, "10.96.0.10"),
         "secondary-ENI pod -> DNAT'd service"
     );
-    assert!(pod_counter(&node, &pod.ip, "sent_to_stack") >= 2);
+    assert!(node.pod_counter(&pod.ip, "sent_to_stack") >= 2);
 
     let internet = node.lab.internet();
     assert!(
@@ -348,7 +323,9 @@ async fn the_agent_killed_during_a_ping_flood_costs_no_packet_and_readopts() {
     );
 
     // The restarted agent re-adopted the pod: DEL removes its entry and its link pins.
-    let entry = pod_entry(&node, &pod.ip).expect("entry kept across the restart");
+    let entry = node
+        .pod_entry(&pod.ip)
+        .expect("entry kept across the restart");
     let host_ifindex = entry["host_ifindex"].as_u64().unwrap();
     let del = node.cni(
         "DEL",
@@ -358,7 +335,7 @@ async fn the_agent_killed_during_a_ping_flood_costs_no_packet_and_readopts() {
         &pod_args("x"),
     );
     assert!(del.ok, "DEL: {}", del.json);
-    assert!(pod_entry(&node, &pod.ip).is_none(), "entry left after DEL");
+    assert!(node.pod_entry(&pod.ip).is_none(), "entry left after DEL");
     let veths = bpftool::dump(&node.map(maps::VETHS));
     assert!(
         !veths
@@ -408,24 +385,15 @@ async fn pods_on_two_nodes_reach_each_other_by_their_enis() {
     let there_ip = address(&added);
     assert!(pings(&here, &there_ip), "pod -> pod on the other node");
     assert!(pings(&there, &here_ip), "pod on the other node -> pod");
-    assert_eq!(pod_counter(&node, &here_ip, "sent_to_stack"), 0);
-    assert!(pod_counter(&node, &here_ip, "received_packets") >= 4);
+    assert_eq!(node.pod_counter(&here_ip, "sent_to_stack"), 0);
+    assert!(node.pod_counter(&here_ip, "received_packets") >= 4);
 }
 
 /// Another tool's program on the same hook as eniflow's: placed first it sees every packet and
 /// eniflow still forwards; placed last it sees only what eniflow passes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_tc_program_chains_before_and_after_eniflows() {
-    use aya::{
-        maps::PerCpuHashMap,
-        programs::{
-            tc::{TcAttachOptions, TcAttachType},
-            LinkOrder, SchedClassifier,
-        },
-        Ebpf,
-    };
-    use eniflow_common::lab::{self, TapKey};
-    static LAB_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("ENIFLOW_LAB_EBPF_EMBED"));
+    use eniflow_common::lab;
 
     require_root();
     let (node, pods) = node_with_pods().await;
@@ -441,35 +409,12 @@ async fn another_tc_program_chains_before_and_after_eniflows() {
         .as_array()
         .unwrap()
         .iter()
-        .find(|l| l["ifindex"] == pod_entry(&node, &pod.ip).unwrap()["host_ifindex"])
+        .find(|l| l["ifindex"] == node.pod_entry(&pod.ip).unwrap()["host_ifindex"])
         .and_then(|l| l["ifname"].as_str().map(str::to_owned))
         .expect("the pod's host veth");
-    let ifindex = node.lab.node.netns.ifindex(&veth);
 
-    let mut other = Ebpf::load(LAB_OBJECT).expect("load the lab object");
-    node.lab.node.netns.within(|| {
-        for (name, order) in [
-            (lab::TAP_FIRST_PROGRAM, LinkOrder::first()),
-            (lab::TAP_LAST_PROGRAM, LinkOrder::last()),
-        ] {
-            let program: &mut SchedClassifier =
-                other.program_mut(name).unwrap().try_into().unwrap();
-            program.load().unwrap();
-            program
-                .attach_with_options(
-                    &veth,
-                    TcAttachType::Ingress,
-                    TcAttachOptions::TcxOrder(order),
-                )
-                .unwrap();
-        }
-    });
-    let seen = |position: u32| -> u64 {
-        let map: PerCpuHashMap<_, TapKey, u64> =
-            PerCpuHashMap::try_from(other.map(lab::TAPS).unwrap()).unwrap();
-        map.get(&TapKey { ifindex, position }, 0)
-            .map_or(0, |values| values.iter().sum())
-    };
+    let taps = Taps::ingress(&node.lab.node.netns, &veth);
+    let seen = |position| taps.seen(position);
 
     let host = &node.lab.hosts[0].primary_ip;
     assert!(
@@ -544,7 +489,7 @@ async fn a_dnat_to_a_pod_is_answered_through_the_stack() {
     });
     server.join().unwrap();
     assert_eq!(answer, "from the pod");
-    assert!(pod_counter(&node, &pod.ip, "sent_to_stack") >= 2);
+    assert!(node.pod_counter(&pod.ip, "sent_to_stack") >= 2);
 }
 
 /// An ENI detached outside eniflow: its table entry, attachment records and link pins go with

@@ -1,6 +1,7 @@
 //! The CNI path on the agent's side: the gRPC service the shim calls, the checks on what it
 //! asks, the pod's wiring, and the JSON the shim prints.
 
+pub mod branch;
 pub mod plumbing;
 pub mod request;
 pub mod result;

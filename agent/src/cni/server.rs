@@ -22,12 +22,13 @@ use serde_json::Value;
 use tonic::{Request as GrpcRequest, Response, Status};
 
 use super::{
-    plumbing::{self, Pod},
+    branch::{self, Branch, BranchPod, BranchPods},
+    plumbing::{self, Pod, Wired},
     request::{self, host_veth_name, CniError, Request},
     result,
 };
 use crate::{
-    datapath::{KnownPod, Plane, PodPort},
+    datapath::{BranchLink, KnownPod, Plane, PodPort},
     ipam::{Ipam, IpamError, Owner, PoolError},
 };
 
@@ -35,16 +36,24 @@ use crate::{
 pub struct Service {
     ipam: Arc<Ipam>,
     plane: Arc<Plane>,
+    branches: BranchPods,
     host: Handle,
     /// AWS_VPC_K8S_CNI_VETHPREFIX: host veth names start with it.
     veth_prefix: String,
 }
 
 impl Service {
-    pub fn new(ipam: Arc<Ipam>, plane: Arc<Plane>, host: Handle, veth_prefix: String) -> Service {
+    pub fn new(
+        ipam: Arc<Ipam>,
+        plane: Arc<Plane>,
+        branches: BranchPods,
+        host: Handle,
+        veth_prefix: String,
+    ) -> Service {
         Service {
             ipam,
             plane,
+            branches,
             host,
             veth_prefix,
         }
@@ -143,6 +152,11 @@ impl Service {
                 ),
             ));
         }
+        let branch = branch::from_config(&r.config)
+            .map_err(|e| CniError::new(cni_errors::INVALID_CONFIG, e))?;
+        if let Some(branch) = branch {
+            return self.add_branch(r, branch).await;
+        }
         let owner = Self::owner(r);
         let repeated = self.ipam.allocation(&owner).is_some();
         let allocation = self
@@ -155,23 +169,56 @@ impl Service {
             &allocation.pod_name,
             allocation.ipv4,
         );
-        // A repeated ADD of a wired pod gets the first answer again; a first ADD goes straight
-        // to wiring.
+        let port = PodPort {
+            addr: allocation.ipv4,
+            eni_id: allocation.eni.clone(),
+            host_ifindex: 0,
+            host_mac: [0; 6],
+            pod_mac: [0; 6],
+            branch: None,
+        };
+        // Nothing was handed out on a failed first ADD: the address goes back (to cool, as any
+        // release).
+        let wired = self
+            .wire(&pod, repeated, port, || {
+                let _ = self.ipam.release(&owner);
+            })
+            .await?;
+        log::info!(
+            "ADD {} {}/{}: {} on {}",
+            r.container_id,
+            r.pod_namespace,
+            r.pod_name,
+            allocation.ipv4,
+            pod.host_veth
+        );
+        Ok(added(r, &pod, &wired))
+    }
+
+    /// Wires `pod` (a repeated ADD of a wired pod checks the first wiring and gets the same
+    /// answer) and adds it to the data plane. On failure nothing of the pod is left, and on a
+    /// first ADD `undo` gives back what the caller took for it.
+    async fn wire(
+        &self,
+        pod: &Pod,
+        repeated: bool,
+        mut port: PodPort,
+        undo: impl FnOnce(),
+    ) -> Result<Wired, CniError> {
         let checked = if repeated {
-            plumbing::check(&self.host, &pod).await.ok()
+            plumbing::check(&self.host, pod).await.ok()
         } else {
             None
         };
         let wired = match checked {
             Some(wired) => Ok(wired),
-            None => plumbing::add(&self.host, &pod).await,
+            None => plumbing::add(&self.host, pod).await,
         };
         let wired = match wired {
             Ok(wired) => wired,
             Err(e) => {
                 if !repeated {
-                    // Nothing was handed out: the address goes back (to cool, as any release).
-                    let _ = self.ipam.release(&owner);
+                    undo();
                 }
                 let code = if e.taken {
                     cni_errors::INVALID_ENV
@@ -181,46 +228,28 @@ impl Service {
                 return Err(CniError::new(code, e.to_string()));
             }
         };
-        let port = PodPort {
-            addr: allocation.ipv4,
-            eni_id: allocation.eni.clone(),
-            host_ifindex: 0,
-            host_mac: wired.host_mac,
-            pod_mac: wired.pod_mac,
-        };
+        port.host_mac = wired.host_mac;
+        port.pod_mac = wired.pod_mac;
         if let Err(e) = self.plane.add_pod(&pod.host_veth, port).await {
-            // Half a pod is no pod: the veth and (on a first ADD) the address go back.
+            // Half a pod is no pod: the veth goes too.
             let _ = plumbing::del(&self.host, &pod.host_veth).await;
             if !repeated {
-                let _ = self.ipam.release(&owner);
+                undo();
             }
             return Err(CniError::new(
                 cni_errors::PLUMBING_FAILED,
                 format!("data plane for {}: {e}", pod.host_veth),
             ));
         }
-        log::info!(
-            "ADD {} {}/{}: {} on {}",
-            r.container_id,
-            r.pod_namespace,
-            r.pod_name,
-            allocation.ipv4,
-            pod.host_veth
-        );
-        Ok(result::added(&result::Added {
-            cni_version: &r.cni_version,
-            host_veth: &pod.host_veth,
-            host_mac: wired.host_mac,
-            ifname: &r.ifname,
-            pod_mac: wired.pod_mac,
-            netns: &r.netns.display().to_string(),
-            ipv4: allocation.ipv4,
-        }))
+        Ok(wired)
     }
 
     /// Unwires and releases; what is already gone is success.
     async fn del(&self, r: &Request) -> Result<(), CniError> {
         let owner = Self::owner(r);
+        if let Some(held) = self.branches.get(&owner) {
+            return self.unwire_branch(&held).await;
+        }
         let allocation = self.ipam.allocation(&owner);
         let mut veths = BTreeSet::new();
         veths.insert(host_veth_name(
@@ -271,6 +300,13 @@ impl Service {
 
     async fn check(&self, r: &Request) -> Result<(), CniError> {
         let owner = Self::owner(r);
+        if let Some(held) = self.branches.get(&owner) {
+            let pod = self.pod(r, &held.pod_namespace, &held.pod_name, held.branch.ipv4);
+            return plumbing::check(&self.host, &pod)
+                .await
+                .map(|_| ())
+                .map_err(|e| CniError::new(cni_errors::PLUMBING_FAILED, e.to_string()));
+        }
         let allocation = self.ipam.allocation(&owner).ok_or_else(|| {
             CniError::new(
                 cni_errors::UNKNOWN_CONTAINER,
@@ -344,7 +380,113 @@ impl Service {
             self.unwire_and_release(&a.owner, &BTreeSet::from([veth]))
                 .await?;
         }
+        for held in self.branches.all() {
+            let key = (held.owner.container_id.clone(), held.owner.ifname.clone());
+            if held.owner.network == r.network && !valid.contains(&key) {
+                log::info!("GC {}: branch pod is no longer attached", key.0);
+                self.unwire_branch(&held).await?;
+            }
+        }
         Ok(())
+    }
+
+    /// ADD of a security-group pod: its address is its branch ENI's (not the pool's), reached
+    /// through the trunk on its VLAN. Nothing is left when any step fails.
+    async fn add_branch(&self, r: &Request, branch: Branch) -> Result<Value, CniError> {
+        let owner = Self::owner(r);
+        let Some(trunk) = self.plane.trunk() else {
+            return Err(CniError::new(
+                cni_errors::TRY_AGAIN_LATER,
+                format!(
+                    "annotation {}: branch ENI {} needs the node's trunk ENI, and none is attached (ENABLE_POD_ENI; the VPC resource controller or --create-trunk attaches it)",
+                    branch::ANNOTATION,
+                    branch.eni_id
+                ),
+            ));
+        };
+        let repeated = self.branches.get(&owner).is_some();
+        let held = BranchPod {
+            owner: owner.clone(),
+            branch: branch.clone(),
+            trunk_eni: trunk.id.clone(),
+            pod_namespace: r.pod_namespace.clone(),
+            pod_name: r.pod_name.clone(),
+        };
+        self.branches
+            .add(held.clone())
+            .map_err(|e| CniError::new(cni_errors::TRY_AGAIN_LATER, e))?;
+        let pod = self.pod(r, &r.pod_namespace, &r.pod_name, branch.ipv4);
+        let port = PodPort {
+            addr: branch.ipv4,
+            eni_id: trunk.id.clone(),
+            host_ifindex: 0,
+            host_mac: [0; 6],
+            pod_mac: [0; 6],
+            branch: Some(link(&branch)),
+        };
+        let wired = self
+            .wire(&pod, repeated, port, || {
+                let _ = self.branches.forget(&owner);
+            })
+            .await?;
+        log::info!(
+            "ADD {} {}/{}: {} on branch ENI {} (VLAN {} of trunk {})",
+            r.container_id,
+            r.pod_namespace,
+            r.pod_name,
+            branch.ipv4,
+            branch.eni_id,
+            branch.vlan,
+            trunk.id
+        );
+        Ok(added(r, &pod, &wired))
+    }
+
+    /// Unwires a security-group pod and forgets it (its VLAN starts cooling).
+    async fn unwire_branch(&self, held: &BranchPod) -> Result<(), CniError> {
+        let ifindex = self.plane.remove_pod(held.branch.ipv4);
+        let veth = host_veth_name(
+            &self.veth_prefix,
+            &held.pod_namespace,
+            &held.pod_name,
+            &held.owner.container_id,
+        );
+        let mut errors = Vec::new();
+        if let Err(e) = plumbing::del(&self.host, &veth).await {
+            errors.push(e.to_string());
+        }
+        if let Some(ifindex) = ifindex {
+            self.plane.forget_interface(ifindex).await;
+        }
+        if let Err(e) = self.branches.remove(&held.owner) {
+            errors.push(e);
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(CniError::new(cni_errors::IO_FAILURE, errors.join("; ")))
+        }
+    }
+}
+
+/// The ADD result the shim prints.
+fn added(r: &Request, pod: &Pod, wired: &Wired) -> Value {
+    result::added(&result::Added {
+        cni_version: &r.cni_version,
+        host_veth: &pod.host_veth,
+        host_mac: wired.host_mac,
+        ifname: &r.ifname,
+        pod_mac: wired.pod_mac,
+        netns: &r.netns.display().to_string(),
+        ipv4: pod.ipv4,
+    })
+}
+
+fn link(branch: &Branch) -> BranchLink {
+    BranchLink {
+        vlan: branch.vlan,
+        mac: branch.mac,
+        gateway: crate::eni_links::gateway(branch.subnet),
     }
 }
 
@@ -375,12 +517,28 @@ impl Service {
                 released += 1;
             }
         }
+        for held in self.branches.all() {
+            let veth = host_veth_name(
+                &self.veth_prefix,
+                &held.pod_namespace,
+                &held.pod_name,
+                &held.owner.container_id,
+            );
+            if !plumbing::exists(&self.host, &veth).await && self.unwire_branch(&held).await.is_ok()
+            {
+                log::info!(
+                    "branch pod {}: its veth {veth} is gone; forgotten",
+                    held.branch.ipv4
+                );
+                released += 1;
+            }
+        }
         released
     }
 
     /// Re-adopts the data plane of the pods in the checkpoint (run after `release_unwired`).
     pub async fn restore_data_plane(&self) -> usize {
-        let known: Vec<KnownPod> = self
+        let mut known: Vec<KnownPod> = self
             .ipam
             .allocations()
             .into_iter()
@@ -393,8 +551,20 @@ impl Service {
                     &a.owner.container_id,
                 ),
                 eni_id: a.eni,
+                branch: None,
             })
             .collect();
+        known.extend(self.branches.all().into_iter().map(|held| KnownPod {
+            addr: held.branch.ipv4,
+            host_veth: host_veth_name(
+                &self.veth_prefix,
+                &held.pod_namespace,
+                &held.pod_name,
+                &held.owner.container_id,
+            ),
+            eni_id: held.trunk_eni.clone(),
+            branch: Some(link(&held.branch)),
+        }));
         self.plane.restore(&known).await
     }
 }

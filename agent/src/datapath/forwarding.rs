@@ -9,11 +9,15 @@ use std::{
     path::Path,
 };
 
+use aya::maps::Array;
 use aya::maps::{
     lpm_trie::{Key, LpmTrie},
     HashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues,
 };
-use eniflow_common::{maps, Destination, Eni, Pod, PodStats, Veth, DEST_NODE, DEST_VPC};
+use eniflow_common::{
+    maps, BranchPort, Config, Destination, Eni, Pod, PodStats, TrunkVlan, Veth, CONFIG_SG_STRICT,
+    DEST_NODE, DEST_VPC, ENI_ROLE_TRUNK,
+};
 
 use super::{DatapathError, Pins};
 
@@ -39,6 +43,16 @@ pub struct PodPort {
     pub host_ifindex: u32,
     pub host_mac: [u8; 6],
     pub pod_mac: [u8; 6],
+    /// A security-group pod's branch ENI (then `eni_id` is the trunk's).
+    pub branch: Option<BranchLink>,
+}
+
+/// How a security-group pod is reached through the trunk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BranchLink {
+    pub vlan: u16,
+    pub mac: [u8; 6],
+    pub gateway: Ipv4Addr,
 }
 
 /// Handles on the pinned forwarding maps and the mirror of their contents.
@@ -48,6 +62,8 @@ pub struct Forwarding {
     enis: HashMap<MapData, u32, Eni>,
     destinations: LpmTrie<MapData, [u8; 4], Destination>,
     pod_stats: PerCpuHashMap<MapData, [u8; 4], PodStats>,
+    branches: HashMap<MapData, TrunkVlan, BranchPort>,
+    config: Array<MapData, Config>,
     known_pods: BTreeMap<Ipv4Addr, PodPort>,
     known_enis: BTreeMap<String, EniPort>,
     known_destinations: BTreeSet<(Ipv4Addr, u8, u32)>,
@@ -85,6 +101,12 @@ impl Forwarding {
             pod_stats: open(pins, maps::POD_STATS, Map::PerCpuHashMap)?
                 .try_into()
                 .map_err(map_error(maps::POD_STATS))?,
+            branches: open(pins, maps::BRANCHES, Map::HashMap)?
+                .try_into()
+                .map_err(map_error(maps::BRANCHES))?,
+            config: open(pins, maps::CONFIG, Map::Array)?
+                .try_into()
+                .map_err(map_error(maps::CONFIG))?,
             known_pods: BTreeMap::new(),
             known_enis: BTreeMap::new(),
             known_destinations: BTreeSet::new(),
@@ -109,9 +131,62 @@ impl Forwarding {
             eni_ifindex,
             pod_mac: pod.pod_mac,
             host_mac: pod.host_mac,
-            vlan: 0,
+            vlan: pod.branch.as_ref().map_or(0, |b| b.vlan),
             flags: 0,
         }
+    }
+
+    /// Writes the pod's entry, and for a security-group pod its trunk VLAN's entry (once the
+    /// trunk's ifindex is known).
+    fn write_pod(&mut self, pod: &PodPort) -> Result<(), DatapathError> {
+        let entry = self.entry(pod);
+        if let Some(branch) = &pod.branch {
+            if entry.eni_ifindex != 0 {
+                let key = TrunkVlan {
+                    trunk_ifindex: entry.eni_ifindex,
+                    vlan: u32::from(branch.vlan),
+                };
+                let port = BranchPort {
+                    pod_addr: wire(pod.addr),
+                    gateway: wire(branch.gateway),
+                    mac: branch.mac,
+                    _pad: [0; 2],
+                };
+                self.branches
+                    .insert(key, port, 0)
+                    .map_err(map_error(maps::BRANCHES))?;
+            }
+        }
+        self.pods
+            .insert(wire(pod.addr), entry, 0)
+            .map_err(map_error(maps::PODS))
+    }
+
+    /// Removes the trunk VLAN entries that lead to `addr`.
+    fn remove_branch_entries(&mut self, addr: Ipv4Addr) {
+        let keys: Vec<TrunkVlan> = self
+            .branches
+            .iter()
+            .flatten()
+            .filter(|(_, port)| port.pod_addr == wire(addr))
+            .map(|(key, _)| key)
+            .collect();
+        for key in keys {
+            let _ = self.branches.remove(&key);
+        }
+    }
+
+    /// Security-group pods in strict (true) or standard mode.
+    pub fn set_sg_strict(&mut self, strict: bool) -> Result<(), DatapathError> {
+        let flags = if strict { CONFIG_SG_STRICT } else { 0 };
+        self.config
+            .set(0, Config { flags }, 0)
+            .map_err(map_error(maps::CONFIG))
+    }
+
+    /// The trunk ENI, when the node has one.
+    pub fn trunk(&self) -> Option<&EniPort> {
+        self.known_enis.values().find(|e| e.role == ENI_ROLE_TRUNK)
     }
 
     /// Adds (or re-adds) a pod: its counters, its veth's allowed source, then its route, so no
@@ -133,10 +208,7 @@ impl Forwarding {
         self.veths
             .insert(pod.host_ifindex, Veth { pod_addr: key }, 0)
             .map_err(map_error(maps::VETHS))?;
-        let entry = self.entry(&pod);
-        self.pods
-            .insert(key, entry, 0)
-            .map_err(map_error(maps::PODS))?;
+        self.write_pod(&pod)?;
         self.known_pods.insert(pod.addr, pod);
         Ok(())
     }
@@ -144,6 +216,7 @@ impl Forwarding {
     /// Removes a pod's entries (route first); returns its host veth's ifindex if it was known.
     pub fn remove_pod(&mut self, addr: Ipv4Addr) -> Option<u32> {
         let key = wire(addr);
+        self.remove_branch_entries(addr);
         let _ = self.pods.remove(&key);
         let known = self.known_pods.remove(&addr);
         let ifindex = known.map(|p| p.host_ifindex).or_else(|| {
@@ -205,10 +278,10 @@ impl Forwarding {
         if changed {
             let pods: Vec<PodPort> = self.known_pods.values().cloned().collect();
             for pod in pods {
-                let entry = self.entry(&pod);
-                self.pods
-                    .insert(wire(pod.addr), entry, 0)
-                    .map_err(map_error(maps::PODS))?;
+                if pod.branch.is_some() {
+                    self.remove_branch_entries(pod.addr);
+                }
+                self.write_pod(&pod)?;
             }
         }
         Ok(stale)

@@ -20,7 +20,7 @@ use eniflow_common::{
 };
 
 pub use attach::{AttachMode, Outcome};
-pub use forwarding::{read_pod_stats, EniPort, Forwarding, PodPort};
+pub use forwarding::{read_pod_stats, BranchLink, EniPort, Forwarding, PodPort};
 pub use pins::Pins;
 pub use pods::{KnownPod, Plane};
 pub use uninstall::uninstall;

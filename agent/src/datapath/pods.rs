@@ -4,7 +4,7 @@
 
 use std::{net::Ipv4Addr, sync::Mutex};
 
-use super::{Datapath, DatapathError, EniPort, Forwarding, PodPort};
+use super::{BranchLink, Datapath, DatapathError, EniPort, Forwarding, PodPort};
 
 pub struct Plane {
     datapath: tokio::sync::Mutex<Datapath>,
@@ -16,6 +16,7 @@ pub struct KnownPod {
     pub addr: Ipv4Addr,
     pub eni_id: String,
     pub host_veth: String,
+    pub branch: Option<BranchLink>,
 }
 
 impl Plane {
@@ -89,6 +90,16 @@ impl Plane {
         Ok(())
     }
 
+    /// The trunk ENI, once the watcher has reported one.
+    pub fn trunk(&self) -> Option<EniPort> {
+        self.forwarding().trunk().cloned()
+    }
+
+    /// Security-group pods in strict (true) or standard mode.
+    pub fn set_sg_strict(&self, strict: bool) -> Result<(), DatapathError> {
+        self.forwarding().set_sg_strict(strict)
+    }
+
     /// The ifindexes of the ENIs in the table.
     pub fn eni_ifindexes(&self) -> Vec<u32> {
         self.forwarding().enis().map(|e| e.ifindex).collect()
@@ -115,6 +126,7 @@ impl Plane {
                 host_ifindex: entry.host_ifindex,
                 host_mac: entry.host_mac,
                 pod_mac: entry.pod_mac,
+                branch: pod.branch.clone(),
             };
             match self.add_pod(&pod.host_veth, port).await {
                 Ok(()) => adopted += 1,

@@ -52,17 +52,21 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
 
 /// Writes `checkpoint` so that a crash at any moment leaves the old file or the new one.
 pub fn save(path: &Path, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io(dir))?;
-    let tmp = path.with_extension("tmp");
     let body = serde_json::to_vec(checkpoint).map_err(|e| format_error(path)(e.to_string()))?;
-    let mut file = fs::File::create(&tmp).map_err(io(&tmp))?;
-    file.write_all(&body).map_err(io(&tmp))?;
-    file.sync_all().map_err(io(&tmp))?;
-    fs::rename(&tmp, path).map_err(io(path))?;
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io(dir))
+    write_atomically(path, &body).map_err(io(path))
+}
+
+/// Writes `body` to `path` through a temporary file, fsync, rename and a directory fsync: a
+/// crash at any moment leaves the old file or the new one, never a torn one.
+pub fn write_atomically(path: &Path, body: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    let mut file = fs::File::create(&tmp)?;
+    file.write_all(body)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path)?;
+    fs::File::open(dir).and_then(|d| d.sync_all())
 }
 
 /// The file's bytes; None when it does not exist.

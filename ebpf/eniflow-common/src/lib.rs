@@ -28,6 +28,10 @@ pub mod maps {
     pub const POD_STATS: &str = "pod_stats";
     /// Pod ports with a flow the kernel stack handles (NAT), LRU (`FlowKey` → last seen, ns).
     pub const STACK_FLOWS: &str = "stack_flows";
+    /// Security-group pods by (trunk ENI ifindex, VLAN id) (`TrunkVlan` → `BranchPort`).
+    pub const BRANCHES: &str = "branches";
+    /// Settings the programs read (index 0 → `Config`).
+    pub const CONFIG: &str = "config";
     /// Every map the object declares; each is pinned by the agent.
     pub const ALL: &[&str] = &[
         IFACE_STATS,
@@ -38,6 +42,8 @@ pub mod maps {
         DESTINATIONS,
         POD_STATS,
         STACK_FLOWS,
+        BRANCHES,
+        CONFIG,
     ];
 }
 
@@ -109,7 +115,7 @@ pub struct Pod {
     pub host_mac: [u8; 6],
     /// 802.1Q id of the pod's branch ENI; 0: not a branch pod.
     pub vlan: u16,
-    /// `POD_FLAG_*` bits.
+    /// Reserved, 0.
     pub flags: u16,
 }
 
@@ -168,6 +174,37 @@ pub struct PodStats {
     pub drop_spoofed_source: u64,
     /// Dropped: redirect to the owning ENI or a peer pod failed.
     pub drop_redirect_failed: u64,
+}
+
+/// A VLAN on a trunk ENI.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TrunkVlan {
+    pub trunk_ifindex: u32,
+    pub vlan: u32,
+}
+
+/// The security-group pod reached through a trunk ENI's VLAN: its branch ENI.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BranchPort {
+    pub pod_addr: [u8; 4],
+    /// The branch ENI's subnet router: the pod's packets leave through it.
+    pub gateway: [u8; 4],
+    /// The branch ENI's MAC: the source of the pod's frames on the trunk.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// `Config::flags`: security-group pods in strict mode (all their traffic, node-local too, goes
+/// through the VPC and its security groups); unset: standard mode (node-local stays local).
+pub const CONFIG_SG_STRICT: u32 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    /// `CONFIG_*` bits.
+    pub flags: u32,
 }
 
 /// A pod's port (TCP, UDP, or ICMP echo id) in one protocol.
@@ -247,6 +284,9 @@ mod user {
     unsafe impl aya::Pod for super::Destination {}
     unsafe impl aya::Pod for super::PodStats {}
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::TrunkVlan {}
+    unsafe impl aya::Pod for super::BranchPort {}
+    unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::lab::BranchKey {}
     unsafe impl aya::Pod for super::lab::TapKey {}
     unsafe impl aya::Pod for super::lab::PortMac {}

@@ -16,14 +16,19 @@ use aya_ebpf::{
         bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1, TC_ACT_REDIRECT, TC_ACT_SHOT,
         TC_ACT_UNSPEC,
     },
-    helpers::{bpf_redirect_neigh, bpf_redirect_peer},
+    helpers::{
+        bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_change_type, bpf_skb_vlan_pop,
+        bpf_skb_vlan_push,
+    },
     macros::classifier,
     programs::TcContext,
 };
-use eniflow_common::{Pod, DEST_VPC, DIRECTION_EGRESS, DIRECTION_INGRESS};
+use eniflow_common::{Pod, DEST_NODE, DEST_VPC, DIRECTION_EGRESS, DIRECTION_INGRESS};
 use packet::Ipv4;
 
 const AF_INET: u32 = 2;
+const ETH_P_8021Q: u16 = 0x8100;
+const PACKET_HOST: u32 = 0;
 
 /// tc ingress of a pod's host veth: what the pod sends.
 #[classifier]
@@ -48,13 +53,32 @@ pub fn pod_egress(mut ctx: TcContext) -> i32 {
     if state::is_stack_flow(ip.saddr, ip.protocol, ip.sport) {
         return to_stack(&ip);
     }
-    if let Some(peer) = state::pod(ip.daddr) {
-        return deliver(&mut ctx, &peer, ip.daddr, len);
-    }
-    if state::destination(ip.daddr) == DEST_VPC {
-        if let Some(own) = state::pod(ip.saddr) {
-            if own.eni_ifindex != 0 {
-                return out_of_eni(own.eni_ifindex, ip.saddr);
+    let own = state::pod(ip.saddr);
+    let peer = state::pod(ip.daddr);
+    let kind = state::destination(ip.daddr);
+    let strict = state::sg_strict();
+    match own {
+        Some(own) if own.vlan != 0 => {
+            // A security-group pod: in standard mode node-local traffic stays local; the rest
+            // of its VPC traffic leaves through its branch ENI, on its VLAN of the trunk.
+            if !strict {
+                if let Some(peer) = peer {
+                    return deliver(&mut ctx, &peer, ip.daddr, len);
+                }
+            }
+            if kind == DEST_VPC || (strict && kind == DEST_NODE) {
+                return out_of_branch(&ctx, &own, ip.saddr);
+            }
+        }
+        _ => {
+            // In strict mode a security-group pod is reached through the VPC only.
+            if let Some(peer) = peer.filter(|p| p.vlan == 0 || !strict) {
+                return deliver(&mut ctx, &peer, ip.daddr, len);
+            }
+            if kind == DEST_VPC {
+                if let Some(own) = own.filter(|p| p.eni_ifindex != 0) {
+                    return out_of_eni(own.eni_ifindex, ip.saddr);
+                }
             }
         }
     }
@@ -86,13 +110,18 @@ pub fn pod_ingress(ctx: TcContext) -> i32 {
     TC_ACT_UNSPEC
 }
 
-/// tc ingress of an ENI: packets from the VPC; a local pod's go straight into the pod.
+/// tc ingress of an ENI: packets from the VPC; a local pod's go straight into the pod. On a
+/// trunk, VLAN v belongs to the security-group pod on v (the kernel has moved the tag into skb
+/// metadata); frames on a VLAN of no eniflow pod pass untouched.
 #[classifier]
 pub fn eni_ingress(mut ctx: TcContext) -> i32 {
     stats::count(&ctx, DIRECTION_INGRESS);
     let Some(ip) = packet::ipv4(&ctx) else {
         return TC_ACT_UNSPEC;
     };
+    if let Some(vlan) = vlan_of(&ctx) {
+        return branch_ingress(&mut ctx, vlan, &ip);
+    }
     let Some(pod) = state::pod(ip.daddr) else {
         return TC_ACT_UNSPEC;
     };
@@ -114,10 +143,86 @@ pub fn eni_egress(ctx: TcContext) -> i32 {
     let Some(pod) = state::pod(ip.saddr) else {
         return TC_ACT_UNSPEC;
     };
-    if pod.eni_ifindex == 0 || pod.eni_ifindex == ifindex(&ctx) {
+    let here = ifindex(&ctx);
+    if pod.vlan != 0 && pod.eni_ifindex == here {
+        // A security-group pod's frame on its trunk: it carries the branch ENI's MAC.
+        if let Some(vlan) = vlan_of(&ctx) {
+            if let Some(branch) = state::branch(here, vlan) {
+                if branch.pod_addr == ip.saddr.to_ne_bytes() {
+                    let mut ctx = ctx;
+                    if !packet::set_source_mac(&mut ctx, &branch.mac) {
+                        return TC_ACT_SHOT;
+                    }
+                }
+            }
+        }
         return TC_ACT_UNSPEC;
     }
+    if pod.eni_ifindex == 0 || pod.eni_ifindex == here {
+        return TC_ACT_UNSPEC;
+    }
+    if pod.vlan != 0 {
+        return out_of_branch(&ctx, &pod, ip.saddr);
+    }
     out_of_eni(pod.eni_ifindex, ip.saddr)
+}
+
+/// The VLAN id of a tagged frame (tag in skb metadata).
+fn vlan_of(ctx: &TcContext) -> Option<u16> {
+    // SAFETY: reading fields of the __sk_buff the program was given.
+    let (present, tci) = unsafe { ((*ctx.skb.skb).vlan_present, (*ctx.skb.skb).vlan_tci) };
+    (present != 0).then_some((tci & 0x0fff) as u16)
+}
+
+/// A frame on VLAN `vlan` of a trunk: into the security-group pod on it, untagged.
+#[inline(always)]
+fn branch_ingress(ctx: &mut TcContext, vlan: u16, ip: &Ipv4) -> i32 {
+    let trunk = ifindex(ctx);
+    let Some(branch) = state::branch(trunk, vlan) else {
+        return TC_ACT_UNSPEC;
+    };
+    if branch.pod_addr != ip.daddr.to_ne_bytes() {
+        return TC_ACT_UNSPEC;
+    }
+    let Some(pod) = state::pod(ip.daddr) else {
+        return TC_ACT_UNSPEC;
+    };
+    // SAFETY: the program's own skb.
+    if unsafe { bpf_skb_vlan_pop(ctx.skb.skb) } != 0 {
+        state::count(ip.daddr, |s| s.drop_redirect_failed += 1);
+        return TC_ACT_SHOT;
+    }
+    if state::is_stack_flow(ip.daddr, ip.protocol, ip.dport) {
+        // The stack must see it (its NAT): addressed to the trunk itself, as if untagged.
+        let Some(eni) = state::eni(trunk) else {
+            return TC_ACT_SHOT;
+        };
+        if !packet::set_dest_mac(ctx, &eni.mac) {
+            return TC_ACT_SHOT;
+        }
+        // SAFETY: the program's own skb.
+        unsafe { bpf_skb_change_type(ctx.skb.skb, PACKET_HOST) };
+        return TC_ACT_UNSPEC;
+    }
+    let len = u64::from(ctx.len());
+    deliver(ctx, &pod, ip.daddr, len)
+}
+
+/// Out of the trunk on the security-group pod's VLAN, toward its branch ENI's subnet router
+/// (the trunk's egress program then puts the branch ENI's MAC on it).
+#[inline(always)]
+fn out_of_branch(ctx: &TcContext, pod: &Pod, pod_addr: u32) -> i32 {
+    let Some(branch) = state::branch(pod.eni_ifindex, pod.vlan) else {
+        // The trunk is not known yet: no way out that EC2 would accept.
+        state::count(pod_addr, |s| s.drop_redirect_failed += 1);
+        return TC_ACT_SHOT;
+    };
+    // SAFETY: the program's own skb.
+    if unsafe { bpf_skb_vlan_push(ctx.skb.skb, ETH_P_8021Q.to_be(), pod.vlan) } != 0 {
+        state::count(pod_addr, |s| s.drop_redirect_failed += 1);
+        return TC_ACT_SHOT;
+    }
+    redirect_via(pod.eni_ifindex, u32::from_ne_bytes(branch.gateway), pod_addr)
 }
 
 fn ifindex(ctx: &TcContext) -> u32 {
@@ -153,16 +258,20 @@ fn out_of_eni(eni_ifindex: u32, pod_addr: u32) -> i32 {
         // Not known yet: the stack's route is the best there is.
         return TC_ACT_UNSPEC;
     };
+    redirect_via(eni_ifindex, u32::from_ne_bytes(eni.gateway), pod_addr)
+}
+
+/// Out of `ifindex` to the next hop `gateway` (network order), L2 filled in by the kernel.
+#[inline(always)]
+fn redirect_via(ifindex: u32, gateway: u32, pod_addr: u32) -> i32 {
     let mut next_hop = bpf_redir_neigh {
         nh_family: AF_INET,
-        __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 {
-            ipv4_nh: u32::from_ne_bytes(eni.gateway),
-        },
+        __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 { ipv4_nh: gateway },
     };
     // SAFETY: the parameters point at a live struct of the size given.
     let verdict = unsafe {
         bpf_redirect_neigh(
-            eni_ifindex,
+            ifindex,
             &mut next_hop,
             core::mem::size_of::<bpf_redir_neigh>() as i32,
             0,

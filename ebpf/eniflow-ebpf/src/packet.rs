@@ -68,6 +68,18 @@ pub fn ipv4(ctx: &TcContext) -> Option<Ipv4> {
     Some(packet)
 }
 
+/// Rewrites the frame's source MAC.
+#[inline(always)]
+pub fn set_source_mac(ctx: &mut TcContext, source: &[u8; 6]) -> bool {
+    ctx.store(ETH_DEST + 6, source, 0).is_ok()
+}
+
+/// Rewrites the frame's destination MAC.
+#[inline(always)]
+pub fn set_dest_mac(ctx: &mut TcContext, dest: &[u8; 6]) -> bool {
+    ctx.store(ETH_DEST, dest, 0).is_ok()
+}
+
 /// Rewrites the frame's destination and source MACs.
 #[inline(always)]
 pub fn set_macs(ctx: &mut TcContext, dest: &[u8; 6], source: &[u8; 6]) -> bool {

@@ -2,11 +2,14 @@
 //! stack-flow marks the programs write themselves.
 
 use aya_ebpf::{
-    btf_maps::{lpm_trie::Key, HashMap, LpmTrie, LruHashMap, PerCpuHashMap},
+    btf_maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap},
     helpers::bpf_ktime_get_ns,
     macros::btf_map,
 };
-use eniflow_common::{Destination, Eni, FlowKey, Pod, PodStats, Veth};
+use eniflow_common::{
+    BranchPort, Config, Destination, Eni, FlowKey, Pod, PodStats, TrunkVlan, Veth,
+    CONFIG_SG_STRICT,
+};
 
 /// Pods on one node: the largest instances allow 737 with prefixes; room to spare.
 const MAX_PODS: usize = 4096;
@@ -34,6 +37,29 @@ pub static POD_STATS: PerCpuHashMap<[u8; 4], PodStats, MAX_PODS> = PerCpuHashMap
 
 #[btf_map(name = "stack_flows")]
 pub static STACK_FLOWS: LruHashMap<FlowKey, u64, MAX_STACK_FLOWS> = LruHashMap::new();
+
+#[btf_map(name = "branches")]
+pub static BRANCHES: HashMap<TrunkVlan, BranchPort, MAX_PODS> = HashMap::new();
+
+#[btf_map(name = "config")]
+pub static CONFIG: Array<Config, 1> = Array::new();
+
+/// The security-group pod on `vlan` of the trunk `trunk_ifindex`, copied out.
+#[inline(always)]
+pub fn branch(trunk_ifindex: u32, vlan: u16) -> Option<BranchPort> {
+    let key = TrunkVlan {
+        trunk_ifindex,
+        vlan: u32::from(vlan),
+    };
+    // SAFETY: the value is copied before the map can change it.
+    unsafe { BRANCHES.get(&key) }.copied()
+}
+
+/// Security-group pods in strict mode.
+#[inline(always)]
+pub fn sg_strict() -> bool {
+    CONFIG.get(0).is_some_and(|c| c.flags & CONFIG_SG_STRICT != 0)
+}
 
 /// The pod at `addr` (as loaded from the packet), copied out.
 #[inline(always)]

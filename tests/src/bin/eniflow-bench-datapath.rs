@@ -256,6 +256,7 @@ fn install_eniflow(routed: &Routed, pins: &Pins) {
                 host_ifindex: 0,
                 host_mac,
                 pod_mac,
+                branch: None,
             };
             plane.add_pod(&host_veth, pod).await.expect("add the pod");
         });
@@ -273,6 +274,7 @@ fn grow_map(pins: &Pins, from: usize, to: usize) {
                 host_ifindex: 1_000_000 + i as u32,
                 host_mac: [2, 0, 0, 0, 0, 1],
                 pod_mac: [2, 0, 0, 0, 0, 2],
+                branch: None,
             })
             .expect("add a pod entry");
     }

@@ -1,0 +1,288 @@
+//! Security-group pods: the branch ENI a cluster controller made for a pod, named by the pod's
+//! `vpc.amazonaws.com/pod-eni` annotation (the runtime passes pod annotations to plugins that
+//! declare the `io.kubernetes.cri.pod-annotations` capability). Checked field by field before
+//! anything is wired; the pods holding branch ENIs are checkpointed beside the pool's.
+
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    sync::Mutex,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ipam::Owner;
+
+pub const ANNOTATION: &str = "vpc.amazonaws.com/pod-eni";
+pub const POD_ANNOTATIONS: &str = "io.kubernetes.cri.pod-annotations";
+
+/// One branch ENI, as the annotation describes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Branch {
+    pub eni_id: String,
+    pub mac: [u8; 6],
+    pub ipv4: Ipv4Addr,
+    pub vlan: u16,
+    pub subnet: (Ipv4Addr, u8),
+}
+
+fn field_error(field: &str, message: impl std::fmt::Display) -> String {
+    format!("annotation {ANNOTATION}: {field} {message}")
+}
+
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// The pod's branch ENI, if its annotations name one (the first, as VPC CNI takes it for eth0).
+pub fn from_config(config: &Value) -> Result<Option<Branch>, String> {
+    let Some(text) = config
+        .get("runtimeConfig")
+        .and_then(|r| r.get(POD_ANNOTATIONS))
+        .and_then(|a| a.get(ANNOTATION))
+    else {
+        return Ok(None);
+    };
+    let text = text
+        .as_str()
+        .ok_or_else(|| format!("annotation {ANNOTATION} is not a string: {text}"))?;
+    let list: Value = serde_json::from_str(text)
+        .map_err(|e| format!("annotation {ANNOTATION} is not JSON ({e}): {text:?}"))?;
+    let first = list
+        .as_array()
+        .ok_or_else(|| format!("annotation {ANNOTATION} is not a JSON array: {text:?}"))?
+        .first()
+        .ok_or_else(|| format!("annotation {ANNOTATION} names no branch ENI"))?;
+    let string = |field: &str| {
+        first
+            .get(field)
+            .and_then(Value::as_str)
+            .ok_or_else(|| field_error(field, "is missing or not a string"))
+    };
+    let eni_id = string("eniId")?;
+    if !eni_id.starts_with("eni-") {
+        return Err(field_error("eniId", format!("{eni_id:?} is not an ENI id")));
+    }
+    let mac_text = string("ifAddress")?;
+    let mac = parse_mac(mac_text)
+        .ok_or_else(|| field_error("ifAddress", format!("{mac_text:?} is not a MAC address")))?;
+    let ip_text = string("privateIp")?;
+    let ipv4: Ipv4Addr = ip_text
+        .parse()
+        .map_err(|_| field_error("privateIp", format!("{ip_text:?} is not an IPv4 address")))?;
+    let vlan = first
+        .get("vlanId")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| field_error("vlanId", "is missing or not a number"))?;
+    if !(1..=4094).contains(&vlan) {
+        return Err(field_error("vlanId", format!("{vlan} is outside 1..4094")));
+    }
+    let cidr_text = string("subnetCidr")?;
+    let subnet = crate::eni_links::parse_cidr(cidr_text)
+        .ok_or_else(|| field_error("subnetCidr", format!("{cidr_text:?} is not an IPv4 CIDR")))?;
+    Ok(Some(Branch {
+        eni_id: eni_id.to_owned(),
+        mac,
+        ipv4,
+        vlan: vlan as u16,
+        subnet,
+    }))
+}
+
+/// A pod wired on a branch ENI.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BranchPod {
+    pub owner: Owner,
+    pub branch: Branch,
+    /// The trunk ENI it was wired through.
+    pub trunk_eni: String,
+    pub pod_namespace: String,
+    pub pod_name: String,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Saved {
+    version: u32,
+    pods: Vec<BranchPod>,
+    /// VLAN id → when its last pod was deleted (unix ms).
+    released: BTreeMap<u16, u64>,
+}
+
+const VERSION: u32 = 1;
+
+/// The branch pods of this node, persisted (atomically, before an ADD or DEL returns), and the
+/// VLANs released recently: a VLAN is wired again only after `cooldown`, so packets still in
+/// flight for a deleted pod cannot reach the next pod on that VLAN.
+pub struct BranchPods {
+    path: PathBuf,
+    cooldown: Duration,
+    saved: Mutex<Saved>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64
+}
+
+impl BranchPods {
+    pub fn open(path: &Path, cooldown: Duration) -> Result<BranchPods, String> {
+        let saved = match std::fs::read(path) {
+            Ok(bytes) => {
+                let saved: Saved = serde_json::from_slice(&bytes)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                if saved.version != VERSION {
+                    return Err(format!(
+                        "{}: version {} (this agent reads {VERSION})",
+                        path.display(),
+                        saved.version
+                    ));
+                }
+                saved
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Saved {
+                version: VERSION,
+                ..Saved::default()
+            },
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        Ok(BranchPods {
+            path: path.to_owned(),
+            cooldown,
+            saved: Mutex::new(saved),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Saved> {
+        self.saved.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn save(&self, saved: &Saved) -> Result<(), String> {
+        let text = serde_json::to_vec_pretty(saved).map_err(|e| e.to_string())?;
+        crate::ipam::checkpoint::write_atomically(&self.path, &text)
+            .map_err(|e| format!("{}: {e}", self.path.display()))
+    }
+
+    pub fn get(&self, owner: &Owner) -> Option<BranchPod> {
+        self.lock().pods.iter().find(|p| p.owner == *owner).cloned()
+    }
+
+    pub fn all(&self) -> Vec<BranchPod> {
+        self.lock().pods.clone()
+    }
+
+    /// Records `pod` unless its VLAN is held by another pod or still cooling.
+    pub fn add(&self, pod: BranchPod) -> Result<(), String> {
+        let mut saved = self.lock();
+        if let Some(other) = saved
+            .pods
+            .iter()
+            .find(|p| p.branch.vlan == pod.branch.vlan && p.owner != pod.owner)
+        {
+            return Err(field_error(
+                "vlanId",
+                format!(
+                    "{} is already the VLAN of container {}",
+                    pod.branch.vlan, other.owner.container_id
+                ),
+            ));
+        }
+        if let Some(at) = saved.released.get(&pod.branch.vlan) {
+            let until = at + self.cooldown.as_millis() as u64;
+            let now = now_ms();
+            if now < until {
+                return Err(format!(
+                    "VLAN {} was released {} ms ago; it is reused after {} s",
+                    pod.branch.vlan,
+                    now - at,
+                    self.cooldown.as_secs()
+                ));
+            }
+        }
+        saved.pods.retain(|p| p.owner != pod.owner);
+        saved.released.remove(&pod.branch.vlan);
+        saved.pods.push(pod);
+        self.save(&saved)
+    }
+
+    /// Forgets a branch pod whose ADD failed: it never carried traffic, its VLAN does not cool.
+    pub fn forget(&self, owner: &Owner) -> Result<(), String> {
+        let mut saved = self.lock();
+        saved.pods.retain(|p| p.owner != *owner);
+        self.save(&saved)
+    }
+
+    /// Forgets the owner's branch pod, starting its VLAN's cooldown.
+    pub fn remove(&self, owner: &Owner) -> Result<Option<BranchPod>, String> {
+        let mut saved = self.lock();
+        let Some(index) = saved.pods.iter().position(|p| p.owner == *owner) else {
+            return Ok(None);
+        };
+        let pod = saved.pods.remove(index);
+        saved.released.insert(pod.branch.vlan, now_ms());
+        let cooled = now_ms().saturating_sub(self.cooldown.as_millis() as u64);
+        saved.released.retain(|_, at| *at > cooled);
+        self.save(&saved)?;
+        Ok(Some(pod))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn config(annotation: &str) -> Value {
+        json!({"runtimeConfig": {POD_ANNOTATIONS: {ANNOTATION: annotation}}})
+    }
+
+    fn entry(vlan: Value, mac: &str) -> String {
+        json!([{"eniId": "eni-0abc", "ifAddress": mac, "privateIp": "10.0.1.50",
+                "vlanId": vlan, "subnetCidr": "10.0.1.0/24"}])
+        .to_string()
+    }
+
+    #[test]
+    fn a_good_annotation_names_the_branch() {
+        let branch = from_config(&config(&entry(json!(7), "0a:1b:2c:3d:4e:5f")))
+            .unwrap()
+            .unwrap();
+        assert_eq!(branch.vlan, 7);
+        assert_eq!(branch.mac, [0x0a, 0x1b, 0x2c, 0x3d, 0x4e, 0x5f]);
+        assert_eq!(branch.ipv4, Ipv4Addr::new(10, 0, 1, 50));
+        assert_eq!(from_config(&json!({})).unwrap(), None);
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases = [
+            (
+                entry(json!(0), "0a:1b:2c:3d:4e:5f"),
+                "vlanId 0 is outside 1..4094",
+            ),
+            (entry(json!(4095), "0a:1b:2c:3d:4e:5f"), "vlanId 4095"),
+            (entry(json!("7"), "0a:1b:2c:3d:4e:5f"), "vlanId is missing"),
+            (entry(json!(7), "0a:1b:2c:3d:4e"), "ifAddress"),
+            (entry(json!(7), "zz:1b:2c:3d:4e:5f"), "ifAddress"),
+            ("[{".to_owned(), "is not JSON"),
+            ("[]".to_owned(), "names no branch ENI"),
+        ];
+        for (annotation, expected) in cases {
+            let err = from_config(&config(&annotation)).unwrap_err();
+            assert!(err.contains(expected), "{annotation}: {err}");
+        }
+    }
+}

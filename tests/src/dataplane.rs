@@ -1,0 +1,104 @@
+//! Reading the agent's pinned data-plane maps the way an on-call engineer does (bpftool, by
+//! field name), and another tool's tc programs chained around eniflow's (the lab's taps).
+
+use std::net::Ipv4Addr;
+
+use aya::{
+    maps::PerCpuHashMap,
+    programs::{
+        tc::{TcAttachOptions, TcAttachType},
+        LinkOrder, SchedClassifier,
+    },
+    Ebpf,
+};
+use eniflow_common::{
+    lab::{self, TapKey},
+    maps,
+};
+use serde_json::Value;
+
+use crate::{bpftool, cni::PodNode, netns::Netns};
+
+static LAB_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("ENIFLOW_LAB_EBPF_EMBED"));
+
+/// An address as bpftool prints a `[u8; 4]` key: `[10,0,1,6]`.
+pub fn wire(ip: &str) -> Value {
+    serde_json::json!(ip.parse::<Ipv4Addr>().unwrap().octets())
+}
+
+impl PodNode {
+    /// The pod's entry in the pinned `pods` map, by field name.
+    pub fn pod_entry(&self, ip: &str) -> Option<Value> {
+        bpftool::dump(&self.map(maps::PODS))
+            .iter()
+            .map(|e| bpftool::formatted(e, maps::PODS).clone())
+            .find(|f| f["key"] == wire(ip))
+            .map(|f| f["value"].clone())
+    }
+
+    /// One of the pod's counters, summed over CPUs.
+    pub fn pod_counter(&self, ip: &str, field: &str) -> u64 {
+        bpftool::dump(&self.map(maps::POD_STATS))
+            .iter()
+            .map(|e| bpftool::formatted(e, maps::POD_STATS).clone())
+            .find(|f| f["key"] == wire(ip))
+            .map_or(0, |f| bpftool::per_cpu_sum(&f, field))
+    }
+
+    /// Packets eniflow's program saw on one hook of an ENI (`direction` 0 ingress, 1 egress).
+    pub fn hook_packets(&self, ifindex: u32, direction: u32) -> u64 {
+        bpftool::dump(&self.map(maps::IFACE_STATS))
+            .iter()
+            .map(|e| bpftool::formatted(e, maps::IFACE_STATS).clone())
+            .find(|f| f["key"]["ifindex"] == ifindex && f["key"]["direction"] == direction)
+            .map_or(0, |f| bpftool::per_cpu_sum(&f, "packets"))
+    }
+}
+
+/// Another tool's counting programs on one tc ingress hook, one before eniflow's and one after.
+pub struct Taps {
+    ebpf: Ebpf,
+    ifindex: u32,
+}
+
+impl Taps {
+    /// Attaches the taps to `ifname`'s tc ingress in `ns` (tcx: first and last in the chain).
+    pub fn ingress(ns: &Netns, ifname: &str) -> Taps {
+        let mut ebpf = Ebpf::load(LAB_OBJECT).expect("load the lab object");
+        ns.within(|| {
+            for (name, order) in [
+                (lab::TAP_FIRST_PROGRAM, LinkOrder::first()),
+                (lab::TAP_LAST_PROGRAM, LinkOrder::last()),
+            ] {
+                let program: &mut SchedClassifier =
+                    ebpf.program_mut(name).unwrap().try_into().unwrap();
+                program.load().unwrap();
+                program
+                    .attach_with_options(
+                        ifname,
+                        TcAttachType::Ingress,
+                        TcAttachOptions::TcxOrder(order),
+                    )
+                    .unwrap();
+            }
+        });
+        Taps {
+            ebpf,
+            ifindex: ns.ifindex(ifname),
+        }
+    }
+
+    /// IPv4 packets the tap at `position` (`lab::TAP_FIRST` or `TAP_LAST`) saw.
+    pub fn seen(&self, position: u32) -> u64 {
+        let map: PerCpuHashMap<_, TapKey, u64> =
+            PerCpuHashMap::try_from(self.ebpf.map(lab::TAPS).unwrap()).unwrap();
+        map.get(
+            &TapKey {
+                ifindex: self.ifindex,
+                position,
+            },
+            0,
+        )
+        .map_or(0, |values| values.iter().sum())
+    }
+}

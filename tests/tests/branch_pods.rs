@@ -1,0 +1,400 @@
+//! Security-group pods on the lab: the agent attaches a trunk ENI, the test plays the VPC
+//! resource controller (a branch ENI per pod, associated with the trunk on a VLAN, named in the
+//! pod's `vpc.amazonaws.com/pod-eni` annotation, passed through the CNI pod-annotations
+//! capability). The lab fabric delivers VLAN v on the trunk to the branch ENI on v and drops a
+//! branch address arriving on any other VLAN or untagged.
+
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use eniflow_common::{
+    lab::{TAP_FIRST, TAP_LAST},
+    ENI_ROLE_TRUNK,
+};
+use eniflow_tests::{
+    bpftool,
+    cni::{address, pings, pod_args, Answer, PodNode as Node},
+    dataplane::Taps,
+    lab::LabSpec,
+    netns::Netns,
+    raw::{self, UdpFrame},
+    require_root,
+};
+use serde_json::{json, Value};
+
+/// The node with a trunk (the agent attaches it) and security-group pods in `mode`.
+async fn node_with_trunk(mode: &str) -> (Node, String, String) {
+    let node = Node::start_custom(
+        LabSpec::default(),
+        &["--create-trunk"],
+        &[
+            ("ENABLE_POD_ENI", "true"),
+            ("POD_SECURITY_GROUP_ENFORCING_MODE", mode),
+        ],
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let trunk = node.lab.view()["enis"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| {
+                e["instance_id"] == node.lab.node.id.as_str() && e["interface_type"] == "trunk"
+            })
+            .cloned();
+        if let Some(trunk) = trunk {
+            let eth = format!("eth{}", trunk["device_index"]);
+            let in_table = bpftool::dump(&node.map(eniflow_common::maps::ENIS))
+                .iter()
+                .any(|e| {
+                    bpftool::formatted(e, eniflow_common::maps::ENIS)["value"]["role"]
+                        == ENI_ROLE_TRUNK
+                });
+            if in_table {
+                let id = trunk["id"].as_str().unwrap().to_owned();
+                return (node, id, eth);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the trunk never reached the data plane"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The shim's configuration with the pod's annotations, as containerd's CRI passes them.
+fn with_annotation(node: &Node, annotation: &str) -> Value {
+    let mut config = node.config();
+    config["runtimeConfig"] = json!({
+        "io.kubernetes.cri.pod-annotations": { "vpc.amazonaws.com/pod-eni": annotation }
+    });
+    config
+}
+
+struct BranchPod {
+    netns: Netns,
+    container: String,
+    ip: String,
+    mac: String,
+    annotation: String,
+}
+
+/// As the resource controller and kubelet do: a branch ENI on `vlan`, then ADD.
+async fn add_branch_pod(node: &Node, trunk: &str, vlan: i32, name: &str) -> BranchPod {
+    let branch = node
+        .lab
+        .create_branch_eni(trunk, vlan, &node.lab.security_groups)
+        .await;
+    let annotation = node.lab.pod_eni_annotation(&[&branch]);
+    let netns = Netns::new("sgpod");
+    let container = format!("c-{name}");
+    let added = node.cni_with(
+        "ADD",
+        &container,
+        netns.path(),
+        "eth0",
+        &pod_args(name),
+        &with_annotation(node, &annotation),
+    );
+    assert!(added.ok, "ADD {name}: {}", added.json);
+    let entry: Value = serde_json::from_str(&annotation).unwrap();
+    let ip = address(&added);
+    assert_eq!(
+        ip, entry[0]["privateIp"],
+        "the pod got its branch ENI's address"
+    );
+    BranchPod {
+        netns,
+        container,
+        ip,
+        mac: entry[0]["ifAddress"].as_str().unwrap().to_owned(),
+        annotation,
+    }
+}
+
+fn regular_pod(node: &Node, name: &str) -> (Netns, String) {
+    let netns = Netns::new("pod");
+    let added = node.cni(
+        "ADD",
+        &format!("c-{name}"),
+        Some(&netns),
+        "eth0",
+        &pod_args(name),
+    );
+    assert!(added.ok, "ADD {name}: {}", added.json);
+    (netns, address(&added))
+}
+
+/// Frames on the node's trunk interface while `during` runs, as tcpdump prints them with
+/// link-level headers.
+fn capture(node_ns: &Netns, eth: &str, filter: &str, during: impl FnOnce()) -> String {
+    let child = Command::new("nsenter")
+        .args([
+            &format!("--net={}", node_ns.path()),
+            "timeout",
+            "6",
+            "tcpdump",
+            "-e",
+            "-nn",
+            "-l",
+            "-c",
+            "2",
+            "-i",
+            eth,
+            filter,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    during();
+    String::from_utf8_lossy(&child.wait_with_output().unwrap().stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn branch_pods_and_a_regular_pod_reach_the_vpc_tagged_with_their_vlans() {
+    require_root();
+    let (mut node, trunk, trunk_eth) = node_with_trunk("standard").await;
+    let a = add_branch_pod(&node, &trunk, 11, "sg-a").await;
+    let b = add_branch_pod(&node, &trunk, 12, "sg-b").await;
+    let (regular, regular_ip) = regular_pod(&node, "plain");
+    let hosts: Vec<String> = node
+        .lab
+        .hosts
+        .iter()
+        .map(|h| h.primary_ip.clone())
+        .collect();
+
+    for host in &hosts {
+        assert!(pings(&a.netns, host), "branch pod a -> {host}");
+        assert!(pings(&b.netns, host), "branch pod b -> {host}");
+        assert!(pings(&regular, host), "regular pod -> {host}");
+    }
+    let node_ns = &node.lab.node.netns;
+    for (pod, vlan) in [(&a, 11), (&b, 12)] {
+        let seen = capture(
+            node_ns,
+            &trunk_eth,
+            &format!("vlan {vlan} and icmp"),
+            || {
+                assert!(pings(&pod.netns, &hosts[0]));
+            },
+        );
+        let outgoing = seen
+            .lines()
+            .find(|l| l.contains(&format!("{} >", pod.mac)))
+            .unwrap_or_else(|| panic!("no frame from {} on {trunk_eth}:\n{seen}", pod.mac));
+        assert!(
+            outgoing.contains(&format!("vlan {vlan}")),
+            "not tagged {vlan}: {outgoing}"
+        );
+    }
+    // A service address DNAT'd by the node: the stack routes it out of the primary ENI, the
+    // ENI program moves it onto the pod's VLAN of the trunk; the reply goes back through the
+    // stack to be un-DNAT'd.
+    node_ns.run(
+        "iptables",
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-d",
+            "10.96.0.10/32",
+            "-j",
+            "DNAT",
+            "--to-destination",
+            &hosts[1],
+        ],
+    );
+    assert!(
+        pings(&b.netns, "10.96.0.10"),
+        "branch pod -> DNAT'd service"
+    );
+
+    // Standard mode: node-local traffic between a branch pod and a regular pod stays local.
+    let trunk_ifindex = node_ns.ifindex(&trunk_eth);
+    let before = node.hook_packets(trunk_ifindex, 1);
+    assert!(pings(&a.netns, &regular_ip));
+    assert!(pings(&regular, &a.ip));
+    let through_trunk = node.hook_packets(trunk_ifindex, 1) - before;
+    assert!(
+        through_trunk < 2,
+        "standard mode: node-local packets left by the trunk ({through_trunk})"
+    );
+
+    // The agent restarted: the branch pods are re-adopted and keep working.
+    node.agent.take().unwrap().kill();
+    node.start_agent();
+    assert!(pings(&a.netns, &hosts[1]), "branch pod after the restart");
+
+    // DEL, then the same VLAN again at once: refused until it has cooled (retryable).
+    let del = node.cni_with(
+        "DEL",
+        &a.container,
+        a.netns.path(),
+        "eth0",
+        &pod_args("sg-a"),
+        &with_annotation(&node, &a.annotation),
+    );
+    assert!(del.ok, "{}", del.json);
+    assert!(node.pod_entry(&a.ip).is_none(), "entry left after DEL");
+    let again = Netns::new("sgpod");
+    let reused = node.cni_with(
+        "ADD",
+        "c-sg-a2",
+        again.path(),
+        "eth0",
+        &pod_args("sg-a2"),
+        &with_annotation(&node, &a.annotation),
+    );
+    assert!(!reused.ok);
+    assert_eq!(reused.json["code"], 11, "{}", reused.json);
+    assert!(
+        reused.json["msg"].as_str().unwrap().contains("VLAN 11"),
+        "{}",
+        reused.json
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_mode_sends_node_local_traffic_of_a_branch_pod_through_the_vpc() {
+    require_root();
+    let (node, trunk, trunk_eth) = node_with_trunk("strict").await;
+    let a = add_branch_pod(&node, &trunk, 21, "sg-strict").await;
+    let (regular, regular_ip) = regular_pod(&node, "plain-strict");
+    let trunk_ifindex = node.lab.node.netns.ifindex(&trunk_eth);
+    let before = node.hook_packets(trunk_ifindex, 1);
+    assert!(pings(&a.netns, &regular_ip), "branch pod -> regular pod");
+    assert!(pings(&regular, &a.ip), "regular pod -> branch pod");
+    let through_trunk = node.hook_packets(trunk_ifindex, 1) - before;
+    assert!(
+        through_trunk >= 2,
+        "strict mode: the branch pod's echo requests did not leave by the trunk ({through_trunk})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_annotation_is_refused_by_field_and_leaves_nothing() {
+    require_root();
+    let (node, trunk, _) = node_with_trunk("standard").await;
+    let branch = node
+        .lab
+        .create_branch_eni(&trunk, 31, &node.lab.security_groups)
+        .await;
+    let good: Value = serde_json::from_str(&node.lab.pod_eni_annotation(&[&branch])).unwrap();
+    let with = |field: &str, value: Value| {
+        let mut bad = good.clone();
+        bad[0][field] = value;
+        bad.to_string()
+    };
+    let cases = [
+        ("[{\"eniId\":".to_owned(), "is not JSON"),
+        (
+            with("vlanId", json!(4095)),
+            "vlanId 4095 is outside 1..4094",
+        ),
+        (with("vlanId", json!(0)), "vlanId 0"),
+        (with("ifAddress", json!("02:00:00:zz:00:01")), "ifAddress"),
+        (with("privateIp", json!("10.0.1.300")), "privateIp"),
+    ];
+    let veths_before = node.host_veths();
+    let checkpoint =
+        std::path::Path::new(&node.files.checkpoint()).with_file_name("branch-pods.json");
+    for (annotation, expected) in cases {
+        let pod = Netns::new("sgbad");
+        let answer: Answer = node.cni_with(
+            "ADD",
+            "c-sg-bad",
+            pod.path(),
+            "eth0",
+            &pod_args("sg-bad"),
+            &with_annotation(&node, &annotation),
+        );
+        assert!(!answer.ok, "{annotation} was accepted");
+        assert_eq!(answer.json["code"], 7, "{}", answer.json);
+        let msg = answer.json["msg"].as_str().unwrap();
+        assert!(msg.contains(expected), "{annotation}: {msg}");
+        assert!(
+            !pod.ip(&["link", "show"]).contains("eth0"),
+            "half-wired pod for {annotation}"
+        );
+        assert_eq!(
+            node.host_veths(),
+            veths_before,
+            "veth left for {annotation}"
+        );
+        let held = std::fs::read_to_string(&checkpoint).unwrap_or_default();
+        assert!(!held.contains("c-sg-bad"), "branch pod recorded: {held}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_branch_pod_without_a_trunk_is_told_to_retry() {
+    require_root();
+    let node = Node::start().await;
+    let annotation = json!([{"eniId": "eni-0123456789abcdef0", "ifAddress": "02:00:00:00:31:01",
+        "privateIp": "10.0.1.200", "vlanId": 5, "subnetCidr": "10.0.1.0/24"}])
+    .to_string();
+    let pod = Netns::new("sgpod");
+    let answer = node.cni_with(
+        "ADD",
+        "c-no-trunk",
+        pod.path(),
+        "eth0",
+        &pod_args("no-trunk"),
+        &with_annotation(&node, &annotation),
+    );
+    assert!(!answer.ok);
+    assert_eq!(answer.json["code"], 11, "{}", answer.json);
+    assert!(
+        answer.json["msg"].as_str().unwrap().contains("trunk ENI"),
+        "{}",
+        answer.json
+    );
+    assert!(node.pod_entry("10.0.1.200").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_on_a_foreign_vlan_passes_the_trunk_untouched() {
+    require_root();
+    let (node, trunk, trunk_eth) = node_with_trunk("standard").await;
+    let _pod = add_branch_pod(&node, &trunk, 41, "sg-owner").await;
+    let node_ns = &node.lab.node.netns;
+    let taps = Taps::ingress(node_ns, &trunk_eth);
+    // The trunk's port in the fabric: the peer of the node's trunk interface.
+    let link: Value =
+        serde_json::from_str(&node_ns.ip(&["-j", "link", "show", "dev", &trunk_eth])).unwrap();
+    let port = link[0]["link_index"].as_u64().expect("a veth peer") as u32;
+    let trunk_mac = raw::mac(link[0]["address"].as_str().unwrap());
+    let frame = UdpFrame {
+        dst_mac: trunk_mac,
+        src_mac: [2, 0, 0, 0, 0x99, 1],
+        vlan: Some(99),
+        src: "10.0.1.251".parse().unwrap(),
+        dst: "10.0.1.252".parse().unwrap(),
+        src_port: 4000,
+        dst_port: 4001,
+        payload: b"not eniflow's".to_vec(),
+    };
+    node.lab.fabric.within(|| {
+        for _ in 0..5 {
+            raw::send(port, &frame.bytes());
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while taps.seen(TAP_LAST) < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "the next program saw {} of 5 foreign-VLAN frames (first saw {})",
+            taps.seen(TAP_LAST),
+            taps.seen(TAP_FIRST)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
