@@ -1,5 +1,6 @@
 //! Off-VPC traffic from pods leaves SNATed to the node's primary address: only that address
-//! has a public mapping at the internet gateway, as with VPC CNI. An iptables chain of eniflow's
+//! has a public mapping at the internet gateway, as with VPC CNI. Security-group pods' traffic
+//! is not SNATed: it leaves by their branch ENIs. An iptables chain of eniflow's
 //! own, rebuilt whenever the primary address or the VPC's CIDRs change; VPC CNI's
 //! AWS_VPC_K8S_CNI_EXTERNALSNAT (a NAT gateway does it) and AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS
 //! keep their meaning.
@@ -7,6 +8,7 @@
 use std::{net::Ipv4Addr, process::Command};
 
 use anyhow::{bail, Context, Result};
+use eniflow_common::SG_POD_MARK;
 
 const CHAIN: &str = "ENIFLOW-SNAT";
 const COMMENT: &str = "eniflow: SNAT pod traffic leaving the VPC";
@@ -21,14 +23,25 @@ pub struct Snat {
 impl Snat {
     /// Reads AWS_VPC_K8S_CNI_EXTERNALSNAT and AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS.
     pub fn from_env() -> Result<Snat> {
-        let external = match std::env::var("AWS_VPC_K8S_CNI_EXTERNALSNAT").as_deref() {
-            Ok("true") => true,
-            Ok("false") | Ok("") | Err(_) => false,
-            Ok(other) => bail!("AWS_VPC_K8S_CNI_EXTERNALSNAT={other:?}: expected true or false"),
+        Snat::new(
+            &std::env::var("AWS_VPC_K8S_CNI_EXTERNALSNAT").unwrap_or_default(),
+            &std::env::var("AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS").unwrap_or_default(),
+        )
+    }
+
+    /// `external`: "true" or "false" (or empty); `excluded`: comma-separated CIDRs.
+    pub fn new(external: &str, excluded_list: &str) -> Result<Snat> {
+        let external = match external {
+            "true" => true,
+            "false" | "" => false,
+            other => bail!("AWS_VPC_K8S_CNI_EXTERNALSNAT={other:?}: expected true or false"),
         };
         let mut excluded = Vec::new();
-        let list = std::env::var("AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS").unwrap_or_default();
-        for text in list.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        for text in excluded_list
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+        {
             excluded.push(crate::eni_links::parse_cidr(text).with_context(|| {
                 format!("AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS: {text:?} is not an IPv4 CIDR")
             })?);
@@ -50,6 +63,11 @@ impl Snat {
         // -N fails when the chain exists; -F then empties it either way.
         let _ = iptables(&["-t", "nat", "-N", CHAIN]);
         iptables(&["-t", "nat", "-F", CHAIN])?;
+        // Security-group pods leave by their branch ENIs, never SNATed (the programs mark them).
+        let mark = format!("{:#x}/{:#x}", SG_POD_MARK, SG_POD_MARK);
+        iptables(&[
+            "-t", "nat", "-A", CHAIN, "-m", "mark", "--mark", &mark, "-j", "RETURN",
+        ])?;
         for (addr, len) in vpc_cidrs.iter().chain(&self.excluded) {
             iptables(&[
                 "-t",
@@ -124,4 +142,42 @@ fn iptables(args: &[&str]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn knobs_keep_vpc_cnis_meaning_and_bad_values_are_named() {
+        let snat = Snat::new("", "192.168.0.0/16, 172.16.5.0/24").unwrap();
+        assert!(!snat.external);
+        assert_eq!(
+            snat.excluded,
+            vec![
+                (Ipv4Addr::new(192, 168, 0, 0), 16),
+                (Ipv4Addr::new(172, 16, 5, 0), 24)
+            ]
+        );
+        assert!(Snat::new("true", "").unwrap().external);
+        let err = Snat::new("yes", "").err().unwrap().to_string();
+        assert!(err.contains("AWS_VPC_K8S_CNI_EXTERNALSNAT"), "{err}");
+        let err = Snat::new("", "10.0.0.0/8,banana")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("\"banana\""), "{err}");
+    }
+
+    #[test]
+    fn external_snat_installs_nothing() {
+        // No iptables call happens: nothing to run, nothing recorded.
+        let mut snat = Snat::new("true", "").unwrap();
+        snat.apply(
+            Ipv4Addr::new(10, 0, 1, 5),
+            &[(Ipv4Addr::new(10, 0, 0, 0), 16)],
+        )
+        .unwrap();
+        assert!(snat.applied.is_none());
+    }
 }

@@ -17,7 +17,7 @@ use eniflow_tests::{
     bpftool,
     cni::{address, pings, pod_args, Answer, PodNode as Node},
     dataplane::Taps,
-    lab::LabSpec,
+    lab::{internet, LabSpec},
     netns::Netns,
     raw::{self, UdpFrame},
     require_root,
@@ -216,6 +216,25 @@ async fn branch_pods_and_a_regular_pod_reach_the_vpc_tagged_with_their_vlans() {
         pings(&b.netns, "10.96.0.10"),
         "branch pod -> DNAT'd service"
     );
+
+    // Off-VPC: through the stack, then out by the branch ENI on its VLAN, not SNATed to the
+    // node (the lab's internet answers only instances' primary addresses; EC2 would need a NAT
+    // gateway for a branch address too).
+    let internet = node.lab.internet();
+    let seen = capture(
+        node_ns,
+        &trunk_eth,
+        &format!("vlan 11 and icmp and host {}", internet::HOST),
+        || {
+            let _ = pings(&a.netns, internet::HOST);
+        },
+    );
+    assert!(
+        seen.lines()
+            .any(|l| l.contains(&format!("{} >", a.mac)) && l.contains(&a.ip)),
+        "off-VPC traffic of the branch pod did not leave by its VLAN:\n{seen}"
+    );
+    drop(internet);
 
     // Standard mode: node-local traffic between a branch pod and a regular pod stays local.
     let trunk_ifindex = node_ns.ifindex(&trunk_eth);

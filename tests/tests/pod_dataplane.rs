@@ -569,3 +569,47 @@ async fn a_detached_eni_leaves_no_entry_or_pin_behind() {
         "attachment records outlived eth2"
     );
 }
+
+/// AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS keeps VPC CNI's meaning: traffic to those CIDRs leaves
+/// with the pod's own address (here the internet cannot answer it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn excluded_cidrs_are_not_snated() {
+    require_root();
+    let node = Node::start_custom(
+        LabSpec::default(),
+        &[],
+        &[("AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS", "198.51.100.0/24")],
+    )
+    .await;
+    let pod = Netns::new("pod");
+    let added = node.cni("ADD", "c-nosnat", Some(&pod), "eth0", &pod_args("nosnat"));
+    assert!(added.ok, "{}", added.json);
+    let node_ns = &node.lab.node.netns;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let chain = loop {
+        let chain = Command::new("nsenter")
+            .args([
+                &format!("--net={}", node_ns.path()),
+                "iptables",
+                "-t",
+                "nat",
+                "-S",
+                "ENIFLOW-SNAT",
+            ])
+            .output()
+            .unwrap();
+        let chain = String::from_utf8_lossy(&chain.stdout).into_owned();
+        if chain.contains("SNAT") {
+            break chain;
+        }
+        assert!(Instant::now() < deadline, "the SNAT chain never appeared");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(chain.contains("-d 198.51.100.0/24 -j RETURN"), "{chain}");
+    let internet = node.lab.internet();
+    assert!(
+        !pings(&pod, internet::HOST),
+        "an excluded destination was reached SNATed"
+    );
+    drop(internet);
+}

@@ -196,6 +196,12 @@ pub struct BranchPort {
     pub _pad: [u8; 2],
 }
 
+/// The skb mark bit on a security-group pod's packets handed to the kernel stack: the SNAT
+/// chain skips them, so after the stack (and its DNAT) they leave by the pod's branch ENI, under
+/// its security groups. Clear of kube-proxy's (0x4000, 0x8000), VPC CNI's (0x80) and Calico's
+/// (0xffff0000) bits.
+pub const SG_POD_MARK: u32 = 0x2000;
+
 /// `Config::flags`: security-group pods in strict mode (all their traffic, node-local too, goes
 /// through the VPC and its security groups); unset: standard mode (node-local stays local).
 pub const CONFIG_SG_STRICT: u32 = 1;

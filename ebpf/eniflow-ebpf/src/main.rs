@@ -23,7 +23,9 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use eniflow_common::{Pod, DEST_NODE, DEST_VPC, DIRECTION_EGRESS, DIRECTION_INGRESS};
+use eniflow_common::{
+    Pod, DEST_NODE, DEST_VPC, DIRECTION_EGRESS, DIRECTION_INGRESS, SG_POD_MARK,
+};
 use packet::Ipv4;
 
 const AF_INET: u32 = 2;
@@ -69,6 +71,10 @@ pub fn pod_egress(mut ctx: TcContext) -> i32 {
             if kind == DEST_VPC || (strict && kind == DEST_NODE) {
                 return out_of_branch(&ctx, &own, ip.saddr);
             }
+            // Services and off-VPC: the stack (DNAT) first, then out by the branch ENI, never
+            // SNATed to the node (the ENI egress program moves it onto the pod's VLAN).
+            // SAFETY: writing the mark of the program's own skb.
+            unsafe { (*ctx.skb.skb).mark |= SG_POD_MARK };
         }
         _ => {
             // In strict mode a security-group pod is reached through the VPC only.
