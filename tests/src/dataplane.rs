@@ -44,15 +44,6 @@ impl PodNode {
             .find(|f| f["key"] == wire(ip))
             .map_or(0, |f| bpftool::per_cpu_sum(&f, field))
     }
-
-    /// Packets eniflow's program saw on one hook of an ENI (`direction` 0 ingress, 1 egress).
-    pub fn hook_packets(&self, ifindex: u32, direction: u32) -> u64 {
-        bpftool::dump(&self.map(maps::IFACE_STATS))
-            .iter()
-            .map(|e| bpftool::formatted(e, maps::IFACE_STATS).clone())
-            .find(|f| f["key"]["ifindex"] == ifindex && f["key"]["direction"] == direction)
-            .map_or(0, |f| bpftool::per_cpu_sum(&f, "packets"))
-    }
 }
 
 /// Another tool's counting programs on one tc ingress hook, one before eniflow's and one after.
