@@ -45,11 +45,16 @@ pub fn parse_cidr(text: &str) -> Option<(Ipv4Addr, u8)> {
     Some((addr.parse().ok()?, len))
 }
 
-fn parse_mac(text: &str) -> Option<[u8; 6]> {
+/// "0a:1b:2c:3d:4e:5f": six two-digit hex bytes, nothing else.
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
     let mut mac = [0u8; 6];
     let mut parts = text.trim().split(':');
     for byte in &mut mac {
-        *byte = u8::from_str_radix(parts.next()?, 16).ok()?;
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
     }
     parts.next().is_none().then_some(mac)
 }

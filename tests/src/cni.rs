@@ -133,15 +133,16 @@ impl PeerAgent {
         args: &str,
     ) -> Answer {
         let netns = pod.map(Netns::path).unwrap_or_default();
-        let call = ShimCall {
+        let config = shim_config(&self.files);
+        shim_for(
+            &self.files,
             command,
             container,
-            netns: &netns,
+            &netns,
             ifname,
             args,
-            log: &self.files.path("cni.log"),
-        };
-        shim(&call, &shim_config(&self.files))
+            &config,
+        )
     }
 }
 
@@ -162,6 +163,28 @@ async fn wait_for_warm_pool(status: impl Fn() -> Answer) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Runs the shim against the agent using `files`, logging beside them.
+fn shim_for(
+    files: &PoolFiles,
+    command: &str,
+    container: &str,
+    netns: &str,
+    ifname: &str,
+    args: &str,
+    config: &Value,
+) -> Answer {
+    let log = files.path("cni.log");
+    let call = ShimCall {
+        command,
+        container,
+        netns,
+        ifname,
+        args,
+        log: &log,
+    };
+    shim(&call, config)
 }
 
 /// The network configuration the shim gets on stdin for the agent using `files`.
@@ -209,15 +232,15 @@ impl PodNode {
         args: &str,
         config: &Value,
     ) -> Answer {
-        let call = ShimCall {
+        shim_for(
+            &self.files,
             command,
             container,
-            netns: &netns,
+            &netns,
             ifname,
             args,
-            log: &self.files.path("cni.log"),
-        };
-        shim(&call, config)
+            config,
+        )
     }
 
     /// The host ends of pod veths (ENIs come and go with the pool: they are not counted).

@@ -46,6 +46,15 @@ impl PodNode {
     }
 }
 
+/// As kube-proxy or portmap does on the node: packets matching `matching` (iptables match
+/// arguments) are DNAT'd to `to` in nat/PREROUTING.
+pub fn dnat(node_ns: &Netns, matching: &[&str], to: &str) {
+    let mut args = vec!["-t", "nat", "-A", "PREROUTING"];
+    args.extend_from_slice(matching);
+    args.extend(["-j", "DNAT", "--to-destination", to]);
+    node_ns.run("iptables", &args);
+}
+
 /// Another tool's counting programs on one tc ingress hook, one before eniflow's and one after.
 pub struct Taps {
     ebpf: Ebpf,

@@ -16,7 +16,7 @@ use eniflow_common::{
 use eniflow_tests::{
     bpftool,
     cni::{address, pings, pod_args, Answer, PodNode as Node},
-    dataplane::Taps,
+    dataplane::{dnat, Taps},
     lab::{internet, LabSpec},
     netns::Netns,
     raw::{self, UdpFrame},
@@ -205,21 +205,7 @@ async fn branch_pods_and_a_regular_pod_reach_the_vpc_tagged_with_their_vlans() {
     // A service address DNAT'd by the node: the stack routes it out of the primary ENI, the
     // ENI program moves it onto the pod's VLAN of the trunk; the reply goes back through the
     // stack to be un-DNAT'd.
-    node_ns.run(
-        "iptables",
-        &[
-            "-t",
-            "nat",
-            "-A",
-            "PREROUTING",
-            "-d",
-            "10.96.0.10/32",
-            "-j",
-            "DNAT",
-            "--to-destination",
-            &hosts[1],
-        ],
-    );
+    dnat(node_ns, &["-d", "10.96.0.10/32"], &hosts[1]);
     assert!(
         pings(&b.netns, "10.96.0.10"),
         "branch pod -> DNAT'd service"

@@ -13,7 +13,7 @@ use eniflow_common::maps;
 use eniflow_tests::{
     bpftool,
     cni::{address, pings, pod_args, PodNode as Node},
-    dataplane::Taps,
+    dataplane::{dnat, Taps},
     lab::{internet, LabSpec},
     netns::Netns,
     require_root,
@@ -71,6 +71,14 @@ fn on_device(pods: &[Pod], index: u64) -> &Pod {
         .unwrap_or_else(|| panic!("no pod on the ENI at device index {index}"))
 }
 
+/// `node_with_pods`, once the data plane routes the secondary-ENI pod by its ENI; that pod is
+/// `on_device(&pods, 1)`.
+async fn node_with_secondary_pod() -> (Node, Vec<Pod>) {
+    let (node, pods) = node_with_pods().await;
+    wait_for_eni(&node, on_device(&pods, 1)).await;
+    (node, pods)
+}
+
 /// Waits until the data plane routes `pod` by its ENI (the watcher found the ENI's interface).
 async fn wait_for_eni(node: &Node, pod: &Pod) {
     let eth = format!("eth{}", pod.device_index);
@@ -88,25 +96,6 @@ async fn wait_for_eni(node: &Node, pod: &Pod) {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-fn ping_from(ns: &Netns, to: &str) -> bool {
-    Command::new("nsenter")
-        .args([
-            &format!("--net={}", ns.path()),
-            "ping",
-            "-c",
-            "2",
-            "-i",
-            "0.2",
-            "-W",
-            "1",
-            to,
-        ])
-        .output()
-        .unwrap()
-        .status
-        .success()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,7 +119,7 @@ async fn pods_on_every_eni_reach_the_vpc_and_each_other_without_ip_rules() {
     }
     for host in &node.lab.hosts {
         assert!(
-            ping_from(&host.netns, &secondary.ip),
+            pings(&host.netns, &secondary.ip),
             "{} -> the secondary-ENI pod",
             host.primary_ip
         );
@@ -183,10 +172,9 @@ async fn pods_on_every_eni_reach_the_vpc_and_each_other_without_ip_rules() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_sending_from_another_pods_address_is_dropped_and_counted() {
     require_root();
-    let (node, pods) = node_with_pods().await;
+    let (node, pods) = node_with_secondary_pod().await;
     let spoofer = on_device(&pods, 0);
     let victim = on_device(&pods, 1);
-    wait_for_eni(&node, victim).await;
     let host = &node.lab.hosts[0].primary_ip;
     assert!(pings(&spoofer.netns, host));
 
@@ -220,30 +208,15 @@ async fn a_pod_sending_from_another_pods_address_is_dropped_and_counted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn off_vpc_traffic_leaves_snated_and_a_dnated_service_leaves_by_the_pods_eni() {
     require_root();
-    let (node, pods) = node_with_pods().await;
+    let (node, pods) = node_with_secondary_pod().await;
     let pod = on_device(&pods, 1);
-    wait_for_eni(&node, pod).await;
     let node_ns = &node.lab.node.netns;
 
     // A service address, DNAT'd by the node to a host on the other subnet: the stack routes the
     // rewritten packet out of the primary ENI, the ENI program moves it to the pod's own ENI,
     // and the reply goes back through the stack to be un-DNAT'd.
     let backend = &node.lab.hosts[1].primary_ip;
-    node_ns.run(
-        "iptables",
-        &[
-            "-t",
-            "nat",
-            "-A",
-            "PREROUTING",
-            "-d",
-            "10.96.0.10/32",
-            "-j",
-            "DNAT",
-            "--to-destination",
-            backend,
-        ],
-    );
+    dnat(node_ns, &["-d", "10.96.0.10/32"], backend);
     assert!(
         pings(&pod.netns, "10.96.0.10"),
         "secondary-ENI pod -> DNAT'd service"
@@ -281,9 +254,8 @@ async fn off_vpc_traffic_leaves_snated_and_a_dnated_service_leaves_by_the_pods_e
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_killed_during_a_ping_flood_costs_no_packet_and_readopts() {
     require_root();
-    let (mut node, pods) = node_with_pods().await;
+    let (mut node, pods) = node_with_secondary_pod().await;
     let pod = on_device(&pods, 1);
-    wait_for_eni(&node, pod).await;
     let host = node.lab.hosts[1].primary_ip.clone();
 
     let flood = Command::new("nsenter")
@@ -396,9 +368,8 @@ async fn another_tc_program_chains_before_and_after_eniflows() {
     use eniflow_common::lab;
 
     require_root();
-    let (node, pods) = node_with_pods().await;
+    let (node, pods) = node_with_secondary_pod().await;
     let pod = on_device(&pods, 1);
-    wait_for_eni(&node, pod).await;
     let veth = node
         .lab
         .node
@@ -447,28 +418,13 @@ async fn another_tc_program_chains_before_and_after_eniflows() {
 async fn a_dnat_to_a_pod_is_answered_through_the_stack() {
     use std::io::{Read, Write};
     require_root();
-    let (node, pods) = node_with_pods().await;
+    let (node, pods) = node_with_secondary_pod().await;
     let pod = on_device(&pods, 1);
-    wait_for_eni(&node, pod).await;
     let node_ip = node.lab.node.primary_ip.clone();
-    node.lab.node.netns.run(
-        "iptables",
-        &[
-            "-t",
-            "nat",
-            "-A",
-            "PREROUTING",
-            "-d",
-            &node_ip,
-            "-p",
-            "tcp",
-            "--dport",
-            "30080",
-            "-j",
-            "DNAT",
-            "--to-destination",
-            &format!("{}:8080", pod.ip),
-        ],
+    dnat(
+        &node.lab.node.netns,
+        &["-d", &node_ip, "-p", "tcp", "--dport", "30080"],
+        &format!("{}:8080", pod.ip),
     );
     let listener = pod
         .netns

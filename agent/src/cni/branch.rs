@@ -33,19 +33,6 @@ fn field_error(field: &str, message: impl std::fmt::Display) -> String {
     format!("annotation {ANNOTATION}: {field} {message}")
 }
 
-pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in &mut mac {
-        let part = parts.next()?;
-        if part.len() != 2 {
-            return None;
-        }
-        *byte = u8::from_str_radix(part, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
-
 /// The pod's branch ENI, if its annotations name one (the first, as VPC CNI takes it for eth0).
 pub fn from_config(config: &Value) -> Result<Option<Branch>, String> {
     let Some(text) = config
@@ -76,7 +63,7 @@ pub fn from_config(config: &Value) -> Result<Option<Branch>, String> {
         return Err(field_error("eniId", format!("{eni_id:?} is not an ENI id")));
     }
     let mac_text = string("ifAddress")?;
-    let mac = parse_mac(mac_text)
+    let mac = crate::eni_links::parse_mac(mac_text)
         .ok_or_else(|| field_error("ifAddress", format!("{mac_text:?} is not a MAC address")))?;
     let ip_text = string("privateIp")?;
     let ipv4: Ipv4Addr = ip_text

@@ -162,17 +162,17 @@ impl Forwarding {
             .map_err(map_error(maps::PODS))
     }
 
-    /// Removes the trunk VLAN entries that lead to `addr`.
-    fn remove_branch_entries(&mut self, addr: Ipv4Addr) {
-        let keys: Vec<TrunkVlan> = self
-            .branches
-            .iter()
-            .flatten()
-            .filter(|(_, port)| port.pod_addr == wire(addr))
-            .map(|(key, _)| key)
-            .collect();
-        for key in keys {
-            let _ = self.branches.remove(&key);
+    /// Removes the trunk VLAN entry of the security-group pod at `addr`, found through the pod's
+    /// entry as it stands (written with it, so it names the trunk and VLAN that entry used).
+    fn remove_branch_entry(&mut self, addr: Ipv4Addr) {
+        let Ok(pod) = self.pods.get(&wire(addr), 0) else {
+            return;
+        };
+        if pod.vlan != 0 {
+            let _ = self.branches.remove(&TrunkVlan {
+                trunk_ifindex: pod.eni_ifindex,
+                vlan: u32::from(pod.vlan),
+            });
         }
     }
 
@@ -216,7 +216,7 @@ impl Forwarding {
     /// Removes a pod's entries (route first); returns its host veth's ifindex if it was known.
     pub fn remove_pod(&mut self, addr: Ipv4Addr) -> Option<u32> {
         let key = wire(addr);
-        self.remove_branch_entries(addr);
+        self.remove_branch_entry(addr);
         let _ = self.pods.remove(&key);
         let known = self.known_pods.remove(&addr);
         let ifindex = known.map(|p| p.host_ifindex).or_else(|| {
@@ -278,9 +278,7 @@ impl Forwarding {
         if changed {
             let pods: Vec<PodPort> = self.known_pods.values().cloned().collect();
             for pod in pods {
-                if pod.branch.is_some() {
-                    self.remove_branch_entries(pod.addr);
-                }
+                self.remove_branch_entry(pod.addr);
                 self.write_pod(&pod)?;
             }
         }

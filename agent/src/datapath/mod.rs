@@ -103,29 +103,32 @@ pub struct Hook {
 impl Hook {
     /// A hook of an ENI, resolved by name in the current network namespace.
     pub fn eni(ifname: &str, direction: Direction) -> Result<Self, DatapathError> {
-        let ifindex = ifindex(ifname)?;
-        Ok(Self {
-            ifname: ifname.to_owned(),
-            ifindex,
-            direction,
-            program: match direction {
-                Direction::Ingress => programs::ENI_INGRESS,
-                Direction::Egress => programs::ENI_EGRESS,
-            },
-        })
+        let program = match direction {
+            Direction::Ingress => programs::ENI_INGRESS,
+            Direction::Egress => programs::ENI_EGRESS,
+        };
+        Self::resolve(ifname, direction, program)
     }
 
     /// A hook of a pod's host veth: its tc ingress carries what the pod sends.
     pub fn pod_veth(ifname: &str, direction: Direction) -> Result<Self, DatapathError> {
-        let ifindex = ifindex(ifname)?;
+        let program = match direction {
+            Direction::Ingress => programs::POD_EGRESS,
+            Direction::Egress => programs::POD_INGRESS,
+        };
+        Self::resolve(ifname, direction, program)
+    }
+
+    fn resolve(
+        ifname: &str,
+        direction: Direction,
+        program: &'static str,
+    ) -> Result<Self, DatapathError> {
         Ok(Self {
             ifname: ifname.to_owned(),
-            ifindex,
+            ifindex: ifindex(ifname)?,
             direction,
-            program: match direction {
-                Direction::Ingress => programs::POD_EGRESS,
-                Direction::Egress => programs::POD_INGRESS,
-            },
+            program,
         })
     }
 
