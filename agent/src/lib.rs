@@ -8,6 +8,7 @@ pub mod ec2;
 pub mod eni_links;
 pub mod instance;
 pub mod ipam;
+pub mod kube;
 pub mod limits;
 pub mod max_pods;
 pub mod netns;

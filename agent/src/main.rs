@@ -1,6 +1,7 @@
 //! `eniflow-agent`: one per node.
 
 use std::{
+    collections::BTreeMap,
     path::{Path, PathBuf},
     process::ExitCode,
     sync::Arc,
@@ -16,6 +17,7 @@ use eniflow_agent::{
     eni_links,
     instance::{self, Instance},
     ipam::{self, eniconfig, Ipam},
+    kube::{self, Kube},
     limits, max_pods, netns, snat,
 };
 use eniflow_common::{
@@ -76,6 +78,34 @@ struct PoolArgs {
     /// The node's annotations, `k=v,...`; they choose the ENIConfig.
     #[arg(long, env = "ENIFLOW_NODE_ANNOTATIONS", default_value = "")]
     node_annotations: String,
+    /// The Kubernetes API server (https://host:port). Unset: KUBERNETES_SERVICE_HOST/PORT when the
+    /// agent runs in a pod; else there is no cluster, and node labels, ENIConfigs and pod
+    /// annotations come from the flags, --eni-configs and the CNI runtimeConfig.
+    #[arg(long, env = "ENIFLOW_KUBE_API_SERVER")]
+    kube_api_server: Option<String>,
+    /// The API server's bearer token (the pod's service account token).
+    #[arg(
+        long,
+        env = "ENIFLOW_KUBE_TOKEN_FILE",
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    )]
+    kube_token_file: PathBuf,
+    /// The CAs that sign the API server's certificate.
+    #[arg(
+        long,
+        env = "ENIFLOW_KUBE_CA_FILE",
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+    )]
+    kube_ca_file: PathBuf,
+    /// This node's name in the cluster (VPC CNI's MY_NODE_NAME, set from the downward API).
+    #[arg(long, env = "MY_NODE_NAME")]
+    node_name: Option<String>,
+    /// In a cluster, an ADD of a pod that requests a branch ENI (vpc.amazonaws.com/pod-eni)
+    /// waits this long for the resource controller's annotation (seconds).
+    /// Kept below the shim's timeout (10 s unless the conflist raises it; it is raised for a
+    /// longer wait).
+    #[arg(long, env = "ENIFLOW_POD_ENI_WAIT", default_value = "5", value_parser = seconds)]
+    pod_eni_wait: std::time::Duration,
     /// With ENABLE_POD_ENI: create and attach the trunk ENI when none is attached (self-managed
     /// clusters; on EKS the VPC resource controller attaches it).
     #[arg(long, env = "ENIFLOW_CREATE_TRUNK")]
@@ -300,9 +330,11 @@ async fn run(
     for ifname in interfaces {
         datapath::ifindex(ifname)?;
     }
+    let cluster = Cluster::from_args(&pool)?;
+    let pod_eni = knobs.pod_eni;
     // The pool starts before the data plane, so EC2 or IMDS trouble attaches nothing either.
     let ipam = if pool.ipam {
-        Some(start_pool(knobs, &pool).await?)
+        Some(start_pool(knobs, &pool, cluster.as_ref()).await?)
     } else {
         None
     };
@@ -321,7 +353,11 @@ async fn run(
             ipam.clone(),
             snat,
         ));
-        serve_cni(ipam.clone(), plane, &pool).await?;
+        // Security-group pods' annotations are read from the API when it is there.
+        let pod_annotations = cluster
+            .filter(|_| pod_eni)
+            .map(|c| cni::branch::FromApi::new(c.kube, pool.pod_eni_wait));
+        serve_cni(ipam.clone(), plane, &pool, pod_annotations).await?;
         write_conflist(&pool)?;
     }
     if let Some(path) = ready_file {
@@ -344,6 +380,9 @@ async fn run(
     Ok(())
 }
 
+/// How long the shim waits for the agent unless the conflist says otherwise.
+const SHIM_DEFAULT_TIMEOUT_SECONDS: u64 = 10;
+
 /// Writes the CNI network configuration: eniflow first, then the configured chain.
 fn write_conflist(args: &PoolArgs) -> Result<()> {
     // Pod annotations reach the agent through runtimeConfig (containerd's CRI passes them to a
@@ -355,6 +394,11 @@ fn write_conflist(args: &PoolArgs) -> Result<()> {
     });
     if let Some(log) = &args.cni_log_file {
         eniflow["logFile"] = serde_json::json!(log);
+    }
+    // The shim waits 10 s for the agent by default; an ADD may wait for a pod's annotation.
+    let needed = args.pod_eni_wait.as_secs() + 5;
+    if needed > SHIM_DEFAULT_TIMEOUT_SECONDS {
+        eniflow["timeoutSeconds"] = serde_json::json!(needed);
     }
     let mut plugins = vec![eniflow];
     plugins.extend(args.cni_chain.as_array().cloned().unwrap_or_default());
@@ -370,7 +414,12 @@ fn write_conflist(args: &PoolArgs) -> Result<()> {
 }
 
 /// Serves the CNI shim on the agent's socket; pods' traffic is forwarded by this namespace.
-async fn serve_cni(ipam: Arc<Ipam>, plane: Arc<Plane>, args: &PoolArgs) -> Result<()> {
+async fn serve_cni(
+    ipam: Arc<Ipam>,
+    plane: Arc<Plane>,
+    args: &PoolArgs,
+    pod_annotations: Option<cni::branch::FromApi>,
+) -> Result<()> {
     std::fs::write("/proc/sys/net/ipv4/ip_forward", b"1")
         .context("enable IPv4 forwarding (net.ipv4.ip_forward) for pod traffic")?;
     let host = datapath::tc::connect().context("open a route netlink socket")?;
@@ -378,7 +427,11 @@ async fn serve_cni(ipam: Arc<Ipam>, plane: Arc<Plane>, args: &PoolArgs) -> Resul
     let branches = cni::branch::BranchPods::open(&branch_pods, args.vlan_cooldown)
         .map_err(anyhow::Error::msg)?;
     plane.set_sg_strict(args.sg_mode == SgMode::Strict)?;
-    let service = cni::server::Service::new(ipam, plane, branches, host, args.veth_prefix.clone());
+    let mut service =
+        cni::server::Service::new(ipam, plane, branches, host, args.veth_prefix.clone());
+    if let Some(from_api) = pod_annotations {
+        service = service.with_pod_annotations(from_api);
+    }
     let released = service.release_unwired().await;
     if released > 0 {
         log::info!("released {released} address(es) of pods deleted while the agent was away");
@@ -394,9 +447,67 @@ async fn serve_cni(ipam: Arc<Ipam>, plane: Arc<Plane>, args: &PoolArgs) -> Resul
     Ok(())
 }
 
+/// The cluster the agent runs in: the API and this node's name there.
+struct Cluster {
+    kube: Arc<Kube>,
+    node: String,
+}
+
+/// The annotation on the Node carrying its effective max pods.
+const MAX_PODS_ANNOTATION: &str = "eniflow.io/max-pods";
+
+impl Cluster {
+    fn from_args(args: &PoolArgs) -> Result<Option<Cluster>> {
+        let Some(server) = kube::server_url(args.kube_api_server.as_deref()) else {
+            return Ok(None);
+        };
+        let node =
+            args.node_name.clone().filter(|n| !n.is_empty()).context(
+                "in a cluster the agent needs its node's name: MY_NODE_NAME (--node-name)",
+            )?;
+        let kube = Kube::new(&server, args.kube_token_file.clone(), &args.kube_ca_file)
+            .map_err(anyhow::Error::msg)?;
+        log::info!("node {node} of the cluster at {server}");
+        Ok(Some(Cluster { kube, node }))
+    }
+
+    fn node_path(&self) -> String {
+        format!("/api/v1/nodes/{}", self.node)
+    }
+
+    /// The node's labels and annotations.
+    async fn node_metadata(&self) -> Result<(BTreeMap<String, String>, BTreeMap<String, String>)> {
+        let node = self
+            .kube
+            .get(&self.node_path())
+            .await
+            .map_err(anyhow::Error::msg)?
+            .with_context(|| format!("node {:?} does not exist in the cluster", self.node))?;
+        Ok((
+            kube::metadata_map(&node, "labels"),
+            kube::metadata_map(&node, "annotations"),
+        ))
+    }
+
+    /// Puts the node's effective max pods on its Node, for whatever configures kubelet from it.
+    async fn publish_max_pods(&self, max_pods: u32) {
+        let patch = serde_json::json!({
+            "metadata": { "annotations": { MAX_PODS_ANNOTATION: max_pods.to_string() } }
+        });
+        match self.kube.merge_patch(&self.node_path(), &patch).await {
+            Ok(_) => log::info!("max pods {max_pods} annotated on node {}", self.node),
+            Err(e) => log::warn!("cannot annotate node {} with max pods: {e}", self.node),
+        }
+    }
+}
+
 /// Reads the instance from IMDS, starts the pool (restoring its checkpoint) and publishes the
 /// node's max pods. Returns the IMDS client too: the ENI watcher reads the ENIs from it.
-async fn start_pool(knobs: ipam::Knobs, args: &PoolArgs) -> Result<(Arc<Ipam>, imds::Client)> {
+async fn start_pool(
+    knobs: ipam::Knobs,
+    args: &PoolArgs,
+    cluster: Option<&Cluster>,
+) -> Result<(Arc<Ipam>, imds::Client)> {
     let imds = instance::client(args.imds_endpoint.as_deref())?;
     let node = Instance::read(&imds).await?;
     let settings = ec2::Settings {
@@ -404,18 +515,11 @@ async fn start_pool(knobs: ipam::Knobs, args: &PoolArgs) -> Result<(Arc<Ipam>, i
         ..Default::default()
     };
     let ec2 = Ec2::connect(&settings, &node.region).await;
-    let labels = eniconfig::parse_pairs(&args.node_labels)
-        .map_err(|e| anyhow::anyhow!("--node-labels: {e}"))?;
-    let annotations = eniconfig::parse_pairs(&args.node_annotations)
-        .map_err(|e| anyhow::anyhow!("--node-annotations: {e}"))?;
-    let custom = eniconfig::resolve(
-        &knobs,
-        args.eni_configs.as_deref(),
-        labels,
-        &annotations,
-        &node.availability_zone,
-    )
-    .map_err(anyhow::Error::msg)?;
+    let custom = if knobs.custom_network {
+        Some(eni_config(&knobs, args, cluster, &node.availability_zone).await?)
+    } else {
+        None
+    };
     let mut config = ipam::Config::new(knobs, args.checkpoint.clone());
     config.custom_network = custom;
     config.create_trunk = args.create_trunk;
@@ -435,7 +539,42 @@ async fn start_pool(knobs: ipam::Knobs, args: &PoolArgs) -> Result<(Arc<Ipam>, i
         "max pods {max_pods} (written to {})",
         args.max_pods_file.display()
     );
+    if let Some(cluster) = cluster {
+        cluster.publish_max_pods(max_pods).await;
+    }
     Ok((Arc::new(pool), imds))
+}
+
+/// Custom networking's ENIConfig for this node, chosen by the node's labels and annotations
+/// (from its Node in a cluster, else the flags) and read from --eni-configs or the cluster.
+async fn eni_config(
+    knobs: &ipam::Knobs,
+    args: &PoolArgs,
+    cluster: Option<&Cluster>,
+    zone: &str,
+) -> Result<eniconfig::EniConfig> {
+    let (labels, annotations) = match cluster {
+        Some(cluster) => cluster.node_metadata().await?,
+        None => (
+            eniconfig::parse_pairs(&args.node_labels)
+                .map_err(|e| anyhow::anyhow!("--node-labels: {e}"))?,
+            eniconfig::parse_pairs(&args.node_annotations)
+                .map_err(|e| anyhow::anyhow!("--node-annotations: {e}"))?,
+        ),
+    };
+    let name = eniconfig::chosen_for_node(knobs, labels, &annotations, zone);
+    let config = match (&args.eni_configs, cluster) {
+        (Some(file), _) => eniconfig::from_file(file, &name),
+        (None, Some(cluster)) => eniconfig::from_api(&cluster.kube, &name).await,
+        (None, None) => Err("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG=true needs the ENIConfigs: the Kubernetes API in a cluster, else --eni-configs (ENIFLOW_ENI_CONFIGS)".into()),
+    }
+    .map_err(anyhow::Error::msg)?;
+    log::info!(
+        "custom networking: ENIConfig {} (subnet {})",
+        config.name,
+        config.subnet
+    );
+    Ok(config)
 }
 
 /// Writes `path` through a temporary file and a rename: readers see the old or the new text.

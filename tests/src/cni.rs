@@ -49,6 +49,11 @@ impl PodNode {
     /// A lab of `spec`, the agent with more `run` arguments and environment (pool knobs).
     pub async fn start_custom(spec: LabSpec, extra: &[&str], env: &[(&str, &str)]) -> PodNode {
         let lab = Lab::start(spec).await.unwrap_or_else(|e| panic!("{e}"));
+        PodNode::on_lab(lab, extra, env).await
+    }
+
+    /// The agent on a running lab (for what must exist before it starts: a Kubernetes API).
+    pub async fn on_lab(lab: Lab, extra: &[&str], env: &[(&str, &str)]) -> PodNode {
         let files = PoolFiles::new("cni-pods");
         let root = bpffs_dir("cni-pods");
         let mut node = PodNode {

@@ -8,6 +8,7 @@ pub mod bpftool;
 pub mod cni;
 pub mod dataplane;
 pub mod hooks;
+pub mod kube;
 pub mod lab;
 pub mod netns;
 pub mod raw;

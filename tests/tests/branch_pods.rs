@@ -17,7 +17,8 @@ use eniflow_tests::{
     bpftool,
     cni::{address, pings, pod_args, Answer, PodNode as Node},
     dataplane::{dnat, Taps},
-    lab::{internet, LabSpec},
+    kube::KubeApi,
+    lab::{internet, Lab, LabSpec},
     netns::Netns,
     raw::{self, UdpFrame},
     require_root,
@@ -35,6 +36,12 @@ async fn node_with_trunk(mode: &str) -> (Node, String, String) {
         ],
     )
     .await;
+    wait_for_trunk(node).await
+}
+
+/// Once the agent's trunk is attached and in the data plane: the node, the trunk's id and its
+/// interface.
+async fn wait_for_trunk(node: Node) -> (Node, String, String) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let trunk = node.lab.view()["enis"]
@@ -421,4 +428,142 @@ async fn a_frame_on_a_foreign_vlan_passes_the_trunk_untouched() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A pod object as the API holds it after the resource controller's webhook: `branch` pods'
+/// container asks for a branch ENI.
+fn pod_object(name: &str, branch: bool) -> String {
+    let resources = if branch {
+        json!({ "limits": { "vpc.amazonaws.com/pod-eni": "1" } })
+    } else {
+        json!({})
+    };
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name, "namespace": "default" },
+        "spec": {
+            "automountServiceAccountToken": false,
+            "containers": [{ "name": "c", "image": "busybox", "resources": resources }],
+        },
+    })
+    .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_cluster_the_annotation_is_read_from_the_api_and_waited_for() {
+    require_root();
+    let lab = Lab::start(LabSpec::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let kube = KubeApi::with_node(&lab.node.netns, json!({"metadata": {"name": "lab-node"}}));
+    // The service account controller is not running: the namespace's default account is made
+    // here, as it would have made it.
+    kube.create(
+        "/api/v1/namespaces/default/serviceaccounts",
+        r#"{"metadata":{"name":"default"}}"#,
+    );
+    let mut args = kube.agent_args("lab-node");
+    args.push("--create-trunk".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let wait = 4;
+    let node = Node::on_lab(
+        lab,
+        &args,
+        &[
+            ("ENABLE_POD_ENI", "true"),
+            ("POD_SECURITY_GROUP_ENFORCING_MODE", "standard"),
+            ("ENIFLOW_POD_ENI_WAIT", &wait.to_string()),
+        ],
+    )
+    .await;
+    let (node, trunk, _) = wait_for_trunk(node).await;
+
+    // The resource controller annotates the pod 2 s after kubelet's runtime calls ADD (whose
+    // runtimeConfig therefore carries no annotation): the one ADD waits and succeeds.
+    kube.create(
+        "/api/v1/namespaces/default/pods",
+        &pod_object("sg-late", true),
+    );
+    let branch = node
+        .lab
+        .create_branch_eni(&trunk, 41, &node.lab.security_groups)
+        .await;
+    let annotation = node.lab.pod_eni_annotation(&[&branch]);
+    let late = Netns::new("sgpod");
+    let started = Instant::now();
+    let added = std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_secs(2));
+            let patch =
+                json!({"metadata": {"annotations": {"vpc.amazonaws.com/pod-eni": annotation}}});
+            let (status, answer) = kube.call(
+                "PATCH",
+                "/api/v1/namespaces/default/pods/sg-late",
+                Some(&patch.to_string()),
+            );
+            assert_eq!(status, 200, "annotate: {answer}");
+        });
+        node.cni(
+            "ADD",
+            "c-sg-late",
+            Some(&late),
+            "eth0",
+            &pod_args("sg-late"),
+        )
+    });
+    assert!(added.ok, "the first ADD failed: {}", added.json);
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "the ADD answered before the annotation existed"
+    );
+    let entry: Value = serde_json::from_str(&annotation).unwrap();
+    assert_eq!(
+        address(&added),
+        entry[0]["privateIp"],
+        "not the branch ENI's address"
+    );
+    assert!(
+        pings(&late, &node.lab.hosts[0].primary_ip),
+        "the late-annotated branch pod reaches a host"
+    );
+
+    // Never annotated: after the wait, a retryable error saying it is the expected race, and
+    // nothing of the pod left.
+    kube.create(
+        "/api/v1/namespaces/default/pods",
+        &pod_object("sg-never", true),
+    );
+    let (veths, allocations) = (node.host_veths().len(), node.allocations());
+    let never = Netns::new("sgpod");
+    let started = Instant::now();
+    let refused = node.cni(
+        "ADD",
+        "c-sg-never",
+        Some(&never),
+        "eth0",
+        &pod_args("sg-never"),
+    );
+    assert!(!refused.ok);
+    assert_eq!(refused.json["code"], 11, "{}", refused.json);
+    let msg = refused.json["msg"].as_str().unwrap();
+    assert!(
+        msg.contains("sg-never") && msg.contains("expected race"),
+        "{msg}"
+    );
+    assert!(started.elapsed() >= Duration::from_secs(wait), "no wait");
+    assert_eq!(node.host_veths().len(), veths, "a veth was left");
+    assert_eq!(node.allocations(), allocations, "an address was taken");
+
+    // A pod that asks for no branch ENI gets a pool address.
+    kube.create(
+        "/api/v1/namespaces/default/pods",
+        &pod_object("plain", false),
+    );
+    let plain = Netns::new("pod");
+    let added = node.cni("ADD", "c-plain", Some(&plain), "eth0", &pod_args("plain"));
+    assert!(added.ok, "{}", added.json);
+    assert_ne!(address(&added), entry[0]["privateIp"]);
+    assert_eq!(node.allocations(), allocations + 1, "not from the pool");
+    assert!(pings(&plain, &node.lab.hosts[0].primary_ip));
 }

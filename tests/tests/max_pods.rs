@@ -141,3 +141,26 @@ fn max_pods_names_what_is_wrong() {
         assert!(stderr.contains(named), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn security_groups_for_pods_cost_one_enis_worth_of_addresses_on_every_type() {
+    // Uncapped, so the instance's own figure shows: the trunk takes one ENI, and with it the
+    // ENI's addresses but its primary (VPC CNI's calculator counts that ENI for pods).
+    for name in [
+        "t3.medium",
+        "m6i.large",
+        "m5.4xlarge",
+        "c5.18xlarge",
+        "r6i.32xlarge",
+    ] {
+        let figure = |extra: &[&str]| {
+            let mut args = vec!["--instance-type", name, "--uncapped"];
+            args.extend_from_slice(extra);
+            let (ok, stdout, stderr) = max_pods(&args);
+            assert!(ok, "{args:?}: {stderr}");
+            stdout.parse::<u32>().unwrap()
+        };
+        let per_eni = limits::bundled(name).unwrap().ipv4_per_eni;
+        assert_eq!(figure(&[]) - figure(&["--pod-eni"]), per_eni - 1, "{name}");
+    }
+}

@@ -25,6 +25,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     // ... and what builds cnitool, the CNI project's reference client, from Debian's source.
     "golang-go",
     "golang-github-appc-cni-dev",
+    // kube-apiserver's vendored reflect2 1.0.1 crashes on Go >= 1.18; Debian's 1.0.2 replaces it.
+    "golang-github-modern-go-reflect2-dev",
     // containerd's CRI (what kubelet drives) and podman, with runc; busybox is the workload.
     "containerd",
     "runc",
@@ -67,6 +69,10 @@ const STEPS: &[Step] = &[
     Step {
         name: "cnitool",
         run: cnitool,
+    },
+    Step {
+        name: "kube-apiserver and etcd",
+        run: kube_apiserver,
     },
     Step {
         name: "lab Python venv",
@@ -241,10 +247,7 @@ fn cnitool() -> Result<Outcome> {
         "-qq",
         CNITOOL_SOURCE_PACKAGE,
     ]))?;
-    let tarball = fs::read_dir(&work)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.to_string_lossy().ends_with(".orig.tar.xz"))
-        .context("the source package has no .orig.tar.xz")?;
+    let tarball = find_file(&work, ".orig.tar.xz")?;
     run(Command::new("tar")
         .arg("-xJf")
         .arg(&tarball)
@@ -265,6 +268,155 @@ fn cnitool() -> Result<Outcome> {
         .env("GOCACHE", work.join("gocache")))?;
     fs::remove_dir_all(&work)?;
     Ok(Outcome::Installed)
+}
+
+/// The Debian source package whose orig tarball carries kube-apiserver and its vendored modules.
+const KUBERNETES_SOURCE_PACKAGE: &str = "kubernetes";
+
+/// Where golang-github-modern-go-reflect2-dev puts its source.
+const REFLECT2_SOURCE: &str = "/usr/share/gocode/src/github.com/modern-go/reflect2";
+
+/// The lab's Kubernetes API (the agent's cluster side: nodes, pods, ENIConfigs) is a real
+/// kube-apiserver on a real etcd. No registry carries either binary, so kube-apiserver is built
+/// from Debian's `kubernetes` source package with Debian's Go (GOPATH mode, offline, after
+/// generating the one file the tarball lacks) and etcd is unpacked from Debian's etcd-server.
+fn kube_apiserver() -> Result<Outcome> {
+    let bin = home().join(".cache/eniflow/bin");
+    let (apiserver, etcd) = (bin.join("kube-apiserver"), bin.join("etcd"));
+    if apiserver.exists() && etcd.exists() {
+        return Ok(Outcome::Present);
+    }
+    fs::create_dir_all(&bin)?;
+    let work = home().join(".cache/eniflow/kubernetes-src");
+    if !etcd.exists() {
+        println!("    etcd: apt-get download etcd-server + dpkg -x");
+        let root = unpack_deb(&work, "main", "etcd-server")?;
+        fs::copy(root.join("usr/bin/etcd"), &etcd).context("copy etcd out of etcd-server")?;
+    }
+    if !apiserver.exists() {
+        let _ = fs::remove_dir_all(&work);
+        let apt = private_apt(&work, "deb-src", "main")?;
+        println!(
+            "    kube-apiserver: apt-get source {KUBERNETES_SOURCE_PACKAGE} + go build (about 6 minutes)"
+        );
+        run(&mut apt(&["update", "-qq"]))?;
+        run(&mut apt(&[
+            "source",
+            "--download-only",
+            "-qq",
+            KUBERNETES_SOURCE_PACKAGE,
+        ]))?;
+        let tarball = find_file(&work, ".orig.tar.gz")?;
+        let source = work.join("gopath/src/k8s.io/kubernetes");
+        fs::create_dir_all(&source)?;
+        run(Command::new("tar")
+            .arg("-xf")
+            .arg(&tarball)
+            .arg("--strip-components=1")
+            .arg("-C")
+            .arg(&source))?;
+        let go = |args: &[&str]| {
+            let mut cmd = Command::new("go");
+            cmd.args(args)
+                .current_dir(&source)
+                .env("GO111MODULE", "off")
+                .env("CGO_ENABLED", "0")
+                .env("GOPATH", work.join("gopath"))
+                .env("GOCACHE", work.join("gocache"));
+            cmd
+        };
+        // Vendored reflect2 1.0.1 reads Go's map internals as they were before Go 1.18: the API
+        // server would panic decoding any object with a map (labels). Debian's 1.0.2 is fixed.
+        let reflect2 = source.join("vendor/github.com/modern-go/reflect2");
+        fs::remove_dir_all(&reflect2)?;
+        run(Command::new("cp")
+            .arg("-rL")
+            .arg(REFLECT2_SOURCE)
+            .arg(&reflect2))?;
+        // The tarball lacks pkg/generated/openapi, which `make` generates from these markers.
+        let openapi_gen = work.join("openapi-gen");
+        run(go(&["build", "-o"])
+            .arg(&openapi_gen)
+            .arg("./vendor/k8s.io/kube-openapi/cmd/openapi-gen"))?;
+        let inputs = openapi_inputs(&source)?;
+        run(Command::new(&openapi_gen)
+            .arg("-i")
+            .arg(inputs.join(","))
+            .args([
+                "-p",
+                "k8s.io/kubernetes/pkg/generated/openapi",
+                "-O",
+                "zz_generated.openapi",
+                "-h",
+                "vendor/k8s.io/code-generator/hack/boilerplate.go.txt",
+                // Upstream's known API-rule violations, listed instead of printed.
+                "--report-filename",
+                "violations.txt",
+                "-o",
+            ])
+            .arg(work.join("gopath/src"))
+            .current_dir(&source)
+            .env("GOPATH", work.join("gopath"))
+            .env("GO111MODULE", "off"))?;
+        run(go(&["build", "-o"])
+            .arg(&apiserver)
+            .arg("./cmd/kube-apiserver"))?;
+    }
+    fs::remove_dir_all(&work)?;
+    Ok(Outcome::Installed)
+}
+
+/// The Go packages carrying `+k8s:openapi-gen=` markers, as openapi-gen's `-i` wants them.
+fn openapi_inputs(source: &Path) -> Result<Vec<String>> {
+    let out = capture(
+        Command::new("grep")
+            .args([
+                "-Rl",
+                "--include=*.go",
+                "+k8s:openapi-gen=",
+                "pkg",
+                "cmd",
+                "vendor/k8s.io",
+            ])
+            .current_dir(source),
+    )
+    .context("cannot run grep")?;
+    let mut dirs: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|file| {
+            !file.starts_with("vendor/k8s.io/code-generator/")
+                && !file.starts_with("vendor/k8s.io/sample-apiserver/")
+        })
+        .filter_map(|file| Path::new(file).parent())
+        .map(|dir| format!("k8s.io/kubernetes/{}", dir.display()))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    if dirs.is_empty() {
+        bail!("no +k8s:openapi-gen= markers in {}", source.display());
+    }
+    Ok(dirs)
+}
+
+/// Downloads Debian's `package` (bookworm `component`) into a fresh `work` through a private
+/// list and unpacks it, not installing it; returns the unpacked root.
+fn unpack_deb(work: &Path, component: &str, package: &str) -> Result<PathBuf> {
+    let _ = fs::remove_dir_all(work);
+    let apt = private_apt(work, "deb", component)?;
+    run(&mut apt(&["update", "-qq"]))?;
+    run(&mut apt(&["download", "-qq", package]))?;
+    let deb = find_file(work, ".deb")?;
+    let root = work.join("root");
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+    Ok(root)
+}
+
+/// The one file in `dir` whose name ends with `suffix`.
+fn find_file(dir: &Path, suffix: &str) -> Result<PathBuf> {
+    fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.to_string_lossy().ends_with(suffix))
+        .with_context(|| format!("no *{suffix} in {}", dir.display()))
 }
 
 /// apt-get with a sources list of its own (one bookworm line of `kind` and `component`) and
@@ -310,21 +462,12 @@ pub fn netperf() -> Result<PathBuf> {
         return Ok(bin);
     }
     let work = home().join(".cache/eniflow/netperf-deb");
-    let _ = fs::remove_dir_all(&work);
-    let apt = private_apt(&work, "deb", "non-free")?;
     println!("    netperf: apt-get download netperf (bookworm non-free) + dpkg -x");
-    run(&mut apt(&["update", "-qq"]))?;
-    run(&mut apt(&["download", "-qq", "netperf"]))?;
-    let deb = fs::read_dir(&work)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "deb"))
-        .context("apt-get download left no netperf .deb")?;
-    let unpacked = work.join("root");
-    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked))?;
+    let unpacked = unpack_deb(&work, "non-free", "netperf")?;
     fs::create_dir_all(&bin)?;
     for tool in ["netperf", "netserver"] {
         fs::copy(unpacked.join("usr/bin").join(tool), bin.join(tool))
-            .with_context(|| format!("copy {tool} out of {}", deb.display()))?;
+            .with_context(|| format!("copy {tool} out of the netperf package"))?;
     }
     fs::remove_dir_all(&work)?;
     Ok(bin)

@@ -45,6 +45,11 @@ pub fn from_config(config: &Value) -> Result<Option<Branch>, String> {
     let text = text
         .as_str()
         .ok_or_else(|| format!("annotation {ANNOTATION} is not a string: {text}"))?;
+    parse_annotation(text).map(Some)
+}
+
+/// The first branch ENI the annotation's text names, checked field by field.
+pub fn parse_annotation(text: &str) -> Result<Branch, String> {
     let list: Value = serde_json::from_str(text)
         .map_err(|e| format!("annotation {ANNOTATION} is not JSON ({e}): {text:?}"))?;
     let first = list
@@ -79,13 +84,94 @@ pub fn from_config(config: &Value) -> Result<Option<Branch>, String> {
     let cidr_text = string("subnetCidr")?;
     let subnet = crate::eni_links::parse_cidr(cidr_text)
         .ok_or_else(|| field_error("subnetCidr", format!("{cidr_text:?} is not an IPv4 CIDR")))?;
-    Ok(Some(Branch {
+    Ok(Branch {
         eni_id: eni_id.to_owned(),
         mac,
         ipv4,
         vlan: vlan as u16,
         subnet,
-    }))
+    })
+}
+
+/// The extended resource the VPC resource controller's webhook adds to the containers of a pod
+/// that its SecurityGroupPolicy matches: such a pod needs a branch ENI.
+pub const RESOURCE: &str = "vpc.amazonaws.com/pod-eni";
+
+/// Pods' branch ENIs read from the Kubernetes API: the controller annotates a pod shortly after
+/// it is scheduled, and the runtime may have read the pod's annotations before that.
+pub struct FromApi {
+    kube: std::sync::Arc<crate::kube::Kube>,
+    /// How long an ADD waits for the annotation of a pod that needs a branch ENI.
+    wait: Duration,
+}
+
+/// How often the pod is read again while its annotation is awaited.
+const POLL: Duration = Duration::from_millis(250);
+
+impl FromApi {
+    pub fn new(kube: std::sync::Arc<crate::kube::Kube>, wait: Duration) -> FromApi {
+        FromApi { kube, wait }
+    }
+
+    /// The branch ENI of pod `namespace/name`: `None` if it needs none. A pod that requests one
+    /// and is not annotated yet is read again until the annotation comes or the wait ends.
+    /// Errors are (CNI code, message).
+    pub async fn branch(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Branch>, (u32, String)> {
+        use eniflow_api::cni_errors::{INVALID_CONFIG, TRY_AGAIN_LATER};
+        let path = format!("/api/v1/namespaces/{namespace}/pods/{name}");
+        let deadline = std::time::Instant::now() + self.wait;
+        loop {
+            // Unreadable, the pod might need its security groups: wiring it without them would
+            // be wrong, so the ADD is retried.
+            let pod = self.kube.get(&path).await.map_err(|e| {
+                (
+                    TRY_AGAIN_LATER,
+                    format!(
+                        "pod {namespace}/{name}: whether it needs a branch ENI is unknown: {e}"
+                    ),
+                )
+            })?;
+            let Some(pod) = pod else {
+                return Ok(None); // not a pod of this cluster (a bare runtime's sandbox)
+            };
+            let annotations = crate::kube::metadata_map(&pod, "annotations");
+            if let Some(text) = annotations.get(ANNOTATION) {
+                return parse_annotation(text)
+                    .map(Some)
+                    .map_err(|e| (INVALID_CONFIG, format!("pod {namespace}/{name}: {e}")));
+            }
+            if !requests_branch(&pod) {
+                return Ok(None);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err((
+                    TRY_AGAIN_LATER,
+                    format!(
+                        "pod {namespace}/{name} requests {RESOURCE} but has no {ANNOTATION} annotation after {:?}: the VPC resource controller annotates such pods shortly after scheduling, so this is the expected race, not a fault; the runtime retries the ADD",
+                        self.wait
+                    ),
+                ));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+/// Whether any container of `pod` requests or is limited to a branch ENI.
+fn requests_branch(pod: &Value) -> bool {
+    ["containers", "initContainers"]
+        .iter()
+        .filter_map(|list| pod["spec"][list].as_array())
+        .flatten()
+        .any(|c| {
+            ["requests", "limits"]
+                .iter()
+                .any(|kind| c["resources"][kind].get(RESOURCE).is_some())
+        })
 }
 
 /// A pod wired on a branch ENI.
@@ -230,6 +316,21 @@ impl BranchPods {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pod_needs_a_branch_when_a_container_asks_for_one() {
+        let pod = |resources: Value| serde_json::json!({"spec": {"containers": [{"name": "a"}, {"name": "b", "resources": resources}]}});
+        assert!(requests_branch(&pod(
+            serde_json::json!({"limits": {RESOURCE: "1"}})
+        )));
+        assert!(requests_branch(&pod(
+            serde_json::json!({"requests": {RESOURCE: "1"}})
+        )));
+        assert!(!requests_branch(&pod(
+            serde_json::json!({"limits": {"cpu": "1"}})
+        )));
+        assert!(!requests_branch(&serde_json::json!({"spec": {}})));
+    }
     use serde_json::json;
 
     fn config(annotation: &str) -> Value {

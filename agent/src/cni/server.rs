@@ -32,6 +32,9 @@ use crate::{
     ipam::{Ipam, IpamError, Owner, PoolError},
 };
 
+/// How long an ADD waits for the ENI of the address it took to be set up on the node.
+const ENI_READY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The CNI service.
 pub struct Service {
     ipam: Arc<Ipam>,
@@ -40,6 +43,8 @@ pub struct Service {
     host: Handle,
     /// AWS_VPC_K8S_CNI_VETHPREFIX: host veth names start with it.
     veth_prefix: String,
+    /// In a cluster with ENABLE_POD_ENI: pods' branch ENIs the runtime did not pass.
+    pod_annotations: Option<branch::FromApi>,
 }
 
 impl Service {
@@ -56,7 +61,14 @@ impl Service {
             branches,
             host,
             veth_prefix,
+            pod_annotations: None,
         }
+    }
+
+    /// Reads a pod's branch ENI from the Kubernetes API when its runtimeConfig names none.
+    pub fn with_pod_annotations(mut self, from_api: branch::FromApi) -> Service {
+        self.pod_annotations = Some(from_api);
+        self
     }
 }
 
@@ -152,8 +164,16 @@ impl Service {
                 ),
             ));
         }
-        let branch = branch::from_config(&r.config)
+        let mut branch = branch::from_config(&r.config)
             .map_err(|e| CniError::new(cni_errors::INVALID_CONFIG, e))?;
+        if let (None, Some(from_api), false) =
+            (&branch, &self.pod_annotations, r.pod_name.is_empty())
+        {
+            branch = from_api
+                .branch(&r.pod_namespace, &r.pod_name)
+                .await
+                .map_err(|(code, msg)| CniError::new(code, msg))?;
+        }
         if let Some(branch) = branch {
             return self.add_branch(r, branch).await;
         }
@@ -163,6 +183,25 @@ impl Service {
             .ipam
             .assign(&owner, (&r.pod_namespace, &r.pod_name))
             .map_err(pool_error)?;
+        // An address of an ENI attached moments ago: its interface (or IMDS's word on it) may
+        // lag the attach, and until the watcher has set the ENI up the pod's packets could not
+        // leave by it.
+        if !self
+            .plane
+            .wait_for_eni(&allocation.eni, ENI_READY_WAIT)
+            .await
+        {
+            if !repeated {
+                let _ = self.ipam.release(&owner);
+            }
+            return Err(CniError::new(
+                cni_errors::TRY_AGAIN_LATER,
+                format!(
+                    "{} belongs to ENI {}, which is not set up on the node after {ENI_READY_WAIT:?} (its interface or IMDS lags the attach); retry",
+                    allocation.ipv4, allocation.eni
+                ),
+            ));
+        }
         let pod = self.pod(
             r,
             &allocation.pod_namespace,

@@ -9,6 +9,8 @@ use super::{BranchLink, Datapath, DatapathError, EniPort, Forwarding, PodPort};
 pub struct Plane {
     datapath: tokio::sync::Mutex<Datapath>,
     forwarding: Mutex<Forwarding>,
+    /// Woken whenever the watcher updates the ENI table.
+    enis_changed: tokio::sync::Notify,
 }
 
 /// A pod the agent knows from its checkpoint, with its host veth's name.
@@ -25,6 +27,7 @@ impl Plane {
         Ok(Plane {
             datapath: tokio::sync::Mutex::new(datapath),
             forwarding: Mutex::new(forwarding),
+            enis_changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -79,6 +82,7 @@ impl Plane {
             forwarding.set_destinations(vpc_cidrs, &node_addrs)?;
             forwarding.set_enis(enis)?
         };
+        self.enis_changed.notify_waiters();
         // A detached ENI's interface is gone, and its programs with it: its records and link
         // pins go too (an interface that is still there keeps what is attached to it).
         for ifindex in gone {
@@ -88,6 +92,22 @@ impl Plane {
             }
         }
         Ok(())
+    }
+
+    /// Waits until ENI `id` is in the ENI table (its interface found and set up), at most
+    /// `limit`; false if it is not by then.
+    pub async fn wait_for_eni(&self, id: &str, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            // Made before the check: a table update in between still wakes it.
+            let changed = self.enis_changed.notified();
+            if self.forwarding().enis().any(|e| e.id == id) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return false;
+            }
+        }
     }
 
     /// The trunk ENI, once the watcher has reported one.

@@ -105,40 +105,47 @@ pub fn chosen_name(
         .unwrap_or_else(|| DEFAULT_NAME.to_owned())
 }
 
-/// The node's ENIConfig when custom networking is on: read from `file`, chosen by the node's
-/// labels (the zone label added from `zone` when absent, as kubelet sets it) and annotations.
-pub fn resolve(
+/// The ENIConfig name for the node, from its labels (the zone label added from `zone` when
+/// absent, as kubelet sets it) and annotations.
+pub fn chosen_for_node(
     knobs: &super::Knobs,
-    file: Option<&Path>,
     mut labels: BTreeMap<String, String>,
     annotations: &BTreeMap<String, String>,
     zone: &str,
-) -> Result<Option<EniConfig>, String> {
-    if !knobs.custom_network {
-        return Ok(None);
-    }
-    let file = file.ok_or(
-        "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG=true needs the ENIConfigs: --eni-configs (ENIFLOW_ENI_CONFIGS)",
-    )?;
+) -> String {
     labels
         .entry(ZONE_LABEL.into())
         .or_insert_with(|| zone.to_owned());
-    let name = chosen_name(
+    chosen_name(
         &labels,
         annotations,
         &knobs.eni_config_label,
         &knobs.eni_config_annotation,
-    );
+    )
+}
+
+/// The ENIConfig `name` from `file`.
+pub fn from_file(file: &Path, name: &str) -> Result<EniConfig, String> {
     read(file)?
         .into_iter()
         .find(|c| c.name == name)
-        .map(Some)
         .ok_or_else(|| {
             format!(
                 "ENIConfig {name:?}, chosen for this node, is not in {}",
                 file.display()
             )
         })
+}
+
+/// The cluster's ENIConfig `name` (the CRD VPC CNI defines; deploy/ carries it).
+pub async fn from_api(kube: &crate::kube::Kube, name: &str) -> Result<EniConfig, String> {
+    let path = format!("/apis/crd.k8s.amazonaws.com/v1alpha1/eniconfigs/{name}");
+    let object = kube.get(&path).await?.ok_or_else(|| {
+        format!("ENIConfig {name:?}, chosen for this node, does not exist in the cluster")
+    })?;
+    parse(object.to_string().as_bytes())?
+        .pop()
+        .ok_or_else(|| format!("ENIConfig {name:?}: the API answered no object"))
 }
 
 /// Parses `k=v,k2=v2` (kubelet's --node-labels form).

@@ -1,0 +1,354 @@
+//! A real Kubernetes API for the lab: kube-apiserver on etcd (both built or unpacked from Debian
+//! by `cargo xtask setup`), on the loopback of the lab node's namespace, where the agent reaches
+//! it as it would reach its cluster's. TLS with a CA of the test's own; RBAC on, so the agent
+//! runs with deploy/'s ClusterRole and nothing more. The test drives it with curl as an admin.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::netns::Netns;
+
+const ETCD_PORT: u16 = 23790;
+const API_PORT: u16 = 16443;
+const ADMIN_TOKEN: &str = "lab-admin-token";
+const AGENT_TOKEN: &str = "lab-agent-token";
+/// The agent's service account, as deploy/rbac.yaml binds it.
+const AGENT_USER: &str = "system:serviceaccount:kube-system:eniflow-agent";
+
+pub struct KubeApi {
+    netns: String,
+    dir: PathBuf,
+    etcd: Child,
+    apiserver: Child,
+}
+
+fn bin(name: &str) -> PathBuf {
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    let path = Path::new(&home).join(".cache/eniflow/bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo xtask setup` builds it",
+        path.display()
+    );
+    path
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl KubeApi {
+    /// Starts etcd and kube-apiserver in `netns` and waits until the API is ready.
+    pub fn start(netns: &Netns) -> KubeApi {
+        let dir = std::env::temp_dir().join(crate::unique_name("kube"));
+        std::fs::create_dir_all(&dir).unwrap();
+        // A cluster CA and the API server's certificate for 127.0.0.1, signed by it.
+        openssl(&dir, &["genrsa", "-out", "ca.key", "2048"]);
+        openssl(
+            &dir,
+            &[
+                "req",
+                "-x509",
+                "-new",
+                "-key",
+                "ca.key",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=lab-ca",
+                "-out",
+                "ca.crt",
+            ],
+        );
+        openssl(&dir, &["genrsa", "-out", "server.key", "2048"]);
+        openssl(
+            &dir,
+            &[
+                "req",
+                "-new",
+                "-key",
+                "server.key",
+                "-subj",
+                "/CN=kube-apiserver",
+                "-out",
+                "server.csr",
+            ],
+        );
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(
+            &dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "server.ext",
+                "-out",
+                "server.crt",
+            ],
+        );
+        openssl(&dir, &["genrsa", "-out", "sa.key", "2048"]);
+        std::fs::write(
+            dir.join("tokens.csv"),
+            format!(
+                "{ADMIN_TOKEN},admin,admin,system:masters\n\
+                 {AGENT_TOKEN},{AGENT_USER},agent,system:serviceaccounts\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.join("agent-token"), AGENT_TOKEN).unwrap();
+        let spawn = |program: PathBuf, args: Vec<String>, log: &str| {
+            let log = std::fs::File::create(dir.join(log)).unwrap();
+            Command::new("nsenter")
+                .arg(format!("--net={}", netns.path()))
+                .arg(program)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("start")
+        };
+        let etcd_url = format!("http://127.0.0.1:{ETCD_PORT}");
+        let etcd = spawn(
+            bin("etcd"),
+            vec![
+                format!("--data-dir={}", dir.join("etcd").display()),
+                format!("--listen-client-urls={etcd_url}"),
+                format!("--advertise-client-urls={etcd_url}"),
+                format!("--listen-peer-urls=http://127.0.0.1:{}", ETCD_PORT + 10),
+            ],
+            "etcd.log",
+        );
+        let file = |name: &str| dir.join(name).display().to_string();
+        let apiserver = spawn(
+            bin("kube-apiserver"),
+            vec![
+                format!("--etcd-servers={etcd_url}"),
+                "--bind-address=127.0.0.1".into(),
+                format!("--secure-port={API_PORT}"),
+                format!("--tls-cert-file={}", file("server.crt")),
+                format!("--tls-private-key-file={}", file("server.key")),
+                format!("--token-auth-file={}", file("tokens.csv")),
+                "--authorization-mode=RBAC".into(),
+                format!("--service-account-key-file={}", file("sa.key")),
+                format!("--service-account-signing-key-file={}", file("sa.key")),
+                "--service-account-issuer=https://eniflow.lab".into(),
+                "--service-cluster-ip-range=10.96.0.0/16".into(),
+                format!("--cert-dir={}", file("certs")),
+            ],
+            "kube-apiserver.log",
+        );
+        let api = KubeApi {
+            netns: netns.path(),
+            dir,
+            etcd,
+            apiserver,
+        };
+        api.wait_ready();
+        api
+    }
+
+    /// Starts the API in `netns` with deploy/'s manifests applied and `node` (a Node object) in it.
+    pub fn with_node(netns: &Netns, node: Value) -> KubeApi {
+        let api = KubeApi::start(netns);
+        api.apply_deploy_manifests();
+        api.create("/api/v1/nodes", &node.to_string());
+        api
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            // The default namespace is made by the API server's own bootstrap, last.
+            let answer = self.curl("GET", "/api/v1/namespaces/default", None);
+            if matches!(answer, Ok((200, _))) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kube-apiserver not ready in 120 s; its log: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("kube-apiserver.log")).unwrap_or_default();
+        log.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    }
+
+    /// The agent's flags for this API, as the service account `eniflow-agent` on node `node`.
+    pub fn agent_args(&self, node: &str) -> Vec<String> {
+        vec![
+            "--kube-api-server".into(),
+            format!("https://127.0.0.1:{API_PORT}"),
+            "--kube-token-file".into(),
+            self.dir.join("agent-token").display().to_string(),
+            "--kube-ca-file".into(),
+            self.dir.join("ca.crt").display().to_string(),
+            "--node-name".into(),
+            node.into(),
+        ]
+    }
+
+    /// An admin's request (curl, inside the namespace): the status and the JSON answer.
+    /// `body` is JSON or YAML (`---`-free), sent with the content type `method` wants.
+    pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        self.curl(method, path, body)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn curl(&self, method: &str, path: &str, body: Option<&str>) -> Result<(u16, Value), String> {
+        let content_type = match (method, body) {
+            ("PATCH", _) => "application/merge-patch+json",
+            (_, Some(b)) if b.trim_start().starts_with('{') => "application/json",
+            _ => "application/yaml",
+        };
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.netns))
+            .args([
+                "curl",
+                "--http1.1",
+                "-sS",
+                "--max-time",
+                "10",
+                "-o",
+                "-",
+                "-w",
+                "\n%{http_code}",
+            ])
+            .arg("--cacert")
+            .arg(self.dir.join("ca.crt"))
+            .args(["-H", &format!("Authorization: Bearer {ADMIN_TOKEN}")])
+            .args(["-H", &format!("Content-Type: {content_type}")])
+            .args(["-X", method])
+            .arg(format!("https://127.0.0.1:{API_PORT}{path}"));
+        if let Some(body) = body {
+            cmd.args(["--data-binary", body]);
+        }
+        let out = cmd.output().expect("run curl");
+        if !out.status.success() {
+            return Err(format!(
+                "curl {method} {path}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (json, status) = text.trim_end().rsplit_once('\n').unwrap_or(("", &text));
+        Ok((
+            status.trim().parse().unwrap_or(0),
+            serde_json::from_str(json).unwrap_or(Value::Null),
+        ))
+    }
+
+    /// Creates an object (JSON or one YAML document) in the collection at `path`.
+    pub fn create(&self, path: &str, object: &str) -> Value {
+        let (status, answer) = self.call("POST", path, Some(object));
+        assert!(
+            status == 201 || status == 200,
+            "POST {path}: {status} {answer}"
+        );
+        answer
+    }
+
+    /// Applies deploy/'s manifests the agent needs in a cluster (its RBAC, the ENIConfig CRD),
+    /// each document to the collection its kind belongs to.
+    pub fn apply_deploy_manifests(&self) {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        for file in ["rbac.yaml", "eniconfig-crd.yaml"] {
+            let text = std::fs::read_to_string(deploy.join(file)).unwrap();
+            for doc in text.split("\n---\n").filter(|d| d.contains("kind:")) {
+                let kind = doc
+                    .lines()
+                    .find_map(|l| l.strip_prefix("kind: "))
+                    .unwrap_or_else(|| panic!("{file}: a document without a top-level kind"));
+                let path = match kind.trim() {
+                    "ServiceAccount" => "/api/v1/namespaces/kube-system/serviceaccounts",
+                    "ClusterRole" => "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+                    "ClusterRoleBinding" => {
+                        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"
+                    }
+                    "CustomResourceDefinition" => {
+                        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+                    }
+                    other => panic!("{file}: no collection known for kind {other}"),
+                };
+                self.create(path, doc);
+            }
+        }
+    }
+
+    /// Creates an ENIConfig, retrying while its CRD is being established.
+    pub fn create_eni_config(&self, name: &str, subnet: &str) {
+        let object = serde_json::json!({
+            "apiVersion": "crd.k8s.amazonaws.com/v1alpha1",
+            "kind": "ENIConfig",
+            "metadata": { "name": name },
+            "spec": { "subnet": subnet },
+        })
+        .to_string();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, answer) = self.call(
+                "POST",
+                "/apis/crd.k8s.amazonaws.com/v1alpha1/eniconfigs",
+                Some(&object),
+            );
+            if status == 201 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ENIConfig {name}: {status} {answer}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// An object's annotations.
+    pub fn annotations(&self, path: &str) -> Value {
+        let (status, object) = self.call("GET", path, None);
+        assert_eq!(status, 200, "GET {path}: {object}");
+        object["metadata"]["annotations"].clone()
+    }
+}
+
+impl Drop for KubeApi {
+    fn drop(&mut self) {
+        for child in [&mut self.apiserver, &mut self.etcd] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::env::var_os("ENIFLOW_KEEP_KUBE").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
