@@ -577,14 +577,10 @@ async fn eni_config(
     Ok(config)
 }
 
-/// Writes `path` through a temporary file and a rename: readers see the old or the new text.
+/// Readers (kubelet's tooling, the runtime) see the old text or the new, never a torn one.
 fn write_atomically(path: &Path, text: &[u8]) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-    }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).with_context(|| format!("write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))
+    ipam::checkpoint::write_atomically(path, text)
+        .with_context(|| format!("write {}", path.display()))
 }
 
 fn status(pins: &Pins) -> Result<()> {

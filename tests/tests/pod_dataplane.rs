@@ -71,31 +71,25 @@ fn on_device(pods: &[Pod], index: u64) -> &Pod {
         .unwrap_or_else(|| panic!("no pod on the ENI at device index {index}"))
 }
 
-/// `node_with_pods`, once the data plane routes the secondary-ENI pod by its ENI; that pod is
+/// `node_with_pods`, its secondary-ENI pod checked to be routed by its ENI; that pod is
 /// `on_device(&pods, 1)`.
 async fn node_with_secondary_pod() -> (Node, Vec<Pod>) {
     let (node, pods) = node_with_pods().await;
-    wait_for_eni(&node, on_device(&pods, 1)).await;
+    assert_on_its_eni(&node, on_device(&pods, 1));
     (node, pods)
 }
 
-/// Waits until the data plane routes `pod` by its ENI (the watcher found the ENI's interface).
-async fn wait_for_eni(node: &Node, pod: &Pod) {
+/// The data plane routes `pod` by its ENI as soon as its ADD answers (ADD waits for a new
+/// ENI to be set up on the node).
+fn assert_on_its_eni(node: &Node, pod: &Pod) {
     let eth = format!("eth{}", pod.device_index);
     let want = node.lab.node.netns.ifindex(&eth);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let entry = node.pod_entry(&pod.ip);
-        if entry.as_ref().is_some_and(|e| e["eni_ifindex"] == want) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} never got {eth} (ifindex {want}) as its ENI: {entry:?}",
-            pod.ip
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let entry = node.pod_entry(&pod.ip);
+    assert!(
+        entry.as_ref().is_some_and(|e| e["eni_ifindex"] == want),
+        "{} does not have {eth} (ifindex {want}) as its ENI: {entry:?}",
+        pod.ip
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -104,8 +98,8 @@ async fn pods_on_every_eni_reach_the_vpc_and_each_other_without_ip_rules() {
     let (node, pods) = node_with_pods().await;
     let primary = on_device(&pods, 0);
     let secondary = on_device(&pods, 1);
-    wait_for_eni(&node, secondary).await;
-    wait_for_eni(&node, primary).await;
+    assert_on_its_eni(&node, secondary);
+    assert_on_its_eni(&node, primary);
 
     let hosts: Vec<&str> = node
         .lab

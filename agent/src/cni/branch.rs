@@ -8,13 +8,13 @@ use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
     sync::Mutex,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::ipam::Owner;
+use crate::ipam::{now_ms, Owner};
 
 pub const ANNOTATION: &str = "vpc.amazonaws.com/pod-eni";
 pub const POD_ANNOTATIONS: &str = "io.kubernetes.cri.pod-annotations";
@@ -202,13 +202,6 @@ pub struct BranchPods {
     path: PathBuf,
     cooldown: Duration,
     saved: Mutex<Saved>,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
 }
 
 impl BranchPods {

@@ -138,6 +138,11 @@ impl Service {
         }
     }
 
+    /// The host veth name of a pod's container (VPC CNI's naming).
+    fn veth(&self, pod_namespace: &str, pod_name: &str, container_id: &str) -> String {
+        host_veth_name(&self.veth_prefix, pod_namespace, pod_name, container_id)
+    }
+
     fn pod(
         &self,
         r: &Request,
@@ -148,7 +153,7 @@ impl Service {
         Pod {
             netns: r.netns.clone(),
             ifname: r.ifname.clone(),
-            host_veth: host_veth_name(&self.veth_prefix, pod_namespace, pod_name, &r.container_id),
+            host_veth: self.veth(pod_namespace, pod_name, &r.container_id),
             ipv4,
             mtu: r.mtu,
         }
@@ -291,19 +296,9 @@ impl Service {
         }
         let allocation = self.ipam.allocation(&owner);
         let mut veths = BTreeSet::new();
-        veths.insert(host_veth_name(
-            &self.veth_prefix,
-            &r.pod_namespace,
-            &r.pod_name,
-            &r.container_id,
-        ));
+        veths.insert(self.veth(&r.pod_namespace, &r.pod_name, &r.container_id));
         if let Some(a) = &allocation {
-            veths.insert(host_veth_name(
-                &self.veth_prefix,
-                &a.pod_namespace,
-                &a.pod_name,
-                &r.container_id,
-            ));
+            veths.insert(self.veth(&a.pod_namespace, &a.pod_name, &r.container_id));
         }
         self.unwire_and_release(&owner, &veths).await
     }
@@ -313,12 +308,27 @@ impl Service {
         owner: &Owner,
         veths: &BTreeSet<String>,
     ) -> Result<(), CniError> {
+        let addr = self.ipam.allocation(owner).map(|a| a.ipv4);
+        self.unwire(addr, veths, || {
+            self.ipam
+                .release(owner)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .await
+    }
+
+    /// Takes the pod at `addr` out of the maps (first, so nothing is steered into a veth being
+    /// deleted), deletes `veths`, forgets the veth's hooks, then gives back what the pod held
+    /// with `release`. What is already gone is success.
+    async fn unwire(
+        &self,
+        addr: Option<std::net::Ipv4Addr>,
+        veths: &BTreeSet<String>,
+        release: impl FnOnce() -> Result<(), String>,
+    ) -> Result<(), CniError> {
         let mut errors = Vec::new();
-        // Out of the maps first, so nothing is steered into a veth being deleted.
-        let ifindex = self
-            .ipam
-            .allocation(owner)
-            .and_then(|a| self.plane.remove_pod(a.ipv4));
+        let ifindex = addr.and_then(|a| self.plane.remove_pod(a));
         for veth in veths {
             if let Err(e) = plumbing::del(&self.host, veth).await {
                 errors.push(e.to_string());
@@ -327,8 +337,8 @@ impl Service {
         if let Some(ifindex) = ifindex {
             self.plane.forget_interface(ifindex).await;
         }
-        if let Err(e) = self.ipam.release(owner) {
-            errors.push(e.to_string());
+        if let Err(e) = release() {
+            errors.push(e);
         }
         if errors.is_empty() {
             Ok(())
@@ -405,12 +415,7 @@ impl Service {
             if a.owner.network != r.network || valid.contains(&key) {
                 continue;
             }
-            let veth = host_veth_name(
-                &self.veth_prefix,
-                &a.pod_namespace,
-                &a.pod_name,
-                &a.owner.container_id,
-            );
+            let veth = self.veth(&a.pod_namespace, &a.pod_name, &a.owner.container_id);
             log::info!(
                 "GC {}: {} is no longer attached",
                 a.owner.container_id,
@@ -483,28 +488,15 @@ impl Service {
 
     /// Unwires a security-group pod and forgets it (its VLAN starts cooling).
     async fn unwire_branch(&self, held: &BranchPod) -> Result<(), CniError> {
-        let ifindex = self.plane.remove_pod(held.branch.ipv4);
-        let veth = host_veth_name(
-            &self.veth_prefix,
+        let veth = self.veth(
             &held.pod_namespace,
             &held.pod_name,
             &held.owner.container_id,
         );
-        let mut errors = Vec::new();
-        if let Err(e) = plumbing::del(&self.host, &veth).await {
-            errors.push(e.to_string());
-        }
-        if let Some(ifindex) = ifindex {
-            self.plane.forget_interface(ifindex).await;
-        }
-        if let Err(e) = self.branches.remove(&held.owner) {
-            errors.push(e);
-        }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(CniError::new(cni_errors::IO_FAILURE, errors.join("; ")))
-        }
+        self.unwire(Some(held.branch.ipv4), &BTreeSet::from([veth]), || {
+            self.branches.remove(&held.owner).map(|_| ())
+        })
+        .await
     }
 }
 
@@ -535,12 +527,7 @@ impl Service {
     pub async fn release_unwired(&self) -> usize {
         let mut released = 0;
         for a in self.ipam.allocations() {
-            let veth = host_veth_name(
-                &self.veth_prefix,
-                &a.pod_namespace,
-                &a.pod_name,
-                &a.owner.container_id,
-            );
+            let veth = self.veth(&a.pod_namespace, &a.pod_name, &a.owner.container_id);
             if plumbing::exists(&self.host, &veth).await {
                 continue;
             }
@@ -557,8 +544,7 @@ impl Service {
             }
         }
         for held in self.branches.all() {
-            let veth = host_veth_name(
-                &self.veth_prefix,
+            let veth = self.veth(
                 &held.pod_namespace,
                 &held.pod_name,
                 &held.owner.container_id,
@@ -583,20 +569,14 @@ impl Service {
             .into_iter()
             .map(|a| KnownPod {
                 addr: a.ipv4,
-                host_veth: host_veth_name(
-                    &self.veth_prefix,
-                    &a.pod_namespace,
-                    &a.pod_name,
-                    &a.owner.container_id,
-                ),
+                host_veth: self.veth(&a.pod_namespace, &a.pod_name, &a.owner.container_id),
                 eni_id: a.eni,
                 branch: None,
             })
             .collect();
         known.extend(self.branches.all().into_iter().map(|held| KnownPod {
             addr: held.branch.ipv4,
-            host_veth: host_veth_name(
-                &self.veth_prefix,
+            host_veth: self.veth(
                 &held.pod_namespace,
                 &held.pod_name,
                 &held.owner.container_id,

@@ -109,7 +109,8 @@ pub struct Ipam {
     wake: tokio::sync::Notify,
 }
 
-fn now_ms() -> u64 {
+/// Wall-clock milliseconds since the epoch: what the checkpoints record times in.
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
