@@ -151,8 +151,7 @@ async fn prepare(nl: &Handle, ifindex: u32, ifname: &str, eni: &ImdsEni) -> Resu
             Err(e) => return Err(e).with_context(|| format!("add {}/32 to {ifname}", eni.primary)),
         }
     }
-    let path = format!("/proc/sys/net/ipv4/conf/{ifname}/rp_filter");
-    std::fs::write(&path, b"2").with_context(|| format!("write {path}"))?;
+    crate::install::loose_rp_filter(ifname)?;
     Ok(())
 }
 

@@ -6,6 +6,7 @@ pub mod cni;
 pub mod datapath;
 pub mod ec2;
 pub mod eni_links;
+pub mod install;
 pub mod instance;
 pub mod ipam;
 pub mod kube;

@@ -14,7 +14,7 @@ use eniflow_agent::{
     cni,
     datapath::{self, AttachMode, Datapath, Pins, Plane},
     ec2::{self, Ec2},
-    eni_links,
+    eni_links, install,
     instance::{self, Instance},
     ipam::{self, eniconfig, Ipam},
     kube::{self, Kube},
@@ -210,13 +210,33 @@ enum Command {
         /// Written once every interface is attached (readiness for scripts and tests).
         #[arg(long)]
         ready_file: Option<PathBuf>,
+        /// Install the CNI shim into this directory before serving (the image sets it, so the
+        /// image alone installs and runs eniflow; `install` also sets the node's sysctls).
+        #[arg(long, env = "ENIFLOW_INSTALL_SHIM")]
+        install_shim: Option<PathBuf>,
         #[command(flatten)]
         pool: Box<PoolArgs>,
     },
     /// Print what eniflow attached and the per-hook counters from the pinned maps.
     Status,
+    /// Exit 0 when the running agent's CNI service answers SERVING on its socket (kubelet's
+    /// liveness and readiness probes); otherwise say why and exit 1.
+    Probe {
+        #[arg(long, env = "ENIFLOW_SOCKET", default_value = eniflow_api::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Give up after this long (seconds).
+        #[arg(long, default_value = "5", value_parser = seconds)]
+        timeout: std::time::Duration,
+    },
     /// Detach and unpin everything eniflow made, and nothing else.
     Uninstall,
+    /// Prepare the node (privileged, before `run`; the DaemonSet's init container): put the CNI
+    /// shim that sits beside this binary into the runtime's plugin directory, turn on IPv4
+    /// forwarding, and make reverse-path filtering loose (now and for ENIs attached later).
+    Install {
+        #[arg(long, env = "ENIFLOW_CNI_BIN_DIR", default_value = "/opt/cni/bin")]
+        cni_bin_dir: PathBuf,
+    },
     /// Print the max pods of an instance type (VPC CNI's calculator options, with their meaning),
     /// subtracting the trunk ENI when security groups for pods are on.
     MaxPods {
@@ -277,9 +297,32 @@ async fn dispatch(cli: Cli) -> Result<()> {
             interfaces,
             attach_mode,
             ready_file,
+            install_shim,
             pool,
-        } => run(pins, &interfaces, attach_mode, ready_file, *pool).await,
+        } => {
+            if let Some(dir) = install_shim {
+                let shim = install::install_shim(&dir)?;
+                log::info!("installed {}", shim.display());
+            }
+            run(pins, &interfaces, attach_mode, ready_file, *pool).await
+        }
         Command::Status => status(&pins),
+        Command::Install { cni_bin_dir } => {
+            let shim = install::install_shim(&cni_bin_dir)?;
+            install::set_node_sysctls()?;
+            // Mounted here, on the node, so pins outlive the agent's container.
+            eniflow_agent::bpffs::ensure(&pins.versioned())?;
+            println!(
+                "installed {}; node sysctls set; bpffs ready",
+                shim.display()
+            );
+            Ok(())
+        }
+        Command::Probe { socket, timeout } => {
+            cni::probe::probe(&socket, timeout).await?;
+            println!("serving on {}", socket.display());
+            Ok(())
+        }
         Command::MaxPods {
             instance_type,
             prefix_delegation,
@@ -420,8 +463,8 @@ async fn serve_cni(
     args: &PoolArgs,
     pod_annotations: Option<cni::branch::FromApi>,
 ) -> Result<()> {
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", b"1")
-        .context("enable IPv4 forwarding (net.ipv4.ip_forward) for pod traffic")?;
+    install::ensure_sysctl(install::IP_FORWARD, "1")
+        .context("IPv4 forwarding (net.ipv4.ip_forward) for pod traffic")?;
     let host = datapath::tc::connect().context("open a route netlink socket")?;
     let branch_pods = args.checkpoint.with_file_name("branch-pods.json");
     let branches = cni::branch::BranchPods::open(&branch_pods, args.vlan_cooldown)

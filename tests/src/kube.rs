@@ -156,7 +156,11 @@ impl KubeApi {
                 format!("--tls-cert-file={}", file("server.crt")),
                 format!("--tls-private-key-file={}", file("server.key")),
                 format!("--token-auth-file={}", file("tokens.csv")),
-                "--authorization-mode=RBAC".into(),
+                // Node: kubelets of a cluster node (cluster.rs) act as system:node:<name>.
+                "--authorization-mode=Node,RBAC".into(),
+                format!("--client-ca-file={}", file("ca.crt")),
+                // As on EKS: node agents' init containers run privileged.
+                "--allow-privileged=true".into(),
                 format!("--service-account-key-file={}", file("sa.key")),
                 format!("--service-account-signing-key-file={}", file("sa.key")),
                 "--service-account-issuer=https://eniflow.lab".into(),
@@ -217,6 +221,77 @@ impl KubeApi {
             "--node-name".into(),
             node.into(),
         ]
+    }
+
+    /// The API's address, as seen from its namespace.
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{API_PORT}")
+    }
+
+    /// The cluster CA's certificate and key (components' certificates, service-account roots).
+    pub fn ca(&self) -> (PathBuf, PathBuf) {
+        (self.dir.join("ca.crt"), self.dir.join("ca.key"))
+    }
+
+    /// The key that signs service-account tokens (controller-manager's token controller).
+    pub fn service_account_key(&self) -> PathBuf {
+        self.dir.join("sa.key")
+    }
+
+    /// A kubeconfig for user `cn` in group `org` (a client certificate the cluster CA signs),
+    /// written under `dir` as `<file>.kubeconfig`.
+    pub fn kubeconfig(&self, dir: &Path, file: &str, cn: &str, org: &str) -> PathBuf {
+        let key = dir.join(format!("{file}.key"));
+        let csr = dir.join(format!("{file}.csr"));
+        let crt = dir.join(format!("{file}.crt"));
+        let (ca_crt, ca_key) = self.ca();
+        let path = |p: &Path| p.display().to_string();
+        openssl(dir, &["genrsa", "-out", &path(&key), "2048"]);
+        let subject = format!("/O={org}/CN={cn}");
+        openssl(
+            dir,
+            &[
+                "req",
+                "-new",
+                "-key",
+                &path(&key),
+                "-subj",
+                &subject,
+                "-out",
+                &path(&csr),
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &path(&csr),
+                "-CA",
+                &path(&ca_crt),
+                "-CAkey",
+                &path(&ca_key),
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-out",
+                &path(&crt),
+            ],
+        );
+        let config = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{ "name": "lab", "cluster": {
+                "server": self.url(), "certificate-authority": path(&ca_crt) } }],
+            "users": [{ "name": cn, "user": {
+                "client-certificate": path(&crt), "client-key": path(&key) } }],
+            "contexts": [{ "name": "lab", "context": { "cluster": "lab", "user": cn } }],
+            "current-context": "lab",
+        });
+        let kubeconfig = dir.join(format!("{file}.kubeconfig"));
+        std::fs::write(&kubeconfig, config.to_string()).unwrap();
+        kubeconfig
     }
 
     /// An admin's request (curl, inside the namespace): the status and the JSON answer.

@@ -5,9 +5,11 @@
 
 pub mod agent;
 pub mod bpftool;
+pub mod cluster;
 pub mod cni;
 pub mod dataplane;
 pub mod hooks;
+pub mod images;
 pub mod kube;
 pub mod lab;
 pub mod netns;

@@ -278,7 +278,7 @@ async fn the_agent_answers_grpc_health_and_neighbouring_protocol_versions() {
         health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
     };
     require_root();
-    let node = Node::start().await;
+    let mut node = Node::start().await;
     let channel = eniflow_api::connect(std::path::Path::new(&node.socket()))
         .await
         .expect("the agent's socket");
@@ -328,6 +328,27 @@ async fn the_agent_answers_grpc_health_and_neighbouring_protocol_versions() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
+
+    // kubelet's probe: `eniflow-agent probe` exits 0 while the agent serves, and 1, naming the
+    // socket, once it is gone.
+    let socket = node.socket();
+    let probe = || {
+        Command::new(agent::binary("eniflow-agent"))
+            .args(["probe", "--timeout", "3", "--socket", &socket])
+            .output()
+            .expect("run eniflow-agent probe")
+    };
+    let serving = probe();
+    assert!(
+        serving.status.success(),
+        "probe of a serving agent failed: {}",
+        String::from_utf8_lossy(&serving.stderr)
+    );
+    node.agent.take().expect("the agent").kill();
+    let gone = probe();
+    let said = String::from_utf8_lossy(&gone.stderr);
+    assert_eq!(gone.status.code(), Some(1), "probe of a dead agent: {said}");
+    assert!(said.contains(&socket), "{said}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

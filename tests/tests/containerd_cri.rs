@@ -12,13 +12,11 @@ use std::{
 use eniflow_tests::{
     agent,
     cni::{self, PodNode},
+    images::{self, SANDBOX_IMAGE},
     lab::emulator::venv,
     require_root,
 };
 use serde_json::{json, Value};
-
-/// The sandbox ("pause") image: busybox sleeping, in a docker-archive containerd imports.
-const SANDBOX_IMAGE: &str = "eniflow.local/pause:1";
 
 /// containerd started by this test in the node's network namespace, with private root, state and
 /// socket; killed and its directories removed when dropped.
@@ -93,47 +91,9 @@ state = "{state}"
         std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
     }
 
-    /// Builds the sandbox image (busybox-static sleeping) as a docker-archive and imports it.
+    /// Imports the sandbox image (busybox-static sleeping).
     fn import_sandbox_image(&self) {
-        let image = self.dir.join("image");
-        let rootfs = image.join("rootfs");
-        std::fs::create_dir_all(&rootfs).unwrap();
-        std::fs::copy("/bin/busybox", rootfs.join("busybox")).expect("busybox-static");
-        let layer = image.join("layer.tar");
-        run(
-            "tar",
-            &[
-                "-C",
-                &rootfs.to_string_lossy(),
-                "-cf",
-                &layer.to_string_lossy(),
-                "busybox",
-            ],
-        );
-        let digest = run("sha256sum", &[&layer.to_string_lossy()]);
-        let digest = digest.split_whitespace().next().unwrap();
-        let config = json!({
-            "architecture": "amd64",
-            "os": "linux",
-            "config": { "Entrypoint": ["/busybox", "sleep", "2147483647"] },
-            "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{digest}")] },
-        });
-        std::fs::write(image.join("config.json"), config.to_string()).unwrap();
-        let manifest = json!([{ "Config": "config.json", "RepoTags": [SANDBOX_IMAGE], "Layers": ["layer.tar"] }]);
-        std::fs::write(image.join("manifest.json"), manifest.to_string()).unwrap();
-        let archive = self.dir.join("pause.tar");
-        run(
-            "tar",
-            &[
-                "-C",
-                &image.to_string_lossy(),
-                "-cf",
-                &archive.to_string_lossy(),
-                "manifest.json",
-                "config.json",
-                "layer.tar",
-            ],
-        );
+        let archive = images::sandbox_archive(&self.dir.join("image"));
         run(
             "ctr",
             &[

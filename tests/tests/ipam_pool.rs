@@ -988,3 +988,67 @@ async fn the_pool_creates_the_trunk_when_asked_to() {
     assert_eq!(ipam.counts().total, 18);
     assert_consistent(&node, &ipam).await;
 }
+
+/// deploy/iam-policy.json grants exactly what the pool calls: every action the emulator saw
+/// while a pool started, grew by an ENI and gave it back is in the policy, and the policy holds
+/// nothing else (but CreateTags, authorised only as part of CreateNetworkInterface).
+#[tokio::test]
+async fn the_iam_policy_grants_exactly_the_actions_the_pool_calls() {
+    let policy: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(eniflow_tests::agent::workspace().join("deploy/iam-policy.json"))
+            .unwrap(),
+    )
+    .expect("deploy/iam-policy.json is JSON");
+    let statements = policy["Statement"].as_array().expect("statements");
+    let granted: BTreeSet<String> = statements[0]["Action"]
+        .as_array()
+        .expect("the pool's actions")
+        .iter()
+        .map(|a| a.as_str().unwrap().trim_start_matches("ec2:").to_owned())
+        .collect();
+    assert_eq!(statements[1]["Action"], "ec2:CreateTags");
+    assert_eq!(
+        statements[1]["Condition"]["StringEquals"]["ec2:CreateAction"], "CreateNetworkInterface",
+        "tags only on creation"
+    );
+
+    let node = Node::new("m5.large").await; // 3 ENIs × 10 IPv4
+    let before = node.vpc.emulator.calls();
+    // WARM_IP_TARGET=2: addresses come and go two at a time.
+    let ipam = node
+        .ipam(&[("WARM_IP_TARGET", "2"), ("IP_COOLDOWN_PERIOD", "0")])
+        .await;
+    for n in (0..4).step_by(2) {
+        ipam.refill().await.expect("refill");
+        assign_all(&ipam, n..n + 2);
+    }
+    for n in 0..4 {
+        ipam.release(&owner(n)).unwrap();
+    }
+    ipam.refill()
+        .await
+        .expect("refill: surplus addresses go back");
+    drop(ipam);
+    // The default knobs: a whole ENI added for the 10th pod, given back once all are gone.
+    let ipam = node.ipam(&[("IP_COOLDOWN_PERIOD", "0")]).await;
+    ipam.refill().await.expect("refill");
+    assign_all(&ipam, 0..9);
+    ipam.refill().await.expect("refill: a second ENI");
+    assign_all(&ipam, 9..12);
+    for n in 0..12 {
+        ipam.release(&owner(n)).unwrap();
+    }
+    ipam.refill()
+        .await
+        .expect("refill: the second ENI goes back");
+    let after = node.vpc.emulator.calls();
+    let called: BTreeSet<String> = after
+        .iter()
+        .filter(|(action, n)| before.get(*action).is_none_or(|b| b < n))
+        .map(|(action, _)| action.clone())
+        .collect();
+    assert_eq!(
+        called, granted,
+        "what the pool called (left) against what deploy/iam-policy.json grants (right)"
+    );
+}

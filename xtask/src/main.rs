@@ -2,6 +2,7 @@
 
 mod cmd;
 mod ebpf;
+mod image;
 mod setup;
 
 use std::{
@@ -45,6 +46,13 @@ enum Task {
         /// Only one part: ipam, cni or datapath.
         part: Option<BenchPart>,
     },
+    /// Build eniflow's OCI image offline (release binaries, iptables and its libraries from
+    /// Debian) into target/eniflow-<version>.oci.tar, for `ctr images import` or `podman load`.
+    Image {
+        /// The debug binaries the tests run, instead of a release build.
+        #[arg(long)]
+        debug: bool,
+    },
     /// Regenerate the agent's bundled instance-type limits from the AWS data the lab's moto carries.
     GenLimits,
 }
@@ -57,6 +65,7 @@ fn main() -> ExitCode {
         Task::Test { filter } => test(filter),
         Task::Demo => demo(),
         Task::Bench { part } => bench(part),
+        Task::Image { debug } => image(debug),
         Task::GenLimits => gen_limits(),
     };
     // One line per cause; a backtrace of xtask itself helps nobody.
@@ -160,6 +169,29 @@ fn bench(part: Option<BenchPart>) -> Result<()> {
                 .env("ENIFLOW_NETPERF_DIR", netperf),
         )?;
     }
+    Ok(())
+}
+
+fn image(debug: bool) -> Result<()> {
+    setup::run_all()?;
+    ebpf::build()?;
+    if debug {
+        // The same selection the tests build, so nothing is rebuilt.
+        step("build: cargo build --workspace --bins");
+        cmd::cargo(&["build", "--quiet", "--workspace", "--bins"])?;
+    } else {
+        step("build: cargo build --release (agent, shim)");
+        cmd::cargo(&[
+            "build",
+            "--release",
+            "-p",
+            "eniflow-agent",
+            "-p",
+            "eniflow-cni",
+        ])?;
+    }
+    step("image: root filesystem from Debian's packages, then podman build and save");
+    image::build(if debug { "debug" } else { "release" })?;
     Ok(())
 }
 

@@ -71,8 +71,8 @@ const STEPS: &[Step] = &[
         run: cnitool,
     },
     Step {
-        name: "kube-apiserver and etcd",
-        run: kube_apiserver,
+        name: "Kubernetes (built from Debian's source) and etcd",
+        run: kubernetes,
     },
     Step {
         name: "lab Python venv",
@@ -276,14 +276,31 @@ const KUBERNETES_SOURCE_PACKAGE: &str = "kubernetes";
 /// Where golang-github-modern-go-reflect2-dev puts its source.
 const REFLECT2_SOURCE: &str = "/usr/share/gocode/src/github.com/modern-go/reflect2";
 
-/// The lab's Kubernetes API (the agent's cluster side: nodes, pods, ENIConfigs) is a real
-/// kube-apiserver on a real etcd. No registry carries either binary, so kube-apiserver is built
-/// from Debian's `kubernetes` source package with Debian's Go (GOPATH mode, offline, after
-/// generating the one file the tarball lacks) and etcd is unpacked from Debian's etcd-server.
-fn kube_apiserver() -> Result<Outcome> {
+/// The Kubernetes binaries the lab runs, built together from Debian's `kubernetes` source: the
+/// API server (the agent's cluster side), a node's kubelet and kube-proxy, the scheduler and
+/// controller-manager (real workloads), and kubectl (applies deploy/ with `-k`).
+pub const KUBERNETES_BINARIES: &[&str] = &[
+    "kube-apiserver",
+    "kubelet",
+    "kube-proxy",
+    "kube-scheduler",
+    "kube-controller-manager",
+    "kubectl",
+];
+
+/// The lab's Kubernetes is real: kube-apiserver on a real etcd, kubelets on containerd. No
+/// registry carries these binaries, so they are built from Debian's `kubernetes` source package
+/// with Debian's Go (GOPATH mode, offline, after generating the one file the tarball lacks), in
+/// one `go build` so they share one compile; etcd is unpacked from Debian's etcd-server.
+fn kubernetes() -> Result<Outcome> {
     let bin = home().join(".cache/eniflow/bin");
-    let (apiserver, etcd) = (bin.join("kube-apiserver"), bin.join("etcd"));
-    if apiserver.exists() && etcd.exists() {
+    let etcd = bin.join("etcd");
+    let missing: Vec<&str> = KUBERNETES_BINARIES
+        .iter()
+        .copied()
+        .filter(|name| !bin.join(name).exists())
+        .collect();
+    if missing.is_empty() && etcd.exists() {
         return Ok(Outcome::Present);
     }
     fs::create_dir_all(&bin)?;
@@ -293,11 +310,12 @@ fn kube_apiserver() -> Result<Outcome> {
         let root = unpack_deb(&work, "main", "etcd-server")?;
         fs::copy(root.join("usr/bin/etcd"), &etcd).context("copy etcd out of etcd-server")?;
     }
-    if !apiserver.exists() {
+    if !missing.is_empty() {
         let _ = fs::remove_dir_all(&work);
         let apt = private_apt(&work, "deb-src", "main")?;
         println!(
-            "    kube-apiserver: apt-get source {KUBERNETES_SOURCE_PACKAGE} + go build (about 6 minutes)"
+            "    {}: apt-get source {KUBERNETES_SOURCE_PACKAGE} + one go build (about 15 minutes)",
+            missing.join(", ")
         );
         run(&mut apt(&["update", "-qq"]))?;
         run(&mut apt(&[
@@ -307,6 +325,7 @@ fn kube_apiserver() -> Result<Outcome> {
             KUBERNETES_SOURCE_PACKAGE,
         ]))?;
         let tarball = find_file(&work, ".orig.tar.gz")?;
+        let version = kubernetes_version(&tarball)?;
         let source = work.join("gopath/src/k8s.io/kubernetes");
         fs::create_dir_all(&source)?;
         run(Command::new("tar")
@@ -358,12 +377,56 @@ fn kube_apiserver() -> Result<Outcome> {
             .current_dir(&source)
             .env("GOPATH", work.join("gopath"))
             .env("GO111MODULE", "off"))?;
-        run(go(&["build", "-o"])
-            .arg(&apiserver)
-            .arg("./cmd/kube-apiserver"))?;
+        // Without the version stamped in, the Node would report kubeletVersion v0.0.0-master.
+        let (major, minor) = version
+            .trim_start_matches('v')
+            .split_once('.')
+            .and_then(|(major, rest)| Some((major, rest.split('.').next()?)))
+            .with_context(|| format!("version {version} is not major.minor.patch"))?;
+        let ldflags = [
+            "k8s.io/component-base/version",
+            "k8s.io/client-go/pkg/version",
+        ]
+        .iter()
+        .map(|pkg| {
+            let pkg = format!("k8s.io/kubernetes/vendor/{pkg}");
+            format!(
+                "-X {pkg}.gitVersion={version} -X {pkg}.gitMajor={major} \
+                     -X {pkg}.gitMinor={minor} -X {pkg}.gitTreeState=clean"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+        let staging = work.join("bin");
+        fs::create_dir_all(&staging)?;
+        run(go(&["build", "-ldflags"])
+            .arg(format!("-s -w {ldflags}"))
+            .arg("-o")
+            .arg(format!("{}/", staging.display()))
+            .args(
+                KUBERNETES_BINARIES
+                    .iter()
+                    .map(|name| format!("./cmd/{name}")),
+            ))?;
+        for name in KUBERNETES_BINARIES {
+            fs::rename(staging.join(name), bin.join(name))
+                .with_context(|| format!("move {name} into {}", bin.display()))?;
+        }
     }
     fs::remove_dir_all(&work)?;
     Ok(Outcome::Installed)
+}
+
+/// The upstream version in Debian's orig tarball name (`kubernetes_1.20.5+really1.20.2.orig…`:
+/// Debian's version can carry the upstream one after `really`).
+fn kubernetes_version(tarball: &Path) -> Result<String> {
+    let name = tarball.file_name().unwrap_or_default().to_string_lossy();
+    let version = name
+        .strip_prefix(&format!("{KUBERNETES_SOURCE_PACKAGE}_"))
+        .and_then(|rest| rest.split(".orig").next())
+        .with_context(|| format!("no version in {name}"))?;
+    let upstream = version.rsplit("really").next().unwrap_or(version);
+    Ok(format!("v{upstream}"))
 }
 
 /// The Go packages carrying `+k8s:openapi-gen=` markers, as openapi-gen's `-i` wants them.
@@ -398,7 +461,7 @@ fn openapi_inputs(source: &Path) -> Result<Vec<String>> {
     Ok(dirs)
 }
 
-/// Downloads Debian's `package` (bookworm `component`) into a fresh `work` through a private
+/// Downloads Debian's `package` (the release's `component`) into a fresh `work` through a private
 /// list and unpacks it, not installing it; returns the unpacked root.
 fn unpack_deb(work: &Path, component: &str, package: &str) -> Result<PathBuf> {
     let _ = fs::remove_dir_all(work);
@@ -419,18 +482,20 @@ fn find_file(dir: &Path, suffix: &str) -> Result<PathBuf> {
         .with_context(|| format!("no *{suffix} in {}", dir.display()))
 }
 
-/// apt-get with a sources list of its own (one bookworm line of `kind` and `component`) and
-/// its own lists under `work`: the machine's apt configuration stays untouched.
-fn private_apt(
-    work: &std::path::Path,
+/// apt-get with a sources list of its own (one line of `kind` and `component` for the machine's
+/// Debian release, from the mirror its own apt configuration names) and its own lists under
+/// `work`: the machine's apt configuration stays untouched.
+pub fn private_apt(
+    work: &Path,
     kind: &str,
     component: &str,
 ) -> Result<impl Fn(&[&str]) -> Command> {
+    let (mirror, release) = debian_mirror()?;
     fs::create_dir_all(work.join("lists/partial"))?;
     let sources = work.join("sources.list");
     fs::write(
         &sources,
-        format!("{kind} [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm {component}\n"),
+        format!("{kind} [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] {mirror} {release} {component}\n"),
     )?;
     let work = work.to_owned();
     Ok(move |args: &[&str]| {
@@ -454,6 +519,75 @@ fn private_apt(
     })
 }
 
+/// The Debian release this machine runs (`VERSION_CODENAME`) and the mirror its apt sources use
+/// for that release's main suite, so setup fetches from wherever this machine is configured to.
+fn debian_mirror() -> Result<(String, String)> {
+    let os_release = fs::read_to_string("/etc/os-release").context("read /etc/os-release")?;
+    let release = os_release
+        .lines()
+        .find_map(|line| line.strip_prefix("VERSION_CODENAME="))
+        .map(|name| name.trim_matches('"').to_owned())
+        .context("/etc/os-release names no VERSION_CODENAME")?;
+    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
+    if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
+        let mut listed: Vec<PathBuf> = dir.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        listed.sort();
+        files.extend(listed);
+    }
+    for file in files {
+        let Ok(text) = fs::read_to_string(&file) else {
+            continue;
+        };
+        let name = file.to_string_lossy();
+        let mirror = if name.ends_with(".sources") {
+            deb822_mirror(&text, &release)
+        } else if name.ends_with(".list") {
+            one_line_mirror(&text, &release)
+        } else {
+            None
+        };
+        if let Some(mirror) = mirror {
+            return Ok((mirror, release));
+        }
+    }
+    bail!("no apt source for Debian {release} (a `deb` entry with suite {release}) in /etc/apt")
+}
+
+/// The URI of the first `deb` stanza of a deb822 `.sources` file that carries suite `release`.
+fn deb822_mirror(text: &str, release: &str) -> Option<String> {
+    text.split("\n\n").find_map(|stanza| {
+        let field = |key: &str| {
+            stanza
+                .lines()
+                .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))
+                .map(str::trim)
+        };
+        let deb = field("Types")?.split_whitespace().any(|t| t == "deb");
+        let suite = field("Suites")?.split_whitespace().any(|s| s == release);
+        let enabled = field("Enabled").is_none_or(|e| e != "no");
+        (deb && suite && enabled)
+            .then(|| field("URIs")?.split_whitespace().next().map(str::to_owned))
+            .flatten()
+    })
+}
+
+/// The URI of the first `deb URI release ...` line of a one-line-style `.list` file.
+fn one_line_mirror(text: &str, release: &str) -> Option<String> {
+    text.lines().find_map(|line| {
+        // Options in brackets may hold spaces: drop them before splitting the fields.
+        let line = match (line.find('['), line.find(']')) {
+            (Some(open), Some(close)) if open < close => {
+                format!("{}{}", &line[..open], &line[close + 1..])
+            }
+            _ => line.to_owned(),
+        };
+        match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+            ["deb", uri, suite, ..] if *suite == release => Some((*uri).to_owned()),
+            _ => None,
+        }
+    })
+}
+
 /// netperf (the data-plane bench's load generator) is only in Debian's non-free component:
 /// its package is downloaded through a private list and unpacked, not installed.
 pub fn netperf() -> Result<PathBuf> {
@@ -462,7 +596,7 @@ pub fn netperf() -> Result<PathBuf> {
         return Ok(bin);
     }
     let work = home().join(".cache/eniflow/netperf-deb");
-    println!("    netperf: apt-get download netperf (bookworm non-free) + dpkg -x");
+    println!("    netperf: apt-get download netperf (non-free) + dpkg -x");
     let unpacked = unpack_deb(&work, "non-free", "netperf")?;
     fs::create_dir_all(&bin)?;
     for tool in ["netperf", "netserver"] {

@@ -3,6 +3,7 @@
 
 pub mod branch;
 pub mod plumbing;
+pub mod probe;
 pub mod request;
 pub mod result;
 pub mod server;
