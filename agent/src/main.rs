@@ -532,15 +532,30 @@ impl Cluster {
         ))
     }
 
-    /// Puts the node's effective max pods on its Node, for whatever configures kubelet from it.
-    async fn publish_max_pods(&self, max_pods: u32) {
+    /// Puts the node's effective max pods on its Node, for whatever configures kubelet from it;
+    /// in the background, retried until the API takes it (at start the API may not be reachable
+    /// yet: kube-proxy may still be writing the rules for its Service address).
+    fn publish_max_pods(&self, max_pods: u32) {
+        let (kube, node, path) = (self.kube.clone(), self.node.clone(), self.node_path());
         let patch = serde_json::json!({
             "metadata": { "annotations": { MAX_PODS_ANNOTATION: max_pods.to_string() } }
         });
-        match self.kube.merge_patch(&self.node_path(), &patch).await {
-            Ok(_) => log::info!("max pods {max_pods} annotated on node {}", self.node),
-            Err(e) => log::warn!("cannot annotate node {} with max pods: {e}", self.node),
-        }
+        tokio::spawn(async move {
+            let mut wait = std::time::Duration::from_millis(500);
+            loop {
+                match kube.merge_patch(&path, &patch).await {
+                    Ok(_) => {
+                        log::info!("max pods {max_pods} annotated on node {node}");
+                        return;
+                    }
+                    Err(e) => log::warn!(
+                        "cannot annotate node {node} with max pods yet (again in {wait:?}): {e}"
+                    ),
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(30));
+            }
+        });
     }
 }
 
@@ -583,7 +598,7 @@ async fn start_pool(
         args.max_pods_file.display()
     );
     if let Some(cluster) = cluster {
-        cluster.publish_max_pods(max_pods).await;
+        cluster.publish_max_pods(max_pods);
     }
     Ok((Arc::new(pool), imds))
 }

@@ -59,8 +59,10 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
-    pub fn start(netns: &Netns) -> ControlPlane {
-        let api = KubeApi::start(netns);
+    /// Starts the control plane in `netns`, reachable from other nodes at `address` (one of
+    /// `netns`'s addresses: the lab node's primary).
+    pub fn start(netns: &Netns, address: &str) -> ControlPlane {
+        let api = KubeApi::start_at(netns, Some(address));
         let dir = std::env::temp_dir().join(crate::unique_name("control"));
         fs::create_dir_all(&dir).unwrap();
         let admin = api.kubeconfig(&dir, "admin", "lab-admin", "system:masters");
@@ -248,6 +250,7 @@ pub struct KubeletNode {
     holder: Child,
     containerd: Option<Child>,
     kubelet: Option<Child>,
+    kube_proxy: Option<Child>,
 }
 
 impl KubeletNode {
@@ -291,6 +294,7 @@ impl KubeletNode {
             holder,
             containerd: None,
             kubelet: None,
+            kube_proxy: None,
         };
         node.wait_for_holder();
         node.prepare_mounts();
@@ -323,7 +327,8 @@ impl KubeletNode {
             format!("--hostname-override={name}"),
             format!("--node-ip={node_ip}"),
             format!("--max-pods={max_pods}"),
-            "--address=127.0.0.1".into(),
+            // The API server reaches kubelets at their node address (exec, logs).
+            format!("--address={node_ip}"),
             "--read-only-port=0".into(),
             "--healthz-bind-address=127.0.0.1".into(),
             "--anonymous-auth=false".into(),
@@ -336,6 +341,30 @@ impl KubeletNode {
         ];
         let kubelet = node.spawn("kubelet", &bin("kubelet").display().to_string(), &args);
         node.kubelet = Some(kubelet);
+        // Services by iptables in the node's namespace; the machine's conntrack settings are
+        // left alone (0: do not touch).
+        let proxy_config = plane.api.kubeconfig(
+            &dir,
+            "kube-proxy",
+            "system:kube-proxy",
+            "system:node-proxier",
+        );
+        let args = vec![
+            format!("--kubeconfig={}", file(&proxy_config)),
+            format!("--hostname-override={name}"),
+            "--proxy-mode=iptables".into(),
+            "--conntrack-max-per-core=0".into(),
+            "--conntrack-tcp-timeout-established=0".into(),
+            "--conntrack-tcp-timeout-close-wait=0".into(),
+            "--metrics-bind-address=127.0.0.1:10249".into(),
+            "--healthz-bind-address=127.0.0.1:10256".into(),
+        ];
+        let proxy = node.spawn(
+            "kube-proxy",
+            &bin("kube-proxy").display().to_string(),
+            &args,
+        );
+        node.kube_proxy = Some(proxy);
         wait_for(
             &format!("node {name} registered"),
             Duration::from_secs(60),
@@ -533,6 +562,61 @@ state = "/run/containerd"
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Allocations in the agent's checkpoint on this node, by pod address.
+    pub fn allocations(&self) -> Vec<String> {
+        let Some(text) = self.read("/run/eniflow/ipam.json") else {
+            return Vec::new();
+        };
+        let saved: Value = serde_json::from_str(&text).expect("the checkpoint is JSON");
+        saved["allocations"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|a| a["ipv4"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// The pods in the agent's pinned `pods` map on this node (bpftool, in the node's mounts).
+    pub fn pods_map_entries(&self) -> usize {
+        let out = self
+            .inside("bpftool")
+            .args([
+                "-j",
+                "map",
+                "dump",
+                "pinned",
+                "/sys/fs/bpf/eniflow/v1/maps/pods",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "bpftool: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let entries: Value = serde_json::from_slice(&out.stdout).expect("bpftool prints JSON");
+        entries.as_array().map_or(0, Vec::len)
+    }
+
+    /// The host-side pod veths in the node's namespace (VPC CNI's and eniflow's `eni` prefix).
+    pub fn pod_veths(&self) -> Vec<String> {
+        let out = self
+            .inside("ip")
+            .args(["-j", "link", "show", "type", "veth"])
+            .output()
+            .unwrap();
+        let links: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        links
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|l| l["ifname"].as_str().map(str::to_owned))
+            .filter(|name| name.starts_with("eni"))
+            .collect()
+    }
+
     /// Every process in the node's cgroup tree.
     fn processes(&self) -> Vec<i32> {
         let mut pids = Vec::new();
@@ -563,9 +647,13 @@ fn remove_cgroup(dir: &Path) {
 
 impl Drop for KubeletNode {
     fn drop(&mut self) {
-        if let Some(mut kubelet) = self.kubelet.take() {
-            let _ = kubelet.kill();
-            let _ = kubelet.wait();
+        for child in [self.kubelet.take(), self.kube_proxy.take()]
+            .into_iter()
+            .flatten()
+        {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
         }
         // Everything the node started is in its cgroups: containerd, its shims, the pods.
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -599,16 +687,13 @@ impl Drop for KubeletNode {
     }
 }
 
-/// The environment that points eniflow's agent at the lab's EC2 (which takes any credentials)
-/// and at the API server on the node's loopback (the lab runs no cluster DNS; the address a pod
-/// finds through KUBERNETES_SERVICE_HOST is kube-proxy's, tested with it).
-pub fn lab_agent_env(plane: &ControlPlane) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = crate::agent::LAB_NODE_ENV
+/// The environment that points eniflow's agent at the lab's EC2 (which takes any credentials);
+/// the API it finds in the cluster's way (KUBERNETES_SERVICE_HOST, through kube-proxy).
+pub fn lab_agent_env() -> Vec<(String, String)> {
+    crate::agent::LAB_NODE_ENV
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    env.push(("ENIFLOW_KUBE_API_SERVER".into(), plane.api.url()));
-    env
+        .collect()
 }
 
 /// Writes a kustomize overlay of deploy/ into `dir`: the DaemonSet's image set to `image` and

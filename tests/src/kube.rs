@@ -15,6 +15,8 @@ use crate::netns::Netns;
 
 const ETCD_PORT: u16 = 23790;
 const API_PORT: u16 = 16443;
+/// The `kubernetes` Service's cluster IP: the first of --service-cluster-ip-range.
+const SERVICE_IP: &str = "10.96.0.1";
 const ADMIN_TOKEN: &str = "lab-admin-token";
 const AGENT_TOKEN: &str = "lab-agent-token";
 /// The agent's service account, as deploy/rbac.yaml binds it.
@@ -22,6 +24,8 @@ const AGENT_USER: &str = "system:serviceaccount:kube-system:eniflow-agent";
 
 pub struct KubeApi {
     netns: String,
+    /// The address other nodes reach the API at (the `kubernetes` Service's endpoint).
+    advertised: Option<String>,
     dir: PathBuf,
     etcd: Child,
     apiserver: Child,
@@ -51,9 +55,59 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
+/// A client certificate for user `cn` in group `org`, signed by the CA in `ca_dir`, written
+/// under `dir` as `<file>.crt` and `<file>.key`.
+fn client_cert(ca_dir: &Path, dir: &Path, file: &str, cn: &str, org: &str) -> (PathBuf, PathBuf) {
+    let key = dir.join(format!("{file}.key"));
+    let csr = dir.join(format!("{file}.csr"));
+    let crt = dir.join(format!("{file}.crt"));
+    let (ca_crt, ca_key) = (ca_dir.join("ca.crt"), ca_dir.join("ca.key"));
+    let path = |p: &Path| p.display().to_string();
+    openssl(dir, &["genrsa", "-out", &path(&key), "2048"]);
+    let subject = format!("/O={org}/CN={cn}");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-key",
+            &path(&key),
+            "-subj",
+            &subject,
+            "-out",
+            &path(&csr),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &path(&csr),
+            "-CA",
+            &path(&ca_crt),
+            "-CAkey",
+            &path(&ca_key),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &path(&crt),
+        ],
+    );
+    (crt, key)
+}
+
 impl KubeApi {
     /// Starts etcd and kube-apiserver in `netns` and waits until the API is ready.
     pub fn start(netns: &Netns) -> KubeApi {
+        KubeApi::start_at(netns, None)
+    }
+
+    /// Like `start`, the API also served at `advertise` (an address of `netns`) for other nodes
+    /// and behind the `kubernetes` Service's cluster IP (10.96.0.1) through kube-proxy.
+    pub fn start_at(netns: &Netns, advertise: Option<&str>) -> KubeApi {
         let dir = std::env::temp_dir().join(crate::unique_name("kube"));
         std::fs::create_dir_all(&dir).unwrap();
         // A cluster CA and the API server's certificate for 127.0.0.1, signed by it.
@@ -88,9 +142,12 @@ impl KubeApi {
                 "server.csr",
             ],
         );
+        let also = advertise
+            .map(|ip| format!(",IP:{ip},IP:{SERVICE_IP}"))
+            .unwrap_or_default();
         std::fs::write(
             dir.join("server.ext"),
-            "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+            format!("subjectAltName=IP:127.0.0.1{also}\nextendedKeyUsage=serverAuth\n"),
         )
         .unwrap();
         openssl(
@@ -114,6 +171,14 @@ impl KubeApi {
             ],
         );
         openssl(&dir, &["genrsa", "-out", "sa.key", "2048"]);
+        // The API server's identity towards kubelets (exec, logs).
+        client_cert(
+            &dir,
+            &dir,
+            "kubelet-client",
+            "kube-apiserver-kubelet-client",
+            "system:masters",
+        );
         std::fs::write(
             dir.join("tokens.csv"),
             format!(
@@ -151,7 +216,15 @@ impl KubeApi {
             bin("kube-apiserver"),
             vec![
                 format!("--etcd-servers={etcd_url}"),
-                "--bind-address=127.0.0.1".into(),
+                format!(
+                    "--bind-address={}",
+                    if advertise.is_some() {
+                        "0.0.0.0"
+                    } else {
+                        "127.0.0.1"
+                    }
+                ),
+                format!("--advertise-address={}", advertise.unwrap_or("127.0.0.1")),
                 format!("--secure-port={API_PORT}"),
                 format!("--tls-cert-file={}", file("server.crt")),
                 format!("--tls-private-key-file={}", file("server.key")),
@@ -159,6 +232,13 @@ impl KubeApi {
                 // Node: kubelets of a cluster node (cluster.rs) act as system:node:<name>.
                 "--authorization-mode=Node,RBAC".into(),
                 format!("--client-ca-file={}", file("ca.crt")),
+                format!(
+                    "--kubelet-client-certificate={}",
+                    file("kubelet-client.crt")
+                ),
+                format!("--kubelet-client-key={}", file("kubelet-client.key")),
+                // By address: the lab has no DNS, and a node's name must never be looked up.
+                "--kubelet-preferred-address-types=InternalIP".into(),
                 // As on EKS: node agents' init containers run privileged.
                 "--allow-privileged=true".into(),
                 format!("--service-account-key-file={}", file("sa.key")),
@@ -171,6 +251,7 @@ impl KubeApi {
         );
         let api = KubeApi {
             netns: netns.path(),
+            advertised: advertise.map(str::to_owned),
             dir,
             etcd,
             apiserver,
@@ -223,9 +304,11 @@ impl KubeApi {
         ]
     }
 
-    /// The API's address, as seen from its namespace.
+    /// The API's address: where other nodes reach it when it is advertised, else the
+    /// loopback of its namespace.
     pub fn url(&self) -> String {
-        format!("https://127.0.0.1:{API_PORT}")
+        let host = self.advertised.as_deref().unwrap_or("127.0.0.1");
+        format!("https://{host}:{API_PORT}")
     }
 
     /// The cluster CA's certificate and key (components' certificates, service-account roots).
@@ -241,44 +324,9 @@ impl KubeApi {
     /// A kubeconfig for user `cn` in group `org` (a client certificate the cluster CA signs),
     /// written under `dir` as `<file>.kubeconfig`.
     pub fn kubeconfig(&self, dir: &Path, file: &str, cn: &str, org: &str) -> PathBuf {
-        let key = dir.join(format!("{file}.key"));
-        let csr = dir.join(format!("{file}.csr"));
-        let crt = dir.join(format!("{file}.crt"));
-        let (ca_crt, ca_key) = self.ca();
+        let (crt, key) = client_cert(&self.dir, dir, file, cn, org);
+        let (ca_crt, _) = self.ca();
         let path = |p: &Path| p.display().to_string();
-        openssl(dir, &["genrsa", "-out", &path(&key), "2048"]);
-        let subject = format!("/O={org}/CN={cn}");
-        openssl(
-            dir,
-            &[
-                "req",
-                "-new",
-                "-key",
-                &path(&key),
-                "-subj",
-                &subject,
-                "-out",
-                &path(&csr),
-            ],
-        );
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &path(&csr),
-                "-CA",
-                &path(&ca_crt),
-                "-CAkey",
-                &path(&ca_key),
-                "-CAcreateserial",
-                "-days",
-                "2",
-                "-out",
-                &path(&crt),
-            ],
-        );
         let config = serde_json::json!({
             "apiVersion": "v1",
             "kind": "Config",

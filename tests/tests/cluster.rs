@@ -97,29 +97,80 @@ fn web_deployment(name: &str, replicas: u32) -> String {
     .to_string()
 }
 
-/// The Deployment's pods: (name, pod IP, ready).
-fn web_pods(plane: &ControlPlane, app: &str) -> Vec<(String, String, bool)> {
+/// One pod of a Deployment as the API reports it.
+#[derive(Debug, Clone)]
+struct WebPod {
+    name: String,
+    ip: String,
+    node: String,
+    ready: bool,
+}
+
+/// The Deployment's pods (those not being deleted).
+fn web_pods(plane: &ControlPlane, app: &str) -> Vec<WebPod> {
     let pods = plane.get(&["pods", "-n", "default", "-l", &format!("app={app}")]);
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
     pods["items"]
         .as_array()
         .cloned()
         .unwrap_or_default()
         .iter()
-        .map(|p: &Value| {
-            let ready = p["status"]["conditions"].as_array().is_some_and(|c| {
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| WebPod {
+            name: text(&p["metadata"]["name"]),
+            ip: text(&p["status"]["podIP"]),
+            node: text(&p["spec"]["nodeName"]),
+            ready: p["status"]["conditions"].as_array().is_some_and(|c| {
                 c.iter()
                     .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            });
-            (
-                p["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-                p["status"]["podIP"].as_str().unwrap_or_default().to_owned(),
-                ready,
-            )
+            }),
         })
         .collect()
+}
+
+/// Waits until the Deployment `app` has exactly `n` pods, all Ready.
+fn wait_for_web(plane: &ControlPlane, nodes: &[&KubeletNode], app: &str, n: usize) -> Vec<WebPod> {
+    wait_for(
+        &format!("{n} {app} pods Ready"),
+        Duration::from_secs(240),
+        || {
+            let pods = web_pods(plane, app);
+            pods.len() == n && pods.iter().all(|p| p.ready)
+        },
+        || {
+            let mut why = format!("{:?}", web_pods(plane, app));
+            for node in nodes {
+                why.push_str(&format!(
+                    "\n{}: first failures: {}\nagent: {}",
+                    node.name,
+                    node.kubelet_log_matching("failed (add)"),
+                    node.pod_logs("kube-system", "eniflow-agent")
+                ));
+            }
+            why
+        },
+    );
+    web_pods(plane, app)
+}
+
+/// The addresses of `instance`'s ENIs in the lab's EC2, split into (primary ENI, others).
+fn eni_addresses(lab: &Lab, instance: &str) -> (Vec<String>, Vec<String>) {
+    let (mut primary, mut others) = (Vec::new(), Vec::new());
+    for eni in lab.view()["enis"].as_array().cloned().unwrap_or_default() {
+        if eni["instance_id"] != instance {
+            continue;
+        }
+        let addresses = eni["private_ips"].as_array().cloned().unwrap_or_default();
+        let addresses = addresses
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_owned));
+        if eni["device_index"] == 0 {
+            primary.extend(addresses);
+        } else {
+            others.extend(addresses);
+        }
+    }
+    (primary, others)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,7 +180,7 @@ async fn the_node_turns_ready_with_the_daemonset_and_its_pods_get_vpc_addresses(
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let archive = images::eniflow_archive();
-    let plane = ControlPlane::start(&lab.node.netns);
+    let plane = ControlPlane::start(&lab.node.netns, &lab.node.primary_ip);
     let max_pods = bootstrap_max_pods(&lab.spec.instance_type);
     let node = KubeletNode::start(
         &plane,
@@ -165,7 +216,7 @@ async fn the_node_turns_ready_with_the_daemonset_and_its_pods_get_vpc_addresses(
         },
     );
 
-    plane.install_eniflow(&image, &lab_agent_env(&plane));
+    plane.install_eniflow(&image, &lab_agent_env());
     wait_for(
         "the agent's pod Running and Ready",
         Duration::from_secs(120),
@@ -211,7 +262,13 @@ async fn the_node_turns_ready_with_the_daemonset_and_its_pods_get_vpc_addresses(
         "max pods published on the Node",
         Duration::from_secs(30),
         || published().1 == max_pods.to_string(),
-        || format!("{:?}", published()),
+        || {
+            format!(
+                "{:?}\n{}",
+                published(),
+                node.pod_logs("kube-system", "eniflow-agent")
+            )
+        },
     );
     assert_eq!(published().0, max_pods.to_string(), "kubelet's capacity");
 
@@ -220,33 +277,11 @@ async fn the_node_turns_ready_with_the_daemonset_and_its_pods_get_vpc_addresses(
         "/apis/apps/v1/namespaces/default/deployments",
         &web_deployment("web", 12),
     );
-    wait_for(
-        "12 web pods Ready",
-        Duration::from_secs(180),
-        || {
-            let pods = web_pods(&plane, "web");
-            pods.len() == 12 && pods.iter().all(|(_, _, ready)| *ready)
-        },
-        || {
-            format!(
-                "{:?}\nfirst failures: {}\nagent: {}",
-                web_pods(&plane, "web"),
-                node.kubelet_log_matching("failed (add)"),
-                node.pod_logs("kube-system", "eniflow-agent"),
-            )
-        },
-    );
-    let node_addresses: Vec<String> = lab.view()["enis"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .filter(|eni| eni["instance_id"] == lab.node.id.as_str())
-        .flat_map(|eni| eni["private_ips"].as_array().cloned().unwrap_or_default())
-        .filter_map(|a| a.as_str().map(str::to_owned))
-        .collect();
+    let pods = wait_for_web(&plane, &[&node], "web", 12);
+    let (primary, others) = eni_addresses(&lab, &lab.node.id);
+    let node_addresses = [primary, others].concat();
     let remote = &lab.hosts[0];
-    for (name, ip, _) in web_pods(&plane, "web") {
+    for WebPod { name, ip, .. } in pods {
         assert!(
             node_addresses.contains(&ip),
             "pod {name}'s address {ip} is not one of the node's ENI addresses {node_addresses:?}"
@@ -267,10 +302,334 @@ async fn the_node_turns_ready_with_the_daemonset_and_its_pods_get_vpc_addresses(
     );
     let pods = web_pods(&plane, "web");
     assert_eq!(pods.len(), 12);
-    for (name, ip, _) in &pods {
+    for WebPod { name, ip, .. } in &pods {
         assert!(
             eniflow_tests::cni::pings(&remote.netns, ip),
             "pod {name} at {ip} unreachable after the DaemonSet went"
         );
     }
+}
+
+/// A Service in front of the Deployment `app` (port 80 to the pods' 8080); its cluster IP.
+fn web_service(plane: &ControlPlane, app: &str) -> String {
+    let service = json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": { "name": app, "namespace": "default" },
+        "spec": {
+            "selector": { "app": app },
+            "ports": [{ "port": 80, "targetPort": 8080 }],
+        },
+    });
+    let created = plane
+        .api
+        .create("/api/v1/namespaces/default/services", &service.to_string());
+    created["spec"]["clusterIP"]
+        .as_str()
+        .expect("a cluster IP")
+        .to_owned()
+}
+
+/// Runs `command` in pod `pod` (default namespace) through the API and kubelet; its output.
+fn exec(plane: &ControlPlane, pod: &str, command: &[&str]) -> Result<String, String> {
+    let mut args = vec!["exec", "-n", "default", pod, "--"];
+    args.extend_from_slice(command);
+    let out = plane.kubectl_output(&args);
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// An HTTP GET of `/` at `host:port` from inside pod `pod`: the body's last line (the name of
+/// the pod that answered). busybox's own wget crashes in Debian's static build; nc does not.
+fn http_get(plane: &ControlPlane, pod: &str, host: &str, port: u16) -> Result<String, String> {
+    let script = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | /busybox nc -w 3 {host} {port}");
+    let answer = exec(plane, pod, &["/busybox", "sh", "-c", &script])?;
+    answer
+        .lines()
+        .last()
+        .map(|l| l.trim().to_owned())
+        .ok_or_else(|| format!("no answer from {host}:{port}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_over_two_nodes_keeps_working_through_scaling_an_agent_crash_and_an_upgrade() {
+    require_root();
+    let lab = Lab::start(LabSpec {
+        second_node: true,
+        ..LabSpec::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let archive = images::eniflow_archive();
+    let plane = ControlPlane::start(&lab.node.netns, &lab.node.primary_ip);
+    let max_pods = bootstrap_max_pods(&lab.spec.instance_type);
+    let second = lab.second_node.as_ref().expect("a second node");
+    let instances = [&lab.node, second];
+    let nodes: Vec<KubeletNode> = ["node-a", "node-b"]
+        .iter()
+        .zip(instances)
+        .map(|(name, instance)| {
+            KubeletNode::start(
+                &plane,
+                &instance.netns,
+                name,
+                &instance.primary_ip,
+                max_pods,
+                std::slice::from_ref(&archive),
+            )
+        })
+        .collect();
+    let node_refs: Vec<&KubeletNode> = nodes.iter().collect();
+    plane.install_eniflow(&deployed_image(), &lab_agent_env());
+    for node in &nodes {
+        wait_for(
+            &format!("{} Ready", node.name),
+            Duration::from_secs(120),
+            || plane.node_ready(&node.name).0 == "True",
+            || format!("{:?}\n{}", agent_pods(&plane), node.log("kubelet")),
+        );
+    }
+
+    // 30 replicas spread by the scheduler: VPC addresses of each pod's own node, secondary
+    // ENIs included; each reachable from a remote VPC host.
+    plane.api.create(
+        "/apis/apps/v1/namespaces/default/deployments",
+        &web_deployment("web", 30),
+    );
+    let pods = wait_for_web(&plane, &node_refs, "web", 30);
+    let remote = &lab.hosts[0];
+    for (node, instance) in nodes.iter().zip(instances) {
+        let (primary, others) = eni_addresses(&lab, &instance.id);
+        let here: Vec<&WebPod> = pods.iter().filter(|p| p.node == node.name).collect();
+        assert!(!here.is_empty(), "no pod on {}", node.name);
+        for pod in &here {
+            assert!(
+                primary.contains(&pod.ip) || others.contains(&pod.ip),
+                "{} on {} has {}, not one of its node's ENI addresses",
+                pod.name,
+                node.name,
+                pod.ip
+            );
+            assert!(
+                eniflow_tests::cni::pings(&remote.netns, &pod.ip),
+                "remote VPC host cannot reach {} at {}",
+                pod.name,
+                pod.ip
+            );
+        }
+        assert!(
+            here.iter().any(|p| others.contains(&p.ip)),
+            "{}'s {} pods all sit on the primary ENI",
+            node.name,
+            here.len()
+        );
+    }
+
+    // Pod to pod across nodes, and a ClusterIP Service answering from pods on both nodes.
+    let a = pods.iter().find(|p| p.node == "node-a").unwrap();
+    let b = pods.iter().find(|p| p.node == "node-b").unwrap();
+    let answer = http_get(&plane, &a.name, &b.ip, 8080);
+    assert_eq!(
+        answer.as_deref(),
+        Ok(b.name.as_str()),
+        "{} -> {} across nodes",
+        a.name,
+        b.name
+    );
+    let service = web_service(&plane, "web");
+    let node_of = |name: &str| pods.iter().find(|p| p.name == name).map(|p| p.node.clone());
+    let mut answered_from = std::collections::BTreeSet::new();
+    for _ in 0..60 {
+        if let Ok(name) = http_get(&plane, &a.name, &service, 80) {
+            answered_from.extend(node_of(&name));
+        }
+        if answered_from.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        answered_from.len(),
+        2,
+        "the Service at {service} answered only from {answered_from:?}"
+    );
+
+    // Scale to 0: nothing of any pod is left on either node.
+    plane.kubectl(&["scale", "deployment", "web", "--replicas=0"]);
+    wait_for(
+        "web scaled to 0",
+        Duration::from_secs(120),
+        || {
+            web_pods(&plane, "web").is_empty()
+                && plane.get(&["pods", "-l", "app=web"])["items"]
+                    .as_array()
+                    .is_some_and(Vec::is_empty)
+        },
+        || format!("{:?}", web_pods(&plane, "web")),
+    );
+    for node in &nodes {
+        wait_for(
+            &format!("{} emptied", node.name),
+            Duration::from_secs(30),
+            || {
+                node.pod_veths().is_empty()
+                    && node.allocations().is_empty()
+                    && node.pods_map_entries() == 0
+            },
+            || {
+                format!(
+                    "veths {:?}, allocations {:?}, pods map {}",
+                    node.pod_veths(),
+                    node.allocations(),
+                    node.pods_map_entries()
+                )
+            },
+        );
+    }
+    // Up again: from the warm pool, with no EC2 call on the way.
+    let calls = || {
+        let calls = lab.emulator.calls();
+        [
+            "AssignPrivateIpAddresses",
+            "CreateNetworkInterface",
+            "AttachNetworkInterface",
+        ]
+        .map(|action| calls.get(action).copied().unwrap_or(0))
+    };
+    let before = calls();
+    plane.kubectl(&["scale", "deployment", "web", "--replicas=6"]);
+    wait_for_web(&plane, &node_refs, "web", 6);
+    assert_eq!(
+        calls(),
+        before,
+        "scaling up took addresses from EC2, not the warm pool"
+    );
+
+    // The agent on node-a killed: kubelet restarts it, and pods created meanwhile are wired
+    // once it is back, each once.
+    let agent_container = nodes[0]
+        .ctr(&[
+            "containers",
+            "ls",
+            "-q",
+            "labels.\"io.kubernetes.container.name\"==agent",
+        ])
+        .trim()
+        .to_owned();
+    assert!(
+        !agent_container.is_empty() && !agent_container.contains('\n'),
+        "{agent_container:?}"
+    );
+    nodes[0].ctr(&["tasks", "kill", "-s", "SIGKILL", &agent_container]);
+    plane.kubectl(&["scale", "deployment", "web", "--replicas=14"]);
+    let pods = wait_for_web(&plane, &node_refs, "web", 14);
+    let restarts = plane.get(&[
+        "pods",
+        "-n",
+        "kube-system",
+        "-l",
+        "app.kubernetes.io/name=eniflow",
+    ])["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|p| p["spec"]["nodeName"] == "node-a")
+        .map(|p| {
+            p["status"]["containerStatuses"][0]["restartCount"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum::<u64>();
+    assert!(restarts >= 1, "kubelet did not restart the killed agent");
+    let check_allocations = |pods: &[WebPod]| {
+        let ips: std::collections::BTreeSet<&str> = pods.iter().map(|p| p.ip.as_str()).collect();
+        assert_eq!(
+            ips.len(),
+            pods.len(),
+            "an address handed out twice: {pods:?}"
+        );
+        for node in &nodes {
+            let mut held = node.allocations();
+            held.sort();
+            let mut wanted: Vec<String> = pods
+                .iter()
+                .filter(|p| p.node == node.name)
+                .map(|p| p.ip.clone())
+                .collect();
+            wanted.sort();
+            assert_eq!(held, wanted, "{}'s allocations against its pods", node.name);
+        }
+    };
+    check_allocations(&pods);
+
+    // A rolling update of the DaemonSet to another tag while the pods serve: not one ping from
+    // a VPC host every 10 ms is lost, no address moves, no allocation is lost or doubled.
+    let next = format!(
+        "docker.io/library/eniflow:{}-next",
+        env!("CARGO_PKG_VERSION")
+    );
+    for node in &nodes {
+        node.ctr(&["images", "tag", &deployed_image(), &next]);
+    }
+    let targets: Vec<String> = pods.iter().take(4).map(|p| p.ip.clone()).collect();
+    let pingers: Vec<_> = targets
+        .iter()
+        .map(|ip| {
+            let (netns, ip) = (remote.netns.path(), ip.clone());
+            std::thread::spawn(move || {
+                std::process::Command::new("nsenter")
+                    .arg(format!("--net={netns}"))
+                    .args(["ping", "-q", "-i", "0.01", "-c", "4000", "-W", "1", &ip])
+                    .output()
+                    .expect("ping")
+            })
+        })
+        .collect();
+    plane.kubectl(&[
+        "set",
+        "image",
+        "-n",
+        "kube-system",
+        "daemonset/eniflow-agent",
+        &format!("agent={next}"),
+        &format!("install={next}"),
+    ]);
+    wait_for(
+        "the DaemonSet rolled out",
+        Duration::from_secs(120),
+        || {
+            let ds = plane.get(&["daemonset", "-n", "kube-system", "eniflow-agent"]);
+            let status = &ds["status"];
+            status["updatedNumberScheduled"] == 2
+                && status["numberReady"] == 2
+                && status["observedGeneration"] == ds["metadata"]["generation"]
+        },
+        || format!("{:?}", agent_pods(&plane)),
+    );
+    for (ip, pinger) in targets.iter().zip(pingers) {
+        let out = pinger.join().unwrap();
+        let summary = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            summary.contains(" 0% packet loss"),
+            "pings to {ip} during the rollout: {summary}"
+        );
+    }
+    let after = wait_for_web(&plane, &node_refs, "web", 14);
+    let addresses = |pods: &[WebPod]| {
+        let mut v: Vec<(String, String)> = pods
+            .iter()
+            .map(|p| (p.name.clone(), p.ip.clone()))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        addresses(&after),
+        addresses(&pods),
+        "an address changed during the rollout"
+    );
+    check_allocations(&after);
 }
