@@ -19,9 +19,10 @@ fn deployed_image() -> String {
 }
 
 /// The node's max pods as its bootstrap computes it, before kubelet starts.
-fn bootstrap_max_pods(instance_type: &str) -> u32 {
+fn bootstrap_max_pods(instance_type: &str, pod_eni: bool) -> u32 {
     let out = std::process::Command::new(agent::binary("eniflow-agent"))
         .args(["max-pods", "--instance-type", instance_type])
+        .args(pod_eni.then_some("--pod-eni"))
         .output()
         .expect("run eniflow-agent max-pods");
     assert!(
@@ -174,14 +175,16 @@ fn eni_addresses(lab: &Lab, instance: &str) -> (Vec<String>, Vec<String>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_node_turns_ready_with_the_daemonset_and_its_pods_get_vpc_addresses() {
+async fn the_node_turns_ready_with_the_daemonset_and_pods_get_vpc_and_branch_eni_addresses() {
     require_root();
     let lab = Lab::start(LabSpec::default())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let archive = images::eniflow_archive();
     let plane = ControlPlane::start(&lab.node.netns, &lab.node.primary_ip);
-    let max_pods = bootstrap_max_pods(&lab.spec.instance_type);
+    // Security groups for pods: the resource controller's trunk, and a slot kept for it.
+    let max_pods = bootstrap_max_pods(&lab.spec.instance_type, true);
+    let trunk = lab.create_trunk_eni(&lab.node).await;
     let node = KubeletNode::start(
         &plane,
         &lab.node.netns,
@@ -216,7 +219,9 @@ async fn the_node_turns_ready_with_the_daemonset_and_its_pods_get_vpc_addresses(
         },
     );
 
-    plane.install_eniflow(&image, &lab_agent_env());
+    let mut env = lab_agent_env();
+    env.push(("ENABLE_POD_ENI".into(), "true".into()));
+    plane.install_eniflow(&image, &env);
     wait_for(
         "the agent's pod Running and Ready",
         Duration::from_secs(120),
@@ -292,6 +297,32 @@ async fn the_node_turns_ready_with_the_daemonset_and_its_pods_get_vpc_addresses(
         );
     }
 
+    // A security-group pod (strict mode): its branch ENI made and annotated as the resource
+    // controller would; kubelet's probe from the node is answered back through the trunk.
+    let branch = lab.create_branch_eni(&trunk, 7, &lab.security_groups).await;
+    let annotation = lab.pod_eni_annotation(&[&branch]);
+    let mut sg_pod: Value = serde_json::from_str(&web_deployment("sg", 1)).unwrap();
+    let mut pod = sg_pod["spec"]["template"].take();
+    pod["apiVersion"] = json!("v1");
+    pod["kind"] = json!("Pod");
+    pod["metadata"]["name"] = json!("sg-pod");
+    pod["metadata"]["annotations"] = json!({ "vpc.amazonaws.com/pod-eni": annotation });
+    plane
+        .api
+        .create("/api/v1/namespaces/default/pods", &pod.to_string());
+    let branch_ip = lab.view()["enis"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == branch.as_str())
+        .and_then(|e| e["private_ips"][0].as_str().map(str::to_owned))
+        .expect("the branch ENI's address");
+    let sg = wait_for_web(&plane, &[&node], "sg", 1);
+    assert_eq!(
+        sg[0].ip, branch_ip,
+        "the security-group pod has its branch ENI's address"
+    );
+
     // Without the DaemonSet the node is NotReady again, and its pods keep running and answering.
     plane.kubectl(&["delete", "daemonset", "-n", "kube-system", "eniflow-agent"]);
     wait_for(
@@ -365,7 +396,7 @@ async fn a_deployment_over_two_nodes_keeps_working_through_scaling_an_agent_cras
     .unwrap_or_else(|e| panic!("{e}"));
     let archive = images::eniflow_archive();
     let plane = ControlPlane::start(&lab.node.netns, &lab.node.primary_ip);
-    let max_pods = bootstrap_max_pods(&lab.spec.instance_type);
+    let max_pods = bootstrap_max_pods(&lab.spec.instance_type, false);
     let second = lab.second_node.as_ref().expect("a second node");
     let instances = [&lab.node, second];
     let nodes: Vec<KubeletNode> = ["node-a", "node-b"]
@@ -632,4 +663,118 @@ async fn a_deployment_over_two_nodes_keeps_working_through_scaling_an_agent_cras
         "an address changed during the rollout"
     );
     check_allocations(&after);
+}
+
+/// The image `cargo xtask image` builds loads into podman as well as containerd, runs the agent
+/// and iptables, and carries nothing the agent does not need.
+#[test]
+fn the_image_loads_into_podman_and_holds_only_what_the_agent_needs() {
+    require_root();
+    let archive = images::eniflow_archive();
+    let image = deployed_image();
+    let podman = |args: &[&str]| {
+        let out = std::process::Command::new("podman")
+            .args(args)
+            .output()
+            .expect("run podman");
+        assert!(
+            out.status.success(),
+            "podman {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    podman(&["load", "-q", "-i", &archive.display().to_string()]);
+    let run = |entrypoint: &str, args: &[&str]| {
+        let mut full = vec![
+            "run",
+            "--rm",
+            "--network=none",
+            "--runtime",
+            "runc",
+            "--cgroup-manager",
+            "cgroupfs",
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+            "--entrypoint",
+            entrypoint,
+            &image,
+        ];
+        full.extend_from_slice(args);
+        podman(&full)
+    };
+    let version = run("eniflow-agent", &["--version"]);
+    let iptables = run("iptables", &["--version"]);
+    podman(&["rmi", "--force", &image]);
+    let files = image_files(&archive);
+    assert_eq!(
+        version.trim(),
+        format!("eniflow-agent {}", env!("CARGO_PKG_VERSION"))
+    );
+    assert!(iptables.contains("nf_tables"), "{iptables}");
+    for needed in [
+        "/usr/bin/eniflow-agent",
+        "/usr/bin/eniflow-cni",
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/protocols",
+    ] {
+        assert!(
+            files.contains(needed),
+            "{needed} missing from the image"
+        );
+    }
+    for unneeded in [
+        "/usr/share/doc",
+        "/usr/share/man",
+        "/bin/sh",
+        "/usr/bin/apt-get",
+    ] {
+        assert!(
+            !files.contains(unneeded),
+            "{unneeded} in the image"
+        );
+    }
+}
+
+/// Every path in an OCI archive's layers, as `/path` (directories without the trailing slash).
+fn image_files(archive: &std::path::Path) -> std::collections::BTreeSet<String> {
+    let dir = std::env::temp_dir().join(eniflow_tests::unique_name("oci"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sh = |args: &[&str]| eniflow_tests::sh::run(args[0], &args[1..]);
+    sh(&[
+        "tar",
+        "-xf",
+        &archive.display().to_string(),
+        "-C",
+        &dir.display().to_string(),
+    ]);
+    let blob = |digest: &str| {
+        dir.join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    };
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    let mut files = std::collections::BTreeSet::new();
+    for layer in manifest["layers"].as_array().unwrap() {
+        let listing = sh(&[
+            "tar",
+            "-tf",
+            &blob(layer["digest"].as_str().unwrap())
+                .display()
+                .to_string(),
+        ]);
+        files.extend(
+            listing
+                .lines()
+                .map(|f| format!("/{}", f.trim_start_matches("./").trim_end_matches('/'))),
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    files
 }

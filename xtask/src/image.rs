@@ -114,6 +114,12 @@ pub fn build(profile: &str) -> Result<PathBuf> {
             .arg(&archive)
             .arg(&reference),
     )?;
+    // The archive is the product: podman's store is left as it was (`podman load` brings it).
+    cmd::run(
+        Command::new("podman")
+            .args(["rmi", "--force", &reference])
+            .stdout(std::process::Stdio::null()),
+    )?;
     fs::remove_dir_all(&work)?;
     println!(
         "    {reference}: {} ({:.1} MiB)",
