@@ -15,20 +15,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
-use crate::{images, kube::KubeApi, netns::Netns, sh::run};
-
-fn bin(name: &str) -> PathBuf {
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-    let path = Path::new(&home).join(".cache/eniflow/bin").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: `cargo xtask setup` builds it",
-        path.display()
-    );
-    path
-}
+use crate::{
+    images,
+    kube::{bin, KubeApi},
+    netns::Netns,
+    sh::run,
+};
 
 /// Polls `done` every 200 ms until it holds, or panics after `limit` saying `what` (and `why()`).
 pub fn wait_for(
@@ -223,6 +217,49 @@ impl Drop for ControlPlane {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Where a containerd the lab starts keeps its things.
+pub struct ContainerdPaths<'a> {
+    pub root: &'a Path,
+    pub state: &'a Path,
+    pub socket: &'a Path,
+    pub cni_bin: &'a Path,
+    pub cni_conf: &'a Path,
+    pub runc_root: &'a Path,
+}
+
+/// containerd's configuration as a node without systemd needs it: CRI with the lab's sandbox
+/// image, runc with cgroupfs, oom_score_adj kept within what root may set here.
+pub fn containerd_config(paths: &ContainerdPaths) -> String {
+    format!(
+        r#"version = 2
+root = "{root}"
+state = "{state}"
+[grpc]
+  address = "{socket}"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{sandbox}"
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{bin}"
+    conf_dir = "{conf}"
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+        Root = "{runc}"
+"#,
+        root = paths.root.display(),
+        state = paths.state.display(),
+        socket = paths.socket.display(),
+        sandbox = images::SANDBOX_IMAGE,
+        bin = paths.cni_bin.display(),
+        conf = paths.cni_conf.display(),
+        runc = paths.runc_root.display(),
+    )
 }
 
 /// The v1 cgroup hierarchies kubelet's cgroupfs driver uses (each gets the node's cgroup root).
@@ -479,29 +516,14 @@ impl KubeletNode {
 
     fn start_containerd(&mut self) {
         let dir = &self.dir;
-        let config = format!(
-            r#"version = 2
-root = "{root}"
-state = "/run/containerd"
-[grpc]
-  address = "{socket}"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{sandbox}"
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/opt/cni/bin"
-    conf_dir = "/etc/cni/net.d"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-"#,
-            root = dir.join("containerd").display(),
-            socket = self.socket().display(),
-            sandbox = images::SANDBOX_IMAGE,
-        );
+        let config = containerd_config(&ContainerdPaths {
+            root: &dir.join("containerd"),
+            state: Path::new("/run/containerd"),
+            socket: &self.socket(),
+            cni_bin: Path::new("/opt/cni/bin"),
+            cni_conf: Path::new("/etc/cni/net.d"),
+            runc_root: Path::new("/run/runc"),
+        });
         fs::write(dir.join("containerd.toml"), config).unwrap();
         let args = vec![
             "--config".to_owned(),
@@ -552,6 +574,17 @@ state = "/run/containerd"
             .take(5)
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// Writes a CNI network configuration into the node's /etc/cni/net.d (another CNI than
+    /// eniflow, for comparisons).
+    pub fn write_cni_config(&self, file: &str, text: &str) {
+        fs::write(self.dir.join("net.d").join(file), text).unwrap();
+    }
+
+    /// Removes what `write_cni_config` wrote.
+    pub fn remove_cni_config(&self, file: &str) {
+        fs::remove_file(self.dir.join("net.d").join(file)).unwrap();
     }
 
     /// A file of the node as its processes see it (e.g. /etc/cni/net.d/10-eniflow.conflist).
@@ -734,4 +767,120 @@ fn eniflow_overlay(dir: &Path, image: &str, env: &[(String, String)]) -> PathBuf
     // JSON is YAML.
     fs::write(dir.join("lab.yaml"), patch.to_string()).unwrap();
     dir.to_owned()
+}
+
+/// What the DaemonSet runs (`image:` in deploy/daemonset.yaml, as the CRI names it).
+pub fn deployed_image() -> String {
+    format!("docker.io/library/eniflow:{}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The node's max pods as its bootstrap computes it, before kubelet starts.
+pub fn bootstrap_max_pods(instance_type: &str, pod_eni: bool) -> u32 {
+    let out = std::process::Command::new(crate::agent::binary("eniflow-agent"))
+        .args(["max-pods", "--instance-type", instance_type])
+        .args(pod_eni.then_some("--pod-eni"))
+        .output()
+        .expect("run eniflow-agent max-pods");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("a number")
+}
+
+/// The agent's pods in kube-system: (name, phase, ready).
+pub fn agent_pods(plane: &ControlPlane) -> Vec<(String, String, bool)> {
+    let pods = plane.get(&[
+        "pods",
+        "-n",
+        "kube-system",
+        "-l",
+        "app.kubernetes.io/name=eniflow",
+    ]);
+    pods["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|p| {
+            let ready = p["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            });
+            (
+                p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                p["status"]["phase"].as_str().unwrap_or_default().to_owned(),
+                ready,
+            )
+        })
+        .collect()
+}
+
+/// A Deployment of busybox httpd pods, each passing a kubelet HTTP readiness probe.
+pub fn web_deployment(name: &str, replicas: u32) -> String {
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": { "name": name, "namespace": "default" },
+        "spec": {
+            "replicas": replicas,
+            "selector": { "matchLabels": { "app": name } },
+            "template": {
+                "metadata": { "labels": { "app": name } },
+                "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [{
+                        "name": "web",
+                        "image": images::BUSYBOX_IMAGE,
+                        "imagePullPolicy": "Never",
+                        "command": ["/busybox", "sh", "-c",
+                            "mkdir -p /www && echo $HOSTNAME > /www/index.html && exec /busybox httpd -f -p 8080 -h /www"],
+                        "readinessProbe": {
+                            "httpGet": { "path": "/", "port": 8080 },
+                            "periodSeconds": 2,
+                        },
+                    }],
+                },
+            },
+        },
+    })
+    .to_string()
+}
+
+/// One pod of a Deployment as the API reports it.
+#[derive(Debug, Clone)]
+pub struct WebPod {
+    pub name: String,
+    pub ip: String,
+    pub node: String,
+    pub ready: bool,
+}
+
+/// The Deployment's pods (those not being deleted).
+pub fn web_pods(plane: &ControlPlane, app: &str) -> Vec<WebPod> {
+    let pods = plane.get(&["pods", "-n", "default", "-l", &format!("app={app}")]);
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    pods["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .map(|p| WebPod {
+            name: text(&p["metadata"]["name"]),
+            ip: text(&p["status"]["podIP"]),
+            node: text(&p["spec"]["nodeName"]),
+            ready: p["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            }),
+        })
+        .collect()
 }

@@ -31,7 +31,8 @@ pub struct KubeApi {
     apiserver: Child,
 }
 
-fn bin(name: &str) -> PathBuf {
+/// A binary `cargo xtask setup` put in its cache (Kubernetes', etcd).
+pub fn bin(name: &str) -> PathBuf {
     let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
     let path = Path::new(&home).join(".cache/eniflow/bin").join(name);
     assert!(

@@ -5,129 +5,15 @@
 use std::time::Duration;
 
 use eniflow_tests::{
-    agent,
-    cluster::{lab_agent_env, wait_for, ControlPlane, KubeletNode},
-    images::{self, BUSYBOX_IMAGE},
+    cluster::{
+        agent_pods, bootstrap_max_pods, deployed_image, lab_agent_env, wait_for, web_deployment,
+        web_pods, ControlPlane, KubeletNode, WebPod,
+    },
+    images,
     lab::{Lab, LabSpec},
     require_root,
 };
 use serde_json::{json, Value};
-
-/// What the DaemonSet runs (`image:` in deploy/daemonset.yaml, as the CRI names it).
-fn deployed_image() -> String {
-    format!("docker.io/library/eniflow:{}", env!("CARGO_PKG_VERSION"))
-}
-
-/// The node's max pods as its bootstrap computes it, before kubelet starts.
-fn bootstrap_max_pods(instance_type: &str, pod_eni: bool) -> u32 {
-    let out = std::process::Command::new(agent::binary("eniflow-agent"))
-        .args(["max-pods", "--instance-type", instance_type])
-        .args(pod_eni.then_some("--pod-eni"))
-        .output()
-        .expect("run eniflow-agent max-pods");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .expect("a number")
-}
-
-/// The agent's pods in kube-system: (name, phase, ready).
-fn agent_pods(plane: &ControlPlane) -> Vec<(String, String, bool)> {
-    let pods = plane.get(&[
-        "pods",
-        "-n",
-        "kube-system",
-        "-l",
-        "app.kubernetes.io/name=eniflow",
-    ]);
-    pods["items"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .map(|p| {
-            let ready = p["status"]["conditions"].as_array().is_some_and(|c| {
-                c.iter()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            });
-            (
-                p["metadata"]["name"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-                p["status"]["phase"].as_str().unwrap_or_default().to_owned(),
-                ready,
-            )
-        })
-        .collect()
-}
-
-/// A Deployment of busybox httpd pods, each passing a kubelet HTTP readiness probe.
-fn web_deployment(name: &str, replicas: u32) -> String {
-    json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": { "name": name, "namespace": "default" },
-        "spec": {
-            "replicas": replicas,
-            "selector": { "matchLabels": { "app": name } },
-            "template": {
-                "metadata": { "labels": { "app": name } },
-                "spec": {
-                    "terminationGracePeriodSeconds": 1,
-                    "containers": [{
-                        "name": "web",
-                        "image": BUSYBOX_IMAGE,
-                        "imagePullPolicy": "Never",
-                        "command": ["/busybox", "sh", "-c",
-                            "mkdir -p /www && echo $HOSTNAME > /www/index.html && exec /busybox httpd -f -p 8080 -h /www"],
-                        "readinessProbe": {
-                            "httpGet": { "path": "/", "port": 8080 },
-                            "periodSeconds": 2,
-                        },
-                    }],
-                },
-            },
-        },
-    })
-    .to_string()
-}
-
-/// One pod of a Deployment as the API reports it.
-#[derive(Debug, Clone)]
-struct WebPod {
-    name: String,
-    ip: String,
-    node: String,
-    ready: bool,
-}
-
-/// The Deployment's pods (those not being deleted).
-fn web_pods(plane: &ControlPlane, app: &str) -> Vec<WebPod> {
-    let pods = plane.get(&["pods", "-n", "default", "-l", &format!("app={app}")]);
-    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
-    pods["items"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
-        .map(|p| WebPod {
-            name: text(&p["metadata"]["name"]),
-            ip: text(&p["status"]["podIP"]),
-            node: text(&p["spec"]["nodeName"]),
-            ready: p["status"]["conditions"].as_array().is_some_and(|c| {
-                c.iter()
-                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
-            }),
-        })
-        .collect()
-}
 
 /// Waits until the Deployment `app` has exactly `n` pods, all Ready.
 fn wait_for_web(plane: &ControlPlane, nodes: &[&KubeletNode], app: &str, n: usize) -> Vec<WebPod> {
@@ -720,10 +606,7 @@ fn the_image_loads_into_podman_and_holds_only_what_the_agent_needs() {
         "/etc/ssl/certs/ca-certificates.crt",
         "/etc/protocols",
     ] {
-        assert!(
-            files.contains(needed),
-            "{needed} missing from the image"
-        );
+        assert!(files.contains(needed), "{needed} missing from the image");
     }
     for unneeded in [
         "/usr/share/doc",
@@ -731,10 +614,7 @@ fn the_image_loads_into_podman_and_holds_only_what_the_agent_needs() {
         "/bin/sh",
         "/usr/bin/apt-get",
     ] {
-        assert!(
-            !files.contains(unneeded),
-            "{unneeded} in the image"
-        );
+        assert!(!files.contains(unneeded), "{unneeded} in the image");
     }
 }
 

@@ -4,15 +4,16 @@
 //! leave no veth and no allocation behind.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use eniflow_tests::{
     agent,
+    cluster::{containerd_config, ContainerdPaths},
     cni::{self, PodNode},
-    images::{self, SANDBOX_IMAGE},
+    images,
     lab::emulator::venv,
     require_root,
 };
@@ -30,33 +31,14 @@ impl Containerd {
         let dir = PathBuf::from(node.files.path("containerd"));
         let bin = dir.join("cni-bin");
         cni::plugin_dir(&bin);
-        let config = format!(
-            r#"version = 2
-root = "{root}"
-state = "{state}"
-[grpc]
-  address = "{socket}"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{SANDBOX_IMAGE}"
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{bin}"
-    conf_dir = "{conf}"
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-        Root = "{runc}"
-"#,
-            root = dir.join("root").display(),
-            state = dir.join("state").display(),
-            socket = dir.join("containerd.sock").display(),
-            bin = bin.display(),
-            conf = node.files.cni_conf_dir(),
-            runc = dir.join("runc").display(),
-        );
+        let config = containerd_config(&ContainerdPaths {
+            root: &dir.join("root"),
+            state: &dir.join("state"),
+            socket: &dir.join("containerd.sock"),
+            cni_bin: &bin,
+            cni_conf: Path::new(&node.files.cni_conf_dir()),
+            runc_root: &dir.join("runc"),
+        });
         std::fs::write(dir.join("config.toml"), config).unwrap();
         // In the node's network namespace (where a kubelet's runtime runs), not its mounts: the
         // pod namespaces containerd bind-mounts must be visible to the agent.

@@ -41,9 +41,10 @@ enum Task {
     Demo,
     /// Set up, build, and run the benchmarks: EC2 calls and idle addresses of the pool under VPC
     /// CNI's default knobs and eniflow's recommended ones; CNI ADD/DEL latency; pod-to-VPC-host
-    /// netperf through eniflow vs per-pod ip rules vs the floor (needs root).
+    /// netperf through eniflow vs per-pod ip rules vs the floor; pod startup through kubelet
+    /// (needs root).
     Bench {
-        /// Only one part: ipam, cni or datapath.
+        /// Only one part: ipam, cni, datapath or kubelet.
         part: Option<BenchPart>,
     },
     /// Build eniflow's OCI image offline (release binaries, iptables and its libraries from
@@ -139,6 +140,7 @@ enum BenchPart {
     Ipam,
     Cni,
     Datapath,
+    Kubelet,
 }
 
 fn bench(part: Option<BenchPart>) -> Result<()> {
@@ -168,6 +170,13 @@ fn bench(part: Option<BenchPart>) -> Result<()> {
             std::process::Command::new(root().join("target/debug/eniflow-bench-datapath"))
                 .env("ENIFLOW_NETPERF_DIR", netperf),
         )?;
+    }
+    if runs(BenchPart::Kubelet) {
+        cmd::require_root("the kubelet bench runs a node in network namespaces")?;
+        step("bench: pod startup through kubelet, eniflow against bridge + host-local");
+        cmd::run(&mut std::process::Command::new(
+            root().join("target/debug/eniflow-bench-kubelet"),
+        ))?;
     }
     Ok(())
 }
