@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use aws_config::imds;
 use clap::{Parser, Subcommand};
 use eniflow_agent::{
-    cni,
+    bpffs, cni,
     datapath::{self, AttachMode, Datapath, Pins, Plane},
     ec2::{self, Ec2},
     eni_links, install,
@@ -311,7 +311,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
             let shim = install::install_shim(&cni_bin_dir)?;
             install::set_node_sysctls()?;
             // Mounted here, on the node, so pins outlive the agent's container.
-            eniflow_agent::bpffs::ensure(&pins.versioned())?;
+            bpffs::ensure(&pins.versioned())?;
             println!(
                 "installed {}; node sysctls set; bpffs ready",
                 shim.display()

@@ -558,8 +558,17 @@ fn the_image_loads_into_podman_and_holds_only_what_the_agent_needs() {
     require_root();
     let archive = images::eniflow_archive();
     let image = deployed_image();
+    // A podman store of the test's own: the machine's is never written.
+    let store = std::env::temp_dir().join(eniflow_tests::unique_name("podman"));
     let podman = |args: &[&str]| {
         let out = std::process::Command::new("podman")
+            .arg("--root")
+            .arg(store.join("storage"))
+            .arg("--runroot")
+            .arg(store.join("run"))
+            .arg("--tmpdir")
+            .arg(store.join("tmp"))
+            .args(["--storage-driver", "vfs", "--events-backend", "none"])
             .args(args)
             .output()
             .expect("run podman");
@@ -594,6 +603,7 @@ fn the_image_loads_into_podman_and_holds_only_what_the_agent_needs() {
     let version = run("eniflow-agent", &["--version"]);
     let iptables = run("iptables", &["--version"]);
     podman(&["rmi", "--force", &image]);
+    let _ = std::fs::remove_dir_all(&store);
     let files = image_files(&archive);
     assert_eq!(
         version.trim(),

@@ -22,7 +22,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Make this machine ready: nightly rust-src, bpf-linker, Debian packages, the lab's Python venv.
+    /// Make this machine ready: nightly rust-src, bpf-linker, Debian packages, cnitool and
+    /// Kubernetes built from Debian's source, the lab's Python venv.
     Setup,
     /// Build the tc programs (nightly, bpfel-unknown-none, with BTF).
     BuildEbpf,

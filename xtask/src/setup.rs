@@ -314,7 +314,7 @@ fn kubernetes() -> Result<Outcome> {
         let _ = fs::remove_dir_all(&work);
         let apt = private_apt(&work, "deb-src", "main")?;
         println!(
-            "    {}: apt-get source {KUBERNETES_SOURCE_PACKAGE} + one go build (about 15 minutes)",
+            "    {}: apt-get source {KUBERNETES_SOURCE_PACKAGE} + one go build (about 6 minutes)",
             missing.join(", ")
         );
         run(&mut apt(&["update", "-qq"]))?;
