@@ -1,4 +1,5 @@
-//! Embeds the lab's fabric programs, built with eniflow's by `cargo xtask build-ebpf`.
+//! Embeds the lab's fabric programs (tests/lab/fabric-ebpf), built with eniflow's by
+//! `cargo xtask build-ebpf`.
 
 use std::{env, path::PathBuf};
 
@@ -8,7 +9,7 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
-                .join("../ebpf/eniflow-ebpf/target/bpfel-unknown-none/release/eniflow-lab")
+                .join("lab/fabric-ebpf/target/bpfel-unknown-none/release/eniflow-lab")
         });
     println!("cargo:rerun-if-changed={}", object.display());
     if !object.is_file() {

@@ -6,130 +6,62 @@
 
 use std::{
     collections::BTreeSet,
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result};
 use aws_config::imds;
-use futures_util::TryStreamExt;
-use rtnetlink::{packet_route::link::LinkAttribute, Handle, LinkUnspec};
+use rtnetlink::{Handle, LinkUnspec};
 
 use crate::{
+    addressing::gateway,
     datapath::{EniPort, Plane},
+    instance::{read_enis, ImdsEni},
     ipam::Ipam,
     snat,
 };
 use eniflow_common::{ENI_ROLE_PRIMARY, ENI_ROLE_SECONDARY, ENI_ROLE_TRUNK};
+
+/// Why one pass of the watcher did not finish (the next pass tries again).
+#[derive(Debug, thiserror::Error)]
+pub enum EniLinkError {
+    #[error(transparent)]
+    Imds(#[from] crate::instance::ImdsError),
+    #[error("{step}: {source}")]
+    Netlink {
+        step: String,
+        source: rtnetlink::Error,
+    },
+    #[error(transparent)]
+    Sysctl(#[from] crate::install::InstallError),
+    #[error(transparent)]
+    Snat(#[from] snat::SnatError),
+    #[error(transparent)]
+    Datapath(#[from] crate::datapath::DatapathError),
+}
+
+type Result<T> = std::result::Result<T, EniLinkError>;
+
+fn netlink_failed(step: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> EniLinkError {
+    let step = step.into();
+    move |source| EniLinkError::Netlink { step, source }
+}
 
 /// How often the watcher compares the pool's ENIs with the ones the data plane has.
 const TICK: Duration = Duration::from_secs(1);
 /// A full re-read even when nothing seems to have changed.
 const RESYNC: Duration = Duration::from_secs(30);
 
-/// An ENI as IMDS describes it.
-#[derive(Clone, Debug)]
-pub struct ImdsEni {
-    pub id: String,
-    pub mac: [u8; 6],
-    pub device_index: u32,
-    pub primary: Ipv4Addr,
-    pub subnet: (Ipv4Addr, u8),
-    pub vpc_cidrs: Vec<(Ipv4Addr, u8)>,
-}
-
-pub fn parse_cidr(text: &str) -> Option<(Ipv4Addr, u8)> {
-    let (addr, len) = text.trim().split_once('/')?;
-    let len: u8 = len.parse().ok().filter(|l| *l <= 32)?;
-    Some((addr.parse().ok()?, len))
-}
-
-/// "0a:1b:2c:3d:4e:5f": six two-digit hex bytes, nothing else.
-pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = text.trim().split(':');
-    for byte in &mut mac {
-        let part = parts.next()?;
-        if part.len() != 2 {
-            return None;
-        }
-        *byte = u8::from_str_radix(part, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
-
-/// The subnet router: the subnet's base address + 1, as in every VPC.
-pub fn gateway((base, len): (Ipv4Addr, u8)) -> Ipv4Addr {
-    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-    Ipv4Addr::from((u32::from(base) & mask) + 1)
-}
-
-/// Every ENI IMDS lists for this instance.
-pub async fn read_imds(client: &imds::Client) -> Result<Vec<ImdsEni>> {
-    let get = |path: String| async move {
-        client
-            .get(&path)
-            .await
-            .map(|v| v.as_ref().trim().to_owned())
-            .with_context(|| format!("instance metadata {path}"))
-    };
-    let base = "/latest/meta-data/network/interfaces/macs/";
-    let mut out = Vec::new();
-    for line in get(base.to_owned()).await?.lines() {
-        let mac_text = line.trim().trim_end_matches('/');
-        if mac_text.is_empty() {
-            continue;
-        }
-        let key = |k: &str| format!("{base}{mac_text}/{k}");
-        let mac = parse_mac(mac_text).with_context(|| format!("IMDS MAC {mac_text:?}"))?;
-        let primary = get(key("local-ipv4s")).await?;
-        let primary = primary
-            .lines()
-            .next()
-            .and_then(|a| a.trim().parse().ok())
-            .with_context(|| format!("ENI {mac_text}: no primary address in local-ipv4s"))?;
-        let subnet = get(key("subnet-ipv4-cidr-block")).await?;
-        let vpc = get(key("vpc-ipv4-cidr-blocks")).await?;
-        out.push(ImdsEni {
-            id: get(key("interface-id")).await?,
-            mac,
-            device_index: get(key("device-number"))
-                .await?
-                .parse()
-                .with_context(|| format!("ENI {mac_text}: device-number"))?,
-            primary,
-            subnet: parse_cidr(&subnet)
-                .with_context(|| format!("ENI {mac_text}: subnet CIDR {subnet:?}"))?,
-            vpc_cidrs: vpc.lines().filter_map(parse_cidr).collect(),
-        });
-    }
-    Ok(out)
-}
-
-/// Local links by MAC: (ifindex, name, MAC).
+/// Local links with a MAC: (ifindex, name, MAC).
 async fn links(nl: &Handle) -> Result<Vec<(u32, String, [u8; 6])>> {
-    let mut out = Vec::new();
-    let mut dump = nl.link().get().execute();
-    while let Some(msg) = dump.try_next().await.context("list links")? {
-        let mut name = None;
-        let mut mac = None;
-        for a in &msg.attributes {
-            match a {
-                LinkAttribute::IfName(n) => name = Some(n.clone()),
-                LinkAttribute::Address(m) if m.len() == 6 => {
-                    let mut out = [0; 6];
-                    out.copy_from_slice(m);
-                    mac = Some(out);
-                }
-                _ => {}
-            }
-        }
-        if let (Some(name), Some(mac)) = (name, mac) {
-            out.push((msg.header.index, name, mac));
-        }
-    }
-    Ok(out)
+    let links = crate::netlink::links(nl)
+        .await
+        .map_err(netlink_failed("list links"))?;
+    Ok(links
+        .into_iter()
+        .filter_map(|l| Some((l.index, l.name, l.mac?)))
+        .collect())
 }
 
 /// Up, primary address (secondary ENIs; the primary's comes from DHCP), loose rp_filter.
@@ -138,7 +70,7 @@ async fn prepare(nl: &Handle, ifindex: u32, ifname: &str, eni: &ImdsEni) -> Resu
         .set(LinkUnspec::new_with_index(ifindex).up().build())
         .execute()
         .await
-        .with_context(|| format!("set {ifname} up"))?;
+        .map_err(netlink_failed(format!("set {ifname} up")))?;
     if eni.device_index != 0 {
         match nl
             .address()
@@ -148,7 +80,12 @@ async fn prepare(nl: &Handle, ifindex: u32, ifname: &str, eni: &ImdsEni) -> Resu
         {
             Ok(()) => {}
             Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}
-            Err(e) => return Err(e).with_context(|| format!("add {}/32 to {ifname}", eni.primary)),
+            Err(e) => {
+                return Err(netlink_failed(format!(
+                    "add {}/32 to {ifname}",
+                    eni.primary
+                ))(e))
+            }
         }
     }
     crate::install::loose_rp_filter(ifname)?;
@@ -164,7 +101,7 @@ async fn sync(
     pool: &BTreeSet<(String, bool)>,
     snat: &mut snat::Snat,
 ) -> Result<bool> {
-    let described = read_imds(imds).await?;
+    let described = read_enis(imds).await?;
     let local = links(nl).await?;
     let mut ports = Vec::new();
     let mut vpc_cidrs = BTreeSet::new();
@@ -206,7 +143,7 @@ async fn sync(
 
 /// Keeps the data plane's ENIs in step with the pool's, for as long as the agent runs.
 pub async fn watch(plane: Arc<Plane>, imds: imds::Client, ipam: Arc<Ipam>, mut snat: snat::Snat) {
-    let nl = match crate::datapath::tc::connect() {
+    let nl = match crate::netlink::connect() {
         Ok(nl) => nl,
         Err(e) => {
             log::error!("ENI watcher: cannot open a route netlink socket: {e}");
@@ -222,7 +159,7 @@ pub async fn watch(plane: Arc<Plane>, imds: imds::Client, ipam: Arc<Ipam>, mut s
         let vanished = plane
             .eni_ifindexes()
             .into_iter()
-            .any(|i| crate::datapath::ifname(i).is_none());
+            .any(|i| crate::netlink::ifname(i).is_none());
         let due = vanished
             || synced
                 .as_ref()
@@ -232,38 +169,11 @@ pub async fn watch(plane: Arc<Plane>, imds: imds::Client, ipam: Arc<Ipam>, mut s
                 Ok(true) => Some((pool, Instant::now())),
                 Ok(false) => None,
                 Err(e) => {
-                    log::warn!("ENI watcher: {e:#}");
+                    log::warn!("ENI watcher: {e}");
                     None
                 }
             };
         }
         tokio::time::sleep(TICK).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gateway_is_the_subnets_base_plus_one() {
-        assert_eq!(
-            gateway(parse_cidr("10.0.2.0/24").unwrap()),
-            Ipv4Addr::new(10, 0, 2, 1)
-        );
-        assert_eq!(
-            gateway(parse_cidr("10.0.2.77/20").unwrap()),
-            Ipv4Addr::new(10, 0, 0, 1)
-        );
-    }
-
-    #[test]
-    fn macs_and_cidrs_parse_or_say_no() {
-        assert_eq!(
-            parse_mac("02:0a:ff:00:01:9c"),
-            Some([2, 0x0a, 0xff, 0, 1, 0x9c])
-        );
-        assert_eq!(parse_mac("02:0a:ff:00:01"), None);
-        assert_eq!(parse_cidr("10.0.0.0/33"), None);
     }
 }

@@ -1,7 +1,11 @@
 //! What IMDSv2 says about the instance the agent runs on: its id, type and zone, and the primary
 //! ENI's subnet and security groups (where new ENIs go without custom networking).
 
+use std::net::Ipv4Addr;
+
 use aws_config::imds;
+
+use crate::addressing::{parse_cidr, parse_mac};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Instance {
@@ -64,4 +68,68 @@ impl Instance {
                 .collect(),
         })
     }
+}
+
+/// An ENI as IMDS describes it.
+#[derive(Clone, Debug)]
+pub struct ImdsEni {
+    pub id: String,
+    pub mac: [u8; 6],
+    pub device_index: u32,
+    pub primary: Ipv4Addr,
+    pub subnet: (Ipv4Addr, u8),
+    pub vpc_cidrs: Vec<(Ipv4Addr, u8)>,
+}
+
+/// Every ENI IMDS lists for this instance.
+pub async fn read_enis(client: &imds::Client) -> Result<Vec<ImdsEni>, ImdsError> {
+    let get = |path: String| async move {
+        client
+            .get(&path)
+            .await
+            .map(|v| v.as_ref().trim().to_owned())
+            .map_err(|e| ImdsError {
+                path,
+                message: e.to_string(),
+            })
+    };
+    let bad = |path: String, message: String| ImdsError { path, message };
+    let base = "/latest/meta-data/network/interfaces/macs/";
+    let mut out = Vec::new();
+    for line in get(base.to_owned()).await?.lines() {
+        let mac_text = line.trim().trim_end_matches('/');
+        if mac_text.is_empty() {
+            continue;
+        }
+        let key = |k: &str| format!("{base}{mac_text}/{k}");
+        let mac = parse_mac(mac_text)
+            .ok_or_else(|| bad(base.into(), format!("{mac_text:?} is not a MAC address")))?;
+        let primary = get(key("local-ipv4s"))
+            .await?
+            .lines()
+            .next()
+            .and_then(|a| a.trim().parse().ok())
+            .ok_or_else(|| bad(key("local-ipv4s"), "no primary address".into()))?;
+        let subnet = get(key("subnet-ipv4-cidr-block")).await?;
+        let subnet = parse_cidr(&subnet).ok_or_else(|| {
+            bad(
+                key("subnet-ipv4-cidr-block"),
+                format!("{subnet:?} is not a CIDR"),
+            )
+        })?;
+        let device = get(key("device-number")).await?;
+        let device_index = device
+            .parse()
+            .map_err(|_| bad(key("device-number"), format!("{device:?} is not a number")))?;
+        let vpc = get(key("vpc-ipv4-cidr-blocks")).await?;
+        out.push(ImdsEni {
+            id: get(key("interface-id")).await?,
+            mac,
+            device_index,
+            primary,
+            subnet,
+            vpc_cidrs: vpc.lines().filter_map(parse_cidr).collect(),
+        });
+    }
+    Ok(out)
 }

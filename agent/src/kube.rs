@@ -3,7 +3,7 @@
 //! pods' `vpc.amazonaws.com/pod-eni` annotations. A few JSON requests over HTTPS with the
 //! service account's token: the agent needs no informers or typed client for that.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
 use http_body_util::{BodyExt, Full};
 use hyper::{body::Bytes, Method, Request, StatusCode};
@@ -17,6 +17,24 @@ use serde_json::Value;
 
 /// One request's bound: the API server answers in milliseconds or is in trouble.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A failed request (or client set-up), named by method and path; the HTTP status when the API
+/// answered one.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct KubeError {
+    pub status: Option<StatusCode>,
+    pub message: String,
+}
+
+impl KubeError {
+    fn new(message: impl Into<String>) -> KubeError {
+        KubeError {
+            status: None,
+            message: message.into(),
+        }
+    }
+}
 
 pub struct Kube {
     server: String,
@@ -37,13 +55,14 @@ impl Kube {
         server: &str,
         token_file: PathBuf,
         ca_file: &std::path::Path,
-    ) -> Result<Arc<Kube>, String> {
+    ) -> Result<Arc<Kube>, KubeError> {
         if !server.starts_with("https://") {
-            return Err(format!(
+            return Err(KubeError::new(format!(
                 "Kubernetes API server {server:?}: an https:// URL is required"
-            ));
+            )));
         }
-        let ca_error = |e: &dyn std::fmt::Display| format!("{}: {e}", ca_file.display());
+        let ca_error =
+            |e: &dyn std::fmt::Display| KubeError::new(format!("{}: {e}", ca_file.display()));
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_file_iter(ca_file).map_err(|e| ca_error(&e))? {
             roots
@@ -56,7 +75,7 @@ impl Kube {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+            .map_err(|e| KubeError::new(e.to_string()))?
             .with_root_certificates(roots)
             .with_no_client_auth();
         let https = hyper_rustls::HttpsConnectorBuilder::new()
@@ -72,19 +91,17 @@ impl Kube {
     }
 
     /// The object at `path`; `None` when it does not exist.
-    pub async fn get(&self, path: &str) -> Result<Option<Value>, String> {
+    pub async fn get(&self, path: &str) -> Result<Option<Value>, KubeError> {
         match self.request(Method::GET, path, None).await {
             Ok(object) => Ok(Some(object)),
-            Err((Some(StatusCode::NOT_FOUND), _)) => Ok(None),
-            Err((_, e)) => Err(e),
+            Err(e) if e.status == Some(StatusCode::NOT_FOUND) => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
     /// Applies a JSON merge patch to the object at `path`.
-    pub async fn merge_patch(&self, path: &str, patch: &Value) -> Result<Value, String> {
-        self.request(Method::PATCH, path, Some(patch))
-            .await
-            .map_err(|(_, e)| e)
+    pub async fn merge_patch(&self, path: &str, patch: &Value) -> Result<Value, KubeError> {
+        self.request(Method::PATCH, path, Some(patch)).await
     }
 
     async fn request(
@@ -92,9 +109,12 @@ impl Kube {
         method: Method,
         path: &str,
         body: Option<&Value>,
-    ) -> Result<Value, (Option<StatusCode>, String)> {
+    ) -> Result<Value, KubeError> {
         let what = format!("Kubernetes API {method} {path}");
-        let fail = |status, e: &dyn std::fmt::Display| (status, format!("{what}: {e}"));
+        let fail = |status, e: &dyn std::fmt::Display| KubeError {
+            status,
+            message: format!("{what}: {e}"),
+        };
         let token = std::fs::read_to_string(&self.token_file)
             .map_err(|e| fail(None, &format!("token {}: {e}", self.token_file.display())))?;
         let request = Request::builder()
@@ -138,7 +158,7 @@ impl Kube {
 }
 
 /// A string map (labels, annotations) of an object's metadata.
-pub fn metadata_map(object: &Value, field: &str) -> std::collections::BTreeMap<String, String> {
+pub fn metadata_map(object: &Value, field: &str) -> BTreeMap<String, String> {
     object["metadata"][field]
         .as_object()
         .map(|m| {
@@ -166,6 +186,109 @@ pub fn server_url(explicit: Option<&str>) -> Option<String> {
     Some(format!("https://{host}:{port}"))
 }
 
+/// How the agent finds its cluster (all unset off a cluster).
+#[derive(clap::Args, Clone, Debug)]
+pub struct ClusterArgs {
+    /// The Kubernetes API server (https://host:port). Unset: KUBERNETES_SERVICE_HOST/PORT when the
+    /// agent runs in a pod; else there is no cluster, and node labels, ENIConfigs and pod
+    /// annotations come from the flags, --eni-configs and the CNI runtimeConfig.
+    #[arg(long, env = "ENIFLOW_KUBE_API_SERVER")]
+    pub kube_api_server: Option<String>,
+    /// The API server's bearer token (the pod's service account token).
+    #[arg(
+        long,
+        env = "ENIFLOW_KUBE_TOKEN_FILE",
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    )]
+    pub kube_token_file: PathBuf,
+    /// The CAs that sign the API server's certificate.
+    #[arg(
+        long,
+        env = "ENIFLOW_KUBE_CA_FILE",
+        default_value = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+    )]
+    pub kube_ca_file: PathBuf,
+    /// This node's name in the cluster (VPC CNI's MY_NODE_NAME, set from the downward API).
+    #[arg(long, env = "MY_NODE_NAME")]
+    pub node_name: Option<String>,
+}
+
+/// The cluster the agent runs in: the API and this node's name there.
+pub struct Cluster {
+    pub kube: Arc<Kube>,
+    pub node: String,
+}
+
+/// The annotation on the Node carrying its effective max pods.
+const MAX_PODS_ANNOTATION: &str = "eniflow.io/max-pods";
+
+impl Cluster {
+    /// The cluster `args` name, or the one the agent's pod is in; None off a cluster.
+    pub fn connect(args: &ClusterArgs) -> Result<Option<Cluster>, KubeError> {
+        let Some(server) = server_url(args.kube_api_server.as_deref()) else {
+            return Ok(None);
+        };
+        let node = args
+            .node_name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| {
+                KubeError::new(
+                    "in a cluster the agent needs its node's name: MY_NODE_NAME (--node-name)",
+                )
+            })?;
+        let kube = Kube::new(&server, args.kube_token_file.clone(), &args.kube_ca_file)?;
+        log::info!("node {node} of the cluster at {server}");
+        Ok(Some(Cluster { kube, node }))
+    }
+
+    fn node_path(&self) -> String {
+        format!("/api/v1/nodes/{}", self.node)
+    }
+
+    /// The node's labels and annotations.
+    pub async fn node_metadata(
+        &self,
+    ) -> Result<(BTreeMap<String, String>, BTreeMap<String, String>), KubeError> {
+        let node = self.kube.get(&self.node_path()).await?.ok_or_else(|| {
+            KubeError::new(format!(
+                "node {:?} does not exist in the cluster",
+                self.node
+            ))
+        })?;
+        Ok((
+            metadata_map(&node, "labels"),
+            metadata_map(&node, "annotations"),
+        ))
+    }
+
+    /// Puts the node's effective max pods on its Node, for whatever configures kubelet from it;
+    /// in the background, retried until the API takes it (at start the API may not be reachable
+    /// yet: kube-proxy may still be writing the rules for its Service address).
+    pub fn publish_max_pods(&self, max_pods: u32) {
+        let (kube, node, path) = (self.kube.clone(), self.node.clone(), self.node_path());
+        let patch = serde_json::json!({
+            "metadata": { "annotations": { MAX_PODS_ANNOTATION: max_pods.to_string() } }
+        });
+        tokio::spawn(async move {
+            let mut wait = Duration::from_millis(500);
+            loop {
+                match kube.merge_patch(&path, &patch).await {
+                    Ok(_) => {
+                        log::info!("max pods {max_pods} annotated on node {node}");
+                        return;
+                    }
+                    Err(e) => log::warn!(
+                        "cannot annotate node {node} with max pods yet (again in {wait:?}): {e}"
+                    ),
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(30));
+            }
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,9 +306,13 @@ mod tests {
     fn plain_http_and_a_missing_ca_are_refused_by_name() {
         let token = PathBuf::from("/nonexistent/token");
         let ca = std::path::Path::new("/nonexistent/ca.crt");
-        let http = Kube::new("http://10.0.0.1", token.clone(), ca).unwrap_err();
+        let http = Kube::new("http://10.0.0.1", token.clone(), ca)
+            .unwrap_err()
+            .to_string();
         assert!(http.contains("https://"), "{http}");
-        let missing = Kube::new("https://10.0.0.1", token, ca).unwrap_err();
+        let missing = Kube::new("https://10.0.0.1", token, ca)
+            .unwrap_err()
+            .to_string();
         assert!(missing.contains("/nonexistent/ca.crt"), "{missing}");
     }
 }

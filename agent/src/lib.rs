@@ -1,16 +1,18 @@
 //! eniflow's node agent: hands pods VPC addresses from ENIs and keeps the eBPF data plane that
 //! moves their packets.
 
+pub mod addressing;
 pub mod bpffs;
 pub mod cni;
 pub mod datapath;
 pub mod ec2;
 pub mod eni_links;
+pub mod files;
 pub mod install;
 pub mod instance;
 pub mod ipam;
 pub mod kube;
 pub mod limits;
 pub mod max_pods;
-pub mod netns;
+pub mod netlink;
 pub mod snat;

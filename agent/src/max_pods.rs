@@ -25,19 +25,68 @@ pub struct Options {
     pub uncapped: bool,
 }
 
+/// Why the options leave an instance type no pods (or name none the table knows).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct MaxPodsError(String);
+
+/// `eniflow-agent max-pods`: VPC CNI's calculator options, with their meaning.
+#[derive(clap::Args, Clone, Debug)]
+pub struct MaxPodsArgs {
+    #[arg(long)]
+    pub instance_type: String,
+    /// /28 prefixes instead of secondary addresses.
+    #[arg(long, alias = "cni-prefix-delegation-enabled")]
+    pub prefix_delegation: bool,
+    /// Pods use ENIConfig subnets: the primary ENI carries none.
+    #[arg(long, alias = "cni-custom-networking-enabled")]
+    pub custom_networking: bool,
+    /// MAX_ENI: at most this many ENIs, the primary included.
+    #[arg(long, alias = "cni-max-eni")]
+    pub max_eni: Option<u32>,
+    /// Security groups for pods: the trunk ENI takes an ENI slot.
+    #[arg(long)]
+    pub pod_eni: bool,
+    /// The instance's own figure, without EKS's ceiling (110 up to 30 vCPUs, else 250).
+    #[arg(long, alias = "show-max-allowed")]
+    pub uncapped: bool,
+}
+
+impl MaxPodsArgs {
+    /// The figure for the named instance type, from the bundled table.
+    pub fn max_pods(&self) -> Result<u32, MaxPodsError> {
+        let limits = crate::limits::bundled(&self.instance_type).ok_or_else(|| {
+            MaxPodsError(format!(
+                "unknown instance type {:?} (not in the bundled table)",
+                self.instance_type
+            ))
+        })?;
+        let opts = Options {
+            prefix_delegation: self.prefix_delegation,
+            custom_networking: self.custom_networking,
+            max_eni: self.max_eni,
+            pod_eni: self.pod_eni,
+            uncapped: self.uncapped,
+        };
+        max_pods(&self.instance_type, &limits, &opts)
+    }
+}
+
 /// The node's max pods, or why the options leave it none.
 pub fn max_pods(
     instance_type: &str,
     limits: &InstanceLimits,
     opts: &Options,
-) -> Result<u32, String> {
+) -> Result<u32, MaxPodsError> {
     if opts.prefix_delegation && !limits.supports_prefixes() {
-        return Err(format!(
+        return Err(MaxPodsError(format!(
             "prefix delegation needs a Nitro instance; {instance_type} runs on Xen"
-        ));
+        )));
     }
     if opts.max_eni == Some(0) {
-        return Err("max ENI must be at least 1 (the primary ENI)".into());
+        return Err(MaxPodsError(
+            "max ENI must be at least 1 (the primary ENI)".into(),
+        ));
     }
     let enis = opts.max_eni.map_or(limits.default_card_enis, |m| {
         m.min(limits.default_card_enis)
@@ -47,7 +96,7 @@ pub fn max_pods(
         .checked_sub(reserved)
         .filter(|&n| n > 0)
         .ok_or_else(|| {
-            format!(
+            MaxPodsError(format!(
                 "{instance_type} with {enis} ENI(s) has none left for pods{}{}",
                 if opts.custom_networking {
                     " after the primary (custom networking)"
@@ -55,7 +104,7 @@ pub fn max_pods(
                     ""
                 },
                 if opts.pod_eni { " and the trunk" } else { "" },
-            )
+            ))
         })?;
     let secondary = limits.ipv4_per_eni.saturating_sub(1);
     let per_eni = if opts.prefix_delegation {
@@ -80,7 +129,7 @@ mod tests {
     use super::*;
     use crate::limits::bundled;
 
-    fn pods(instance_type: &str, opts: Options) -> Result<u32, String> {
+    fn pods(instance_type: &str, opts: Options) -> Result<u32, MaxPodsError> {
         max_pods(instance_type, &bundled(instance_type).unwrap(), &opts)
     }
 
@@ -173,7 +222,8 @@ mod tests {
                 ..Default::default()
             },
         )
-        .unwrap_err();
+        .unwrap_err()
+        .0;
         assert!(err.contains("Nitro") && err.contains("m4.large"), "{err}");
         let err = pods(
             "m5.large",
@@ -182,7 +232,8 @@ mod tests {
                 ..Default::default()
             },
         )
-        .unwrap_err();
+        .unwrap_err()
+        .0;
         assert!(err.contains("max ENI"), "{err}");
         let err = pods(
             "t3.nano",
@@ -192,7 +243,8 @@ mod tests {
                 ..Default::default()
             },
         )
-        .unwrap_err();
+        .unwrap_err()
+        .0;
         assert!(err.contains("none left for pods"), "{err}");
     }
 }

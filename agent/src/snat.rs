@@ -7,11 +7,28 @@
 
 use std::{net::Ipv4Addr, process::Command};
 
-use anyhow::{bail, Context, Result};
 use eniflow_common::SG_POD_MARK;
 
 const CHAIN: &str = "ENIFLOW-SNAT";
 const COMMENT: &str = "eniflow: SNAT pod traffic leaving the VPC";
+
+/// A bad SNAT setting, or an iptables call that failed (named with its arguments).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SnatError(String);
+
+type Result<T> = std::result::Result<T, SnatError>;
+
+/// VPC CNI's SNAT settings, as the agent's command line takes them.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct SnatArgs {
+    /// A NAT gateway SNATs off-VPC traffic; the node does not (true/false).
+    #[arg(long, env = "AWS_VPC_K8S_CNI_EXTERNALSNAT", default_value = "")]
+    pub external_snat: String,
+    /// Destinations (comma-separated CIDRs) pods reach without SNAT.
+    #[arg(long, env = "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS", default_value = "")]
+    pub exclude_snat_cidrs: String,
+}
 
 /// The SNAT settings and what was last applied.
 pub struct Snat {
@@ -21,12 +38,8 @@ pub struct Snat {
 }
 
 impl Snat {
-    /// Reads AWS_VPC_K8S_CNI_EXTERNALSNAT and AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS.
-    pub fn from_env() -> Result<Snat> {
-        Snat::new(
-            &std::env::var("AWS_VPC_K8S_CNI_EXTERNALSNAT").unwrap_or_default(),
-            &std::env::var("AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS").unwrap_or_default(),
-        )
+    pub fn from_args(args: &SnatArgs) -> Result<Snat> {
+        Snat::new(&args.external_snat, &args.exclude_snat_cidrs)
     }
 
     /// `external`: "true" or "false" (or empty); `excluded`: comma-separated CIDRs.
@@ -34,7 +47,11 @@ impl Snat {
         let external = match external {
             "true" => true,
             "false" | "" => false,
-            other => bail!("AWS_VPC_K8S_CNI_EXTERNALSNAT={other:?}: expected true or false"),
+            other => {
+                return Err(SnatError(format!(
+                    "AWS_VPC_K8S_CNI_EXTERNALSNAT={other:?}: expected true or false"
+                )))
+            }
         };
         let mut excluded = Vec::new();
         for text in excluded_list
@@ -42,8 +59,10 @@ impl Snat {
             .map(str::trim)
             .filter(|t| !t.is_empty())
         {
-            excluded.push(crate::eni_links::parse_cidr(text).with_context(|| {
-                format!("AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS: {text:?} is not an IPv4 CIDR")
+            excluded.push(crate::addressing::parse_cidr(text).ok_or_else(|| {
+                SnatError(format!(
+                    "AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS: {text:?} is not an IPv4 CIDR"
+                ))
             })?);
         }
         Ok(Snat {
@@ -133,13 +152,13 @@ fn iptables(args: &[&str]) -> Result<()> {
         .arg("-w")
         .args(args)
         .output()
-        .context("run iptables")?;
+        .map_err(|e| SnatError(format!("run iptables: {e}")))?;
     if !out.status.success() {
-        bail!(
+        return Err(SnatError(format!(
             "iptables {}: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
-        );
+        )));
     }
     Ok(())
 }

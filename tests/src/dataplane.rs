@@ -11,10 +11,8 @@ use aya::{
     },
     Ebpf,
 };
-use eniflow_common::{
-    lab::{self, TapKey},
-    maps,
-};
+use eniflow_common::maps;
+use eniflow_lab_common::{self as lab, TapKey};
 use serde_json::Value;
 
 use crate::{bpftool, cni::PodNode, netns::Netns};

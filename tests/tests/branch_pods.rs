@@ -9,10 +9,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use eniflow_common::{
-    lab::{TAP_FIRST, TAP_LAST},
-    ENI_ROLE_TRUNK,
-};
+use eniflow_common::ENI_ROLE_TRUNK;
+use eniflow_lab_common::{TAP_FIRST, TAP_LAST};
 use eniflow_tests::{
     bpftool,
     cni::{address, pings, pod_args, Answer, PodNode as Node},

@@ -359,7 +359,7 @@ async fn pods_on_two_nodes_reach_each_other_by_their_enis() {
 /// eniflow still forwards; placed last it sees only what eniflow passes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_tc_program_chains_before_and_after_eniflows() {
-    use eniflow_common::lab;
+    use eniflow_lab_common as lab;
 
     require_root();
     let (node, pods) = node_with_secondary_pod().await;

@@ -9,13 +9,26 @@ pub fn object() -> PathBuf {
     crate::root().join("ebpf/eniflow-ebpf/target/bpfel-unknown-none/release/eniflow-ebpf")
 }
 
-/// Builds the tc programs on nightly with `-Z build-std=core` and BTF (see the crate's
-/// `.cargo/config.toml`).
+/// The lab's fabric programs (tests only), built beside eniflow's.
+pub fn lab_object() -> PathBuf {
+    crate::root().join("tests/lab/fabric-ebpf/target/bpfel-unknown-none/release/eniflow-lab")
+}
+
+/// Builds the tc programs, then the lab's fabric programs, on nightly with `-Z build-std=core`
+/// and BTF (see each crate's `.cargo/config.toml`).
 pub fn build() -> Result<()> {
     crate::step("build-ebpf: cargo +nightly build --release (bpfel-unknown-none)");
+    nightly_build("ebpf/eniflow-ebpf")?;
+    println!("    object: {}", object().display());
+    nightly_build("tests/lab/fabric-ebpf")?;
+    println!("    lab object: {}", lab_object().display());
+    Ok(())
+}
+
+fn nightly_build(dir: &str) -> Result<()> {
     let mut cmd = Command::new("cargo");
     cmd.args(["+nightly", "build", "--release"])
-        .current_dir(crate::root().join("ebpf/eniflow-ebpf"));
+        .current_dir(crate::root().join(dir));
     // Settings meant for the outer stable build must not leak into the nightly one.
     for var in [
         "RUSTC",
@@ -28,7 +41,5 @@ pub fn build() -> Result<()> {
     ] {
         cmd.env_remove(var);
     }
-    crate::cmd::run(&mut cmd)?;
-    println!("    object: {}", object().display());
-    Ok(())
+    crate::cmd::run(&mut cmd)
 }

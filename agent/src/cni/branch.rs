@@ -14,7 +14,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::ipam::{now_ms, Owner};
+use crate::{files::now_ms, ipam::Owner};
 
 pub const ANNOTATION: &str = "vpc.amazonaws.com/pod-eni";
 pub const POD_ANNOTATIONS: &str = "io.kubernetes.cri.pod-annotations";
@@ -29,12 +29,43 @@ pub struct Branch {
     pub subnet: (Ipv4Addr, u8),
 }
 
-fn field_error(field: &str, message: impl std::fmt::Display) -> String {
-    format!("annotation {ANNOTATION}: {field} {message}")
+/// Why a pod's branch ENI cannot be wired (yet).
+#[derive(Debug, thiserror::Error)]
+pub enum BranchError {
+    /// The annotation is malformed: the field is named.
+    #[error("{0}")]
+    Annotation(String),
+    /// Whether the pod needs a branch ENI, or which, is not known yet: the ADD is retried.
+    #[error("{0}")]
+    Pending(String),
+    /// The annotation's VLAN is another pod's, or still cooling.
+    #[error("{0}")]
+    VlanBusy(String),
+    #[error("{0}: {1}")]
+    Checkpoint(PathBuf, String),
+}
+
+impl Branch {
+    /// How the data plane reaches the branch's pod through the trunk.
+    pub fn link(&self) -> crate::datapath::BranchLink {
+        crate::datapath::BranchLink {
+            vlan: self.vlan,
+            mac: self.mac,
+            gateway: crate::addressing::gateway(self.subnet),
+        }
+    }
+}
+
+fn field_error(field: &str, message: impl std::fmt::Display) -> BranchError {
+    BranchError::Annotation(format!("annotation {ANNOTATION}: {field} {message}"))
+}
+
+fn annotation_error(message: String) -> BranchError {
+    BranchError::Annotation(message)
 }
 
 /// The pod's branch ENI, if its annotations name one (the first, as VPC CNI takes it for eth0).
-pub fn from_config(config: &Value) -> Result<Option<Branch>, String> {
+pub fn from_config(config: &Value) -> Result<Option<Branch>, BranchError> {
     let Some(text) = config
         .get("runtimeConfig")
         .and_then(|r| r.get(POD_ANNOTATIONS))
@@ -42,21 +73,28 @@ pub fn from_config(config: &Value) -> Result<Option<Branch>, String> {
     else {
         return Ok(None);
     };
-    let text = text
-        .as_str()
-        .ok_or_else(|| format!("annotation {ANNOTATION} is not a string: {text}"))?;
+    let text = text.as_str().ok_or_else(|| {
+        annotation_error(format!("annotation {ANNOTATION} is not a string: {text}"))
+    })?;
     parse_annotation(text).map(Some)
 }
 
 /// The first branch ENI the annotation's text names, checked field by field.
-pub fn parse_annotation(text: &str) -> Result<Branch, String> {
-    let list: Value = serde_json::from_str(text)
-        .map_err(|e| format!("annotation {ANNOTATION} is not JSON ({e}): {text:?}"))?;
+pub fn parse_annotation(text: &str) -> Result<Branch, BranchError> {
+    let list: Value = serde_json::from_str(text).map_err(|e| {
+        annotation_error(format!(
+            "annotation {ANNOTATION} is not JSON ({e}): {text:?}"
+        ))
+    })?;
     let first = list
         .as_array()
-        .ok_or_else(|| format!("annotation {ANNOTATION} is not a JSON array: {text:?}"))?
+        .ok_or_else(|| {
+            annotation_error(format!(
+                "annotation {ANNOTATION} is not a JSON array: {text:?}"
+            ))
+        })?
         .first()
-        .ok_or_else(|| format!("annotation {ANNOTATION} names no branch ENI"))?;
+        .ok_or_else(|| annotation_error(format!("annotation {ANNOTATION} names no branch ENI")))?;
     let string = |field: &str| {
         first
             .get(field)
@@ -68,7 +106,7 @@ pub fn parse_annotation(text: &str) -> Result<Branch, String> {
         return Err(field_error("eniId", format!("{eni_id:?} is not an ENI id")));
     }
     let mac_text = string("ifAddress")?;
-    let mac = crate::eni_links::parse_mac(mac_text)
+    let mac = crate::addressing::parse_mac(mac_text)
         .ok_or_else(|| field_error("ifAddress", format!("{mac_text:?} is not a MAC address")))?;
     let ip_text = string("privateIp")?;
     let ipv4: Ipv4Addr = ip_text
@@ -82,7 +120,7 @@ pub fn parse_annotation(text: &str) -> Result<Branch, String> {
         return Err(field_error("vlanId", format!("{vlan} is outside 1..4094")));
     }
     let cidr_text = string("subnetCidr")?;
-    let subnet = crate::eni_links::parse_cidr(cidr_text)
+    let subnet = crate::addressing::parse_cidr(cidr_text)
         .ok_or_else(|| field_error("subnetCidr", format!("{cidr_text:?} is not an IPv4 CIDR")))?;
     Ok(Branch {
         eni_id: eni_id.to_owned(),
@@ -115,25 +153,16 @@ impl FromApi {
 
     /// The branch ENI of pod `namespace/name`: `None` if it needs none. A pod that requests one
     /// and is not annotated yet is read again until the annotation comes or the wait ends.
-    /// Errors are (CNI code, message).
-    pub async fn branch(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Option<Branch>, (u32, String)> {
-        use eniflow_api::cni_errors::{INVALID_CONFIG, TRY_AGAIN_LATER};
+    pub async fn branch(&self, namespace: &str, name: &str) -> Result<Option<Branch>, BranchError> {
         let path = format!("/api/v1/namespaces/{namespace}/pods/{name}");
         let deadline = std::time::Instant::now() + self.wait;
         loop {
             // Unreadable, the pod might need its security groups: wiring it without them would
             // be wrong, so the ADD is retried.
             let pod = self.kube.get(&path).await.map_err(|e| {
-                (
-                    TRY_AGAIN_LATER,
-                    format!(
-                        "pod {namespace}/{name}: whether it needs a branch ENI is unknown: {e}"
-                    ),
-                )
+                BranchError::Pending(format!(
+                    "pod {namespace}/{name}: whether it needs a branch ENI is unknown: {e}"
+                ))
             })?;
             let Some(pod) = pod else {
                 return Ok(None); // not a pod of this cluster (a bare runtime's sandbox)
@@ -142,19 +171,16 @@ impl FromApi {
             if let Some(text) = annotations.get(ANNOTATION) {
                 return parse_annotation(text)
                     .map(Some)
-                    .map_err(|e| (INVALID_CONFIG, format!("pod {namespace}/{name}: {e}")));
+                    .map_err(|e| annotation_error(format!("pod {namespace}/{name}: {e}")));
             }
             if !requests_branch(&pod) {
                 return Ok(None);
             }
             if std::time::Instant::now() >= deadline {
-                return Err((
-                    TRY_AGAIN_LATER,
-                    format!(
+                return Err(BranchError::Pending(format!(
                         "pod {namespace}/{name} requests {RESOURCE} but has no {ANNOTATION} annotation after {:?}: the VPC resource controller annotates such pods shortly after scheduling, so this is the expected race, not a fault; the runtime retries the ADD",
                         self.wait
-                    ),
-                ));
+                )));
             }
             tokio::time::sleep(POLL).await;
         }
@@ -205,17 +231,17 @@ pub struct BranchPods {
 }
 
 impl BranchPods {
-    pub fn open(path: &Path, cooldown: Duration) -> Result<BranchPods, String> {
+    pub fn open(path: &Path, cooldown: Duration) -> Result<BranchPods, BranchError> {
+        let failed = |e: String| BranchError::Checkpoint(path.to_owned(), e);
         let saved = match std::fs::read(path) {
             Ok(bytes) => {
-                let saved: Saved = serde_json::from_slice(&bytes)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                let saved: Saved =
+                    serde_json::from_slice(&bytes).map_err(|e| failed(e.to_string()))?;
                 if saved.version != VERSION {
-                    return Err(format!(
-                        "{}: version {} (this agent reads {VERSION})",
-                        path.display(),
+                    return Err(failed(format!(
+                        "version {} (this agent reads {VERSION})",
                         saved.version
-                    ));
+                    )));
                 }
                 saved
             }
@@ -223,7 +249,7 @@ impl BranchPods {
                 version: VERSION,
                 ..Saved::default()
             },
-            Err(e) => return Err(format!("{}: {e}", path.display())),
+            Err(e) => return Err(failed(e.to_string())),
         };
         Ok(BranchPods {
             path: path.to_owned(),
@@ -236,10 +262,10 @@ impl BranchPods {
         self.saved.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn save(&self, saved: &Saved) -> Result<(), String> {
-        let text = serde_json::to_vec_pretty(saved).map_err(|e| e.to_string())?;
-        crate::ipam::checkpoint::write_atomically(&self.path, &text)
-            .map_err(|e| format!("{}: {e}", self.path.display()))
+    fn save(&self, saved: &Saved) -> Result<(), BranchError> {
+        let failed = |e: String| BranchError::Checkpoint(self.path.clone(), e);
+        let text = serde_json::to_vec_pretty(saved).map_err(|e| failed(e.to_string()))?;
+        crate::files::write_atomically(&self.path, &text).map_err(|e| failed(e.to_string()))
     }
 
     pub fn get(&self, owner: &Owner) -> Option<BranchPod> {
@@ -251,31 +277,28 @@ impl BranchPods {
     }
 
     /// Records `pod` unless its VLAN is held by another pod or still cooling.
-    pub fn add(&self, pod: BranchPod) -> Result<(), String> {
+    pub fn add(&self, pod: BranchPod) -> Result<(), BranchError> {
         let mut saved = self.lock();
         if let Some(other) = saved
             .pods
             .iter()
             .find(|p| p.branch.vlan == pod.branch.vlan && p.owner != pod.owner)
         {
-            return Err(field_error(
-                "vlanId",
-                format!(
-                    "{} is already the VLAN of container {}",
-                    pod.branch.vlan, other.owner.container_id
-                ),
-            ));
+            return Err(BranchError::VlanBusy(format!(
+                "annotation {ANNOTATION}: vlanId {} is already the VLAN of container {}",
+                pod.branch.vlan, other.owner.container_id
+            )));
         }
         if let Some(at) = saved.released.get(&pod.branch.vlan) {
             let until = at + self.cooldown.as_millis() as u64;
             let now = now_ms();
             if now < until {
-                return Err(format!(
+                return Err(BranchError::VlanBusy(format!(
                     "VLAN {} was released {} ms ago; it is reused after {} s",
                     pod.branch.vlan,
                     now - at,
                     self.cooldown.as_secs()
-                ));
+                )));
             }
         }
         saved.pods.retain(|p| p.owner != pod.owner);
@@ -285,14 +308,14 @@ impl BranchPods {
     }
 
     /// Forgets a branch pod whose ADD failed: it never carried traffic, its VLAN does not cool.
-    pub fn forget(&self, owner: &Owner) -> Result<(), String> {
+    pub fn forget(&self, owner: &Owner) -> Result<(), BranchError> {
         let mut saved = self.lock();
         saved.pods.retain(|p| p.owner != *owner);
         self.save(&saved)
     }
 
     /// Forgets the owner's branch pod, starting its VLAN's cooldown.
-    pub fn remove(&self, owner: &Owner) -> Result<Option<BranchPod>, String> {
+    pub fn remove(&self, owner: &Owner) -> Result<Option<BranchPod>, BranchError> {
         let mut saved = self.lock();
         let Some(index) = saved.pods.iter().position(|p| p.owner == *owner) else {
             return Ok(None);
@@ -362,7 +385,7 @@ mod tests {
             ("[]".to_owned(), "names no branch ENI"),
         ];
         for (annotation, expected) in cases {
-            let err = from_config(&config(&annotation)).unwrap_err();
+            let err = from_config(&config(&annotation)).unwrap_err().to_string();
             assert!(err.contains(expected), "{annotation}: {err}");
         }
     }

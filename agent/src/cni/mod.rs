@@ -2,8 +2,13 @@
 //! asks, the pod's wiring, and the JSON the shim prints.
 
 pub mod branch;
+pub mod conflist;
+pub mod error;
+pub mod holds;
+pub mod lifecycle;
 pub mod plumbing;
 pub mod probe;
 pub mod request;
 pub mod result;
+pub mod seams;
 pub mod server;

@@ -15,7 +15,7 @@ use futures_util::TryStreamExt;
 use rtnetlink::{
     packet_route::{
         address::AddressAttribute,
-        link::{InfoData, InfoKind, InfoVeth, LinkAttribute},
+        link::{InfoData, InfoKind, InfoVeth},
         neighbour::NeighbourState,
         route::RouteScope,
     },
@@ -64,83 +64,27 @@ pub struct Pod {
     pub mtu: u32,
 }
 
-/// What the wiring made, for the CNI result.
+/// What the wiring made, for the data plane's entry and the CNI result.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Wired {
+    pub host_ifindex: u32,
     pub host_mac: [u8; 6],
     pub pod_mac: [u8; 6],
 }
 
-/// A route netlink socket opened inside the namespace at `path`; the socket stays bound to it,
-/// so no later call needs setns. The namespace switch happens on a thread of its own that ends
-/// right after, so no runtime thread is ever left in a pod's namespace.
-pub async fn connect_in(path: &Path) -> Result<Handle, PlumbingError> {
-    let path = path.to_owned();
-    let runtime = tokio::runtime::Handle::current();
-    let opened = std::thread::spawn(move || -> io::Result<_> {
-        let home = File::open("/proc/thread-self/ns/net")?;
-        let target = File::open(&path)?;
-        setns(&target)?;
-        let made = {
-            let _in_runtime = runtime.enter();
-            rtnetlink::new_connection()
-        };
-        if let Err(e) = setns(&home) {
-            // A thread that cannot go home must not live on: it is about to end anyway.
-            return Err(io::Error::new(e.kind(), format!("setns back home: {e}")));
-        }
-        made
-    })
-    .join()
-    .map_err(|_| {
-        PlumbingError::new(
-            "open a netlink socket in the pod's namespace",
-            "the helper thread panicked",
-        )
-    })?
-    .map_err(io_failed("open a netlink socket in the pod's namespace"))?;
-    let (conn, handle, _) = opened;
-    tokio::spawn(conn);
-    Ok(handle)
-}
-
-fn setns(ns: &File) -> io::Result<()> {
-    // SAFETY: a valid fd of a namespace file; CLONE_NEWNET makes the kernel check its type.
-    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+/// A route socket in the pod's namespace (see `netlink::connect_in`).
+async fn connect_in(path: &Path) -> Result<Handle, PlumbingError> {
+    crate::netlink::connect_in(path)
+        .await
+        .map_err(io_failed("open a netlink socket in the pod's namespace"))
 }
 
 /// A link's index and MAC by name; None when there is no such link.
 async fn link(nl: &Handle, name: &str) -> Result<Option<(u32, [u8; 6])>, PlumbingError> {
-    let found = nl
-        .link()
-        .get()
-        .match_name(name.to_owned())
-        .execute()
-        .try_next()
-        .await;
-    match found {
-        Ok(Some(msg)) => {
-            let mac = msg
-                .attributes
-                .iter()
-                .find_map(|a| match a {
-                    LinkAttribute::Address(mac) if mac.len() == 6 => {
-                        let mut out = [0; 6];
-                        out.copy_from_slice(mac);
-                        Some(out)
-                    }
-                    _ => None,
-                })
-                .unwrap_or_default();
-            Ok(Some((msg.header.index, mac)))
-        }
-        Ok(None) => Ok(None),
-        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
-        Err(e) => Err(failed(format!("look up {name}"))(e)),
-    }
+    let found = crate::netlink::link_by_name(nl, name)
+        .await
+        .map_err(failed(format!("look up {name}")))?;
+    Ok(found.map(|l| (l.index, l.mac.unwrap_or_default())))
 }
 
 /// Whether a link of that name exists (errors count as "yes": nothing is released on a doubt).
@@ -287,7 +231,11 @@ async fn wire(host: &Handle, inside: &Handle, pod: &Pod) -> Result<Wired, Plumbi
             "route {}/32 dev {}",
             pod.ipv4, pod.host_veth
         )))?;
-    Ok(Wired { host_mac, pod_mac })
+    Ok(Wired {
+        host_ifindex: host_index,
+        host_mac,
+        pod_mac,
+    })
 }
 
 /// Removes the pod's veth pair (which takes its routes and neighbour with it). A veth that is
@@ -306,7 +254,7 @@ pub async fn del(host: &Handle, host_veth: &str) -> Result<(), PlumbingError> {
 /// The pod's wiring, if it is in place: the host veth exists and the pod's interface holds the
 /// address.
 pub async fn check(host: &Handle, pod: &Pod) -> Result<Wired, PlumbingError> {
-    let Some((_, host_mac)) = link(host, &pod.host_veth).await? else {
+    let Some((host_ifindex, host_mac)) = link(host, &pod.host_veth).await? else {
         return Err(PlumbingError::new(
             format!("check {}", pod.host_veth),
             "missing on the host",
@@ -338,5 +286,9 @@ pub async fn check(host: &Handle, pod: &Pod) -> Result<Wired, PlumbingError> {
             format!("does not hold {}", pod.ipv4),
         ));
     }
-    Ok(Wired { host_mac, pod_mac })
+    Ok(Wired {
+        host_ifindex,
+        host_mac,
+        pod_mac,
+    })
 }

@@ -7,21 +7,7 @@ use std::path::PathBuf;
 use eniflow_api::{cni_errors, v1::CniRequest, SUPPORTED_CNI_VERSIONS};
 use serde_json::Value;
 
-/// A CNI error: the spec's code (or eniflow's, from 100) and a one-line message.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CniError {
-    pub code: u32,
-    pub msg: String,
-}
-
-impl CniError {
-    pub fn new(code: u32, msg: impl Into<String>) -> CniError {
-        CniError {
-            code,
-            msg: msg.into(),
-        }
-    }
-}
+use super::error::CniError;
 
 /// Interface names are at most 15 bytes (IFNAMSIZ − 1).
 const IFNAME_MAX: usize = 15;

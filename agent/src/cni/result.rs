@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 
 use serde_json::{json, Value};
 
-use super::{plumbing::GATEWAY, request::CniError};
+use super::{error::CniError, plumbing::GATEWAY};
 
 fn mac(bytes: &[u8; 6]) -> String {
     bytes

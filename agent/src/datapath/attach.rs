@@ -28,16 +28,19 @@ pub enum AttachMode {
     Clsact,
 }
 
+/// An attach mode other than auto, tcx or clsact.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown attach mode {0:?} (expected auto, tcx or clsact)")]
+pub struct UnknownAttachMode(String);
+
 impl FromStr for AttachMode {
-    type Err = String;
+    type Err = UnknownAttachMode;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "auto" => Ok(Self::Auto),
             "tcx" => Ok(Self::Tcx),
             "clsact" => Ok(Self::Clsact),
-            other => Err(format!(
-                "unknown attach mode {other:?} (expected auto, tcx or clsact)"
-            )),
+            other => Err(UnknownAttachMode(other.to_owned())),
         }
     }
 }

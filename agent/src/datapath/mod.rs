@@ -5,6 +5,7 @@ mod attach;
 mod forwarding;
 mod pins;
 mod pods;
+pub mod status;
 pub mod tc;
 mod uninstall;
 
@@ -110,13 +111,19 @@ impl Hook {
         Self::resolve(ifname, direction, program)
     }
 
-    /// A hook of a pod's host veth: its tc ingress carries what the pod sends.
-    pub fn pod_veth(ifname: &str, direction: Direction) -> Result<Self, DatapathError> {
+    /// A hook of a pod's host veth (found when it was made): its tc ingress carries what the
+    /// pod sends.
+    pub fn pod_veth(ifname: &str, ifindex: u32, direction: Direction) -> Self {
         let program = match direction {
             Direction::Ingress => programs::POD_EGRESS,
             Direction::Egress => programs::POD_INGRESS,
         };
-        Self::resolve(ifname, direction, program)
+        Self {
+            ifname: ifname.to_owned(),
+            ifindex,
+            direction,
+            program,
+        }
     }
 
     fn resolve(
@@ -154,29 +161,7 @@ impl fmt::Display for Hook {
 
 /// The ifindex of `ifname` in the current network namespace.
 pub fn ifindex(ifname: &str) -> Result<u32, DatapathError> {
-    let c = std::ffi::CString::new(ifname)
-        .map_err(|e| DatapathError::Interface(ifname.into(), e.into()))?;
-    // SAFETY: c is a valid NUL-terminated string.
-    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
-        0 => Err(DatapathError::Interface(
-            ifname.into(),
-            io::Error::last_os_error(),
-        )),
-        index => Ok(index),
-    }
-}
-
-/// The name of the interface `ifindex` in the current network namespace, if there is one.
-pub fn ifname(ifindex: u32) -> Option<String> {
-    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
-    // SAFETY: buf holds IF_NAMESIZE bytes, as if_indextoname requires.
-    let name = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
-    if name.is_null() {
-        return None;
-    }
-    // SAFETY: on success buf holds a NUL-terminated name.
-    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
-    Some(name.to_string_lossy().into_owned())
+    crate::netlink::ifindex(ifname).map_err(|e| DatapathError::Interface(ifname.into(), e))
 }
 
 /// The loaded object, its pinned maps, and where things are pinned.
@@ -205,7 +190,7 @@ impl Datapath {
             loader.map_pin_path(name, path.as_path());
         }
         let ebpf = loader.load(OBJECT)?;
-        let nl = tc::connect().map_err(DatapathError::NetlinkSocket)?;
+        let nl = crate::netlink::connect().map_err(DatapathError::NetlinkSocket)?;
         Ok(Self {
             ebpf,
             pins,
@@ -234,19 +219,21 @@ impl Datapath {
         Ok(done)
     }
 
-    /// Attaches the pod programs to both hooks of a pod's host veth (re-adopting what is there);
-    /// returns its ifindex. On failure nothing stays attached.
-    pub async fn attach_pod_veth(&mut self, ifname: &str) -> Result<u32, DatapathError> {
-        let mut index = 0;
+    /// Attaches the pod programs to both hooks of a pod's host veth (re-adopting what is
+    /// there). On failure nothing stays attached.
+    pub async fn attach_pod_veth(
+        &mut self,
+        ifname: &str,
+        ifindex: u32,
+    ) -> Result<(), DatapathError> {
         for direction in Direction::BOTH {
-            let hook = Hook::pod_veth(ifname, direction)?;
-            index = hook.ifindex;
+            let hook = Hook::pod_veth(ifname, ifindex, direction);
             if let Err(e) = attach::ensure(self, &hook).await {
-                self.forget_hooks(index);
+                self.forget_hooks(ifindex);
                 return Err(e);
             }
         }
-        Ok(index)
+        Ok(())
     }
 
     /// Forgets the attachments of an interface that is gone (its programs went with it): the

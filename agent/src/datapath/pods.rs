@@ -35,14 +35,16 @@ impl Plane {
         self.forwarding.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Attaches the pod programs to `host_veth` and adds the pod's entries. On failure nothing
-    /// of the pod stays in the data plane.
-    pub async fn add_pod(&self, host_veth: &str, mut pod: PodPort) -> Result<(), DatapathError> {
-        let addr = pod.addr;
+    /// Attaches the pod programs to its host veth (`host_veth`, ifindex `pod.host_ifindex`) and
+    /// adds the pod's entries. On failure nothing of the pod stays in the data plane.
+    pub async fn add_pod(&self, host_veth: &str, pod: PodPort) -> Result<(), DatapathError> {
+        let (addr, ifindex) = (pod.addr, pod.host_ifindex);
         let mut datapath = self.datapath.lock().await;
-        pod.host_ifindex = datapath.attach_pod_veth(host_veth).await?;
-        let ifindex = pod.host_ifindex;
-        if let Err(e) = self.forwarding().add_pod(pod) {
+        datapath.attach_pod_veth(host_veth, ifindex).await?;
+        // Bound first: a guard in the `if let` would live through the block, and the second
+        // lock of the same mutex would deadlock.
+        let added = self.forwarding().add_pod(pod);
+        if let Err(e) = added {
             self.forwarding().remove_pod(addr);
             datapath.forget_hooks(ifindex);
             return Err(e);
@@ -86,7 +88,7 @@ impl Plane {
         // A detached ENI's interface is gone, and its programs with it: its records and link
         // pins go too (an interface that is still there keeps what is attached to it).
         for ifindex in gone {
-            if super::ifname(ifindex).is_none() {
+            if crate::netlink::ifname(ifindex).is_none() {
                 log::info!("ENI ifindex {ifindex} is gone; its attachments are forgotten");
                 self.forget_interface(ifindex).await;
             }
@@ -164,7 +166,7 @@ impl Plane {
         for (addr, ifindex) in stale {
             self.remove_pod(addr);
             // Only if that interface is gone (a reused ifindex belongs to someone else now).
-            if super::ifname(ifindex).is_none() {
+            if crate::netlink::ifname(ifindex).is_none() {
                 self.forget_interface(ifindex).await;
             }
         }

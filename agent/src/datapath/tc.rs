@@ -23,13 +23,6 @@ pub struct BpfFilter {
     pub prog_id: u32,
 }
 
-/// Opens a route netlink socket in the current network namespace.
-pub fn connect() -> std::io::Result<Handle> {
-    let (conn, handle, _) = rtnetlink::new_connection()?;
-    tokio::spawn(conn);
-    Ok(handle)
-}
-
 fn parent(direction: Direction) -> TcHandle {
     TcHandle {
         major: 0xffff,

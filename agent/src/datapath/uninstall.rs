@@ -12,9 +12,14 @@ use super::{
     direction_of, pinned_attachments, tc, DatapathError, Direction, Pins,
 };
 
+/// What an uninstall could not remove, each named; the rest was removed.
+#[derive(Debug, thiserror::Error)]
+#[error("uninstall left things behind:\n  {}", .0.join("\n  "))]
+pub struct LeftBehind(pub Vec<String>);
+
 /// Detaches and unpins everything eniflow made under `pins`. Keeps going past failures and
 /// returns them all.
-pub async fn uninstall(pins: &Pins) -> Result<(), Vec<String>> {
+pub async fn uninstall(pins: &Pins) -> Result<(), LeftBehind> {
     let mut errors = Vec::new();
     if let Err(e) = detach_recorded(pins, &mut errors).await {
         errors.push(e.to_string());
@@ -44,7 +49,7 @@ pub async fn uninstall(pins: &Pins) -> Result<(), Vec<String>> {
     if errors.is_empty() {
         Ok(())
     } else {
-        Err(errors)
+        Err(LeftBehind(errors))
     }
 }
 
@@ -52,7 +57,7 @@ async fn detach_recorded(pins: &Pins, errors: &mut Vec<String>) -> Result<(), Da
     let Some(attachments) = pinned_attachments(pins)? else {
         return Ok(());
     };
-    let nl = tc::connect().map_err(DatapathError::NetlinkSocket)?;
+    let nl = crate::netlink::connect().map_err(DatapathError::NetlinkSocket)?;
     let mut created_clsact = Vec::new();
     for entry in attachments.iter() {
         let (key, attachment) =

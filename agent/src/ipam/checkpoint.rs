@@ -4,7 +4,6 @@
 
 use std::{
     fs,
-    io::Write,
     net::Ipv4Addr,
     path::{Path, PathBuf},
 };
@@ -12,6 +11,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::pool::{Allocation, Owner};
+use crate::files::write_atomically;
 
 /// This format's version tag.
 pub const VERSION: &str = "eniflow-ipam/1";
@@ -54,19 +54,6 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
 pub fn save(path: &Path, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
     let body = serde_json::to_vec(checkpoint).map_err(|e| format_error(path)(e.to_string()))?;
     write_atomically(path, &body).map_err(io(path))
-}
-
-/// Writes `body` to `path` through a temporary file, fsync, rename and a directory fsync: a
-/// crash at any moment leaves the old file or the new one, never a torn one.
-pub fn write_atomically(path: &Path, body: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("tmp");
-    let mut file = fs::File::create(&tmp)?;
-    file.write_all(body)?;
-    file.sync_all()?;
-    fs::rename(&tmp, path)?;
-    fs::File::open(dir).and_then(|d| d.sync_all())
 }
 
 /// The file's bytes; None when it does not exist.

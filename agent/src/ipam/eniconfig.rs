@@ -10,6 +10,33 @@ use std::{collections::BTreeMap, path::Path};
 
 use serde::Deserialize;
 
+use crate::kube::{Cluster, KubeError};
+
+/// An ENIConfig cannot be read or chosen: the file, object or flag is named.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct EniConfigError(pub String);
+
+impl From<KubeError> for EniConfigError {
+    fn from(e: KubeError) -> Self {
+        EniConfigError(e.to_string())
+    }
+}
+
+/// Where the ENIConfigs and the node's labels come from off a cluster.
+#[derive(clap::Args, Clone, Debug)]
+pub struct EniConfigArgs {
+    /// ENIConfigs for custom networking off a cluster (`kubectl get eniconfigs -o json`).
+    #[arg(long, env = "ENIFLOW_ENI_CONFIGS")]
+    pub eni_configs: Option<std::path::PathBuf>,
+    /// The node's labels, `k=v,...` (kubelet's --node-labels); they choose the ENIConfig.
+    #[arg(long, env = "ENIFLOW_NODE_LABELS", default_value = "")]
+    pub node_labels: String,
+    /// The node's annotations, `k=v,...`; they choose the ENIConfig.
+    #[arg(long, env = "ENIFLOW_NODE_ANNOTATIONS", default_value = "")]
+    pub node_annotations: String,
+}
+
 /// The label that names an ENIConfig directly (VPC CNI).
 pub const EXTERNAL_LABEL: &str = "vpc.amazonaws.com/externalEniConfig";
 /// ENI_CONFIG_LABEL_DEF and ENI_CONFIG_ANNOTATION_DEF's default.
@@ -54,9 +81,9 @@ struct Spec {
 }
 
 /// Parses ENIConfigs (a List or one object).
-pub fn parse(text: &[u8]) -> Result<Vec<EniConfig>, String> {
-    let top: Object =
-        serde_json::from_slice(text).map_err(|e| format!("not ENIConfig JSON: {e}"))?;
+pub fn parse(text: &[u8]) -> Result<Vec<EniConfig>, EniConfigError> {
+    let top: Object = serde_json::from_slice(text)
+        .map_err(|e| EniConfigError(format!("not ENIConfig JSON: {e}")))?;
     let objects = if top.kind.ends_with("List") || !top.items.is_empty() {
         top.items
     } else {
@@ -68,11 +95,11 @@ pub fn parse(text: &[u8]) -> Result<Vec<EniConfig>, String> {
             let name = o.metadata.name;
             let spec = o
                 .spec
-                .ok_or_else(|| format!("ENIConfig {name:?} has no spec"))?;
+                .ok_or_else(|| EniConfigError(format!("ENIConfig {name:?} has no spec")))?;
             if name.is_empty() || spec.subnet.is_empty() {
-                return Err(format!(
+                return Err(EniConfigError(format!(
                     "ENIConfig {name:?}: metadata.name and spec.subnet are required"
-                ));
+                )));
             }
             Ok(EniConfig {
                 name,
@@ -84,9 +111,10 @@ pub fn parse(text: &[u8]) -> Result<Vec<EniConfig>, String> {
 }
 
 /// Reads ENIConfigs from `path`.
-pub fn read(path: &Path) -> Result<Vec<EniConfig>, String> {
-    let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+pub fn read(path: &Path) -> Result<Vec<EniConfig>, EniConfigError> {
+    let named = |e: &dyn std::fmt::Display| EniConfigError(format!("{}: {e}", path.display()));
+    let text = std::fs::read(path).map_err(|e| named(&e))?;
+    parse(&text).map_err(|e| named(&e))
 }
 
 /// The ENIConfig name for a node with these labels and annotations.
@@ -125,40 +153,72 @@ pub fn chosen_for_node(
 }
 
 /// The ENIConfig `name` from `file`.
-pub fn from_file(file: &Path, name: &str) -> Result<EniConfig, String> {
+pub fn from_file(file: &Path, name: &str) -> Result<EniConfig, EniConfigError> {
     read(file)?
         .into_iter()
         .find(|c| c.name == name)
         .ok_or_else(|| {
-            format!(
+            EniConfigError(format!(
                 "ENIConfig {name:?}, chosen for this node, is not in {}",
                 file.display()
-            )
+            ))
         })
 }
 
 /// The cluster's ENIConfig `name` (the CRD VPC CNI defines; deploy/ carries it).
-pub async fn from_api(kube: &crate::kube::Kube, name: &str) -> Result<EniConfig, String> {
+pub async fn from_api(kube: &crate::kube::Kube, name: &str) -> Result<EniConfig, EniConfigError> {
     let path = format!("/apis/crd.k8s.amazonaws.com/v1alpha1/eniconfigs/{name}");
     let object = kube.get(&path).await?.ok_or_else(|| {
-        format!("ENIConfig {name:?}, chosen for this node, does not exist in the cluster")
+        EniConfigError(format!(
+            "ENIConfig {name:?}, chosen for this node, does not exist in the cluster"
+        ))
     })?;
     parse(object.to_string().as_bytes())?
         .pop()
-        .ok_or_else(|| format!("ENIConfig {name:?}: the API answered no object"))
+        .ok_or_else(|| EniConfigError(format!("ENIConfig {name:?}: the API answered no object")))
 }
 
 /// Parses `k=v,k2=v2` (kubelet's --node-labels form).
-pub fn parse_pairs(text: &str) -> Result<BTreeMap<String, String>, String> {
+pub fn parse_pairs(text: &str) -> Result<BTreeMap<String, String>, EniConfigError> {
     text.split(',')
         .map(str::trim)
         .filter(|p| !p.is_empty())
         .map(|pair| {
             pair.split_once('=')
                 .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-                .ok_or_else(|| format!("{pair:?} is not key=value"))
+                .ok_or_else(|| EniConfigError(format!("{pair:?} is not key=value")))
         })
         .collect()
+}
+
+/// Custom networking's ENIConfig for this node, chosen by the node's labels and annotations
+/// (from its Node in a cluster, else the flags) and read from --eni-configs or the cluster.
+pub async fn for_node(
+    knobs: &super::Knobs,
+    args: &EniConfigArgs,
+    cluster: Option<&Cluster>,
+    zone: &str,
+) -> Result<EniConfig, EniConfigError> {
+    let flag = |name: &str, e: EniConfigError| EniConfigError(format!("--{name}: {e}"));
+    let (labels, annotations) = match cluster {
+        Some(cluster) => cluster.node_metadata().await?,
+        None => (
+            parse_pairs(&args.node_labels).map_err(|e| flag("node-labels", e))?,
+            parse_pairs(&args.node_annotations).map_err(|e| flag("node-annotations", e))?,
+        ),
+    };
+    let name = chosen_for_node(knobs, labels, &annotations, zone);
+    let config = match (&args.eni_configs, cluster) {
+        (Some(file), _) => from_file(file, &name)?,
+        (None, Some(cluster)) => from_api(&cluster.kube, &name).await?,
+        (None, None) => return Err(EniConfigError("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG=true needs the ENIConfigs: the Kubernetes API in a cluster, else --eni-configs (ENIFLOW_ENI_CONFIGS)".into())),
+    };
+    log::info!(
+        "custom networking: ENIConfig {} (subnet {})",
+        config.name,
+        config.subnet
+    );
+    Ok(config)
 }
 
 #[cfg(test)]
@@ -179,7 +239,7 @@ mod tests {
         let one = br#"{"kind":"ENIConfig","metadata":{"name":"x"},"spec":{"subnet":"subnet-x"}}"#;
         assert_eq!(parse(one).unwrap()[0].subnet, "subnet-x");
         let bad = br#"{"kind":"ENIConfig","metadata":{"name":"x"},"spec":{}}"#;
-        assert!(parse(bad).unwrap_err().contains("spec.subnet"));
+        assert!(parse(bad).unwrap_err().0.contains("spec.subnet"));
     }
 
     #[test]
@@ -198,6 +258,6 @@ mod tests {
         let external =
             pairs("vpc.amazonaws.com/externalEniConfig=ext,topology.kubernetes.io/zone=z");
         assert_eq!(choose(&external, &annotated, ZONE_LABEL), "ext");
-        assert!(parse_pairs("a=b,c").unwrap_err().contains("\"c\""));
+        assert!(parse_pairs("a=b,c").unwrap_err().0.contains("\"c\""));
     }
 }

@@ -1,4 +1,4 @@
-//! The pool's knobs, read from the environment under VPC CNI's names and with VPC CNI's meaning,
+//! The pool's knobs, read (by clap) from the environment under VPC CNI's names and with VPC CNI's meaning,
 //! so an aws-node configuration carries over. Anything unknown or contradictory stops the agent at
 //! start with one line naming the knob.
 
@@ -43,25 +43,25 @@ pub struct Knobs {
 
 impl Knobs {
     /// Reads the knobs through `var` (the environment, or a map in tests).
-    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Knobs, String> {
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Knobs, KnobError> {
         let prefix_delegation = boolean(&var, "ENABLE_PREFIX_DELEGATION")?.unwrap_or(false);
         let warm_prefix_target = count(&var, "WARM_PREFIX_TARGET")?.unwrap_or(0);
         if !prefix_delegation
             && warm_prefix_target != 0
             && warm_prefix_target != AWS_NODE_MANIFEST_WARM_PREFIX_TARGET
         {
-            return Err(format!(
+            return Err(KnobError(format!(
                 "WARM_PREFIX_TARGET={warm_prefix_target} needs ENABLE_PREFIX_DELEGATION=true"
-            ));
+            )));
         }
         let max_eni = match var("MAX_ENI").as_deref().map(str::trim) {
             None | Some("") | Some("-1") => None,
             Some(text) => match text.parse::<u32>() {
                 Ok(n) if n >= 1 => Some(n),
                 _ => {
-                    return Err(format!(
+                    return Err(KnobError(format!(
                         "MAX_ENI={text:?}: must be -1 (the instance's limit) or at least 1"
-                    ))
+                    )))
                 }
             },
         };
@@ -90,28 +90,97 @@ impl Knobs {
 
     /// Reads the knobs from name/value pairs (tests).
     #[cfg(test)]
-    pub(crate) fn from_pairs(vars: &[(&str, &str)]) -> Result<Knobs, String> {
+    pub(crate) fn from_pairs(vars: &[(&str, &str)]) -> Result<Knobs, KnobError> {
         Knobs::from_vars(|name| {
             vars.iter()
                 .find(|(n, _)| *n == name)
                 .map(|(_, v)| v.to_string())
         })
     }
+}
 
-    /// Reads the knobs from the process environment.
-    pub fn from_env() -> Result<Knobs, String> {
-        Knobs::from_vars(|name| std::env::var(name).ok())
+/// The knobs as the agent's command line takes them: each a flag, or VPC CNI's environment
+/// variable, shown by `--help`; checked together by `Knobs::from_vars`.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct KnobArgs {
+    /// /28 prefixes instead of secondary addresses (true/false).
+    #[arg(long, env = "ENABLE_PREFIX_DELEGATION")]
+    pub enable_prefix_delegation: Option<String>,
+    /// Whole ENIs' worth of free addresses to keep (default 1).
+    #[arg(long, env = "WARM_ENI_TARGET")]
+    pub warm_eni_target: Option<String>,
+    /// Free addresses to keep; 0 or unset: not used.
+    #[arg(long, env = "WARM_IP_TARGET")]
+    pub warm_ip_target: Option<String>,
+    /// Addresses to hold in total; 0 or unset: not used.
+    #[arg(long, env = "MINIMUM_IP_TARGET")]
+    pub minimum_ip_target: Option<String>,
+    /// Free /28 prefixes to keep (prefix delegation only).
+    #[arg(long, env = "WARM_PREFIX_TARGET")]
+    pub warm_prefix_target: Option<String>,
+    /// At most this many ENIs, the primary included; -1: the instance's limit.
+    #[arg(long, env = "MAX_ENI", allow_hyphen_values = true)]
+    pub max_eni: Option<String>,
+    /// Seconds a released address rests before reuse (default 120).
+    #[arg(long, env = "IP_COOLDOWN_PERIOD")]
+    pub ip_cooldown_period: Option<String>,
+    /// New ENIs may go to other subnets tagged for CNI (default true).
+    #[arg(long, env = "ENABLE_SUBNET_DISCOVERY")]
+    pub enable_subnet_discovery: Option<String>,
+    /// Security groups for pods (default false).
+    #[arg(long, env = "ENABLE_POD_ENI")]
+    pub enable_pod_eni: Option<String>,
+    /// Custom networking: pods use the subnet of the node's ENIConfig (default false).
+    #[arg(long, env = "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG")]
+    pub custom_network_cfg: Option<String>,
+    /// The node label naming the ENIConfig.
+    #[arg(long, env = "ENI_CONFIG_LABEL_DEF")]
+    pub eni_config_label_def: Option<String>,
+    /// The node annotation naming the ENIConfig.
+    #[arg(long, env = "ENI_CONFIG_ANNOTATION_DEF")]
+    pub eni_config_annotation_def: Option<String>,
+}
+
+impl KnobArgs {
+    pub fn knobs(&self) -> Result<Knobs, KnobError> {
+        Knobs::from_vars(|name| self.var(name).map(str::to_owned))
+    }
+
+    /// The value given under VPC CNI's name.
+    fn var(&self, name: &str) -> Option<&str> {
+        let value = match name {
+            "ENABLE_PREFIX_DELEGATION" => &self.enable_prefix_delegation,
+            "WARM_ENI_TARGET" => &self.warm_eni_target,
+            "WARM_IP_TARGET" => &self.warm_ip_target,
+            "MINIMUM_IP_TARGET" => &self.minimum_ip_target,
+            "WARM_PREFIX_TARGET" => &self.warm_prefix_target,
+            "MAX_ENI" => &self.max_eni,
+            "IP_COOLDOWN_PERIOD" => &self.ip_cooldown_period,
+            "ENABLE_SUBNET_DISCOVERY" => &self.enable_subnet_discovery,
+            "ENABLE_POD_ENI" => &self.enable_pod_eni,
+            "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG" => &self.custom_network_cfg,
+            "ENI_CONFIG_LABEL_DEF" => &self.eni_config_label_def,
+            "ENI_CONFIG_ANNOTATION_DEF" => &self.eni_config_annotation_def,
+            _ => return None,
+        };
+        value.as_deref()
     }
 }
 
+/// A knob's value is malformed or contradicts another: one line naming it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct KnobError(pub String);
+
 /// A whole number ≥ 0, or None when unset or empty.
-fn count(var: &impl Fn(&str) -> Option<String>, name: &str) -> Result<Option<u32>, String> {
+fn count(var: &impl Fn(&str) -> Option<String>, name: &str) -> Result<Option<u32>, KnobError> {
     match var(name).as_deref().map(str::trim) {
         None | Some("") => Ok(None),
-        Some(text) => text
-            .parse()
-            .map(Some)
-            .map_err(|_| format!("{name}={text:?}: must be a whole number, 0 or more")),
+        Some(text) => text.parse().map(Some).map_err(|_| {
+            KnobError(format!(
+                "{name}={text:?}: must be a whole number, 0 or more"
+            ))
+        }),
     }
 }
 
@@ -121,12 +190,12 @@ fn text(var: &impl Fn(&str) -> Option<String>, name: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-fn boolean(var: &impl Fn(&str) -> Option<String>, name: &str) -> Result<Option<bool>, String> {
+fn boolean(var: &impl Fn(&str) -> Option<String>, name: &str) -> Result<Option<bool>, KnobError> {
     match var(name).as_deref().map(str::trim) {
         None | Some("") => Ok(None),
         Some("true") => Ok(Some(true)),
         Some("false") => Ok(Some(false)),
-        Some(text) => Err(format!("{name}={text:?}: must be true or false")),
+        Some(text) => Err(KnobError(format!("{name}={text:?}: must be true or false"))),
     }
 }
 
@@ -134,7 +203,7 @@ fn boolean(var: &impl Fn(&str) -> Option<String>, name: &str) -> Result<Option<b
 mod tests {
     use super::*;
 
-    fn knobs(vars: &[(&str, &str)]) -> Result<Knobs, String> {
+    fn knobs(vars: &[(&str, &str)]) -> Result<Knobs, KnobError> {
         Knobs::from_pairs(vars)
     }
 
@@ -191,7 +260,7 @@ mod tests {
             ),
             (&[("IP_COOLDOWN_PERIOD", "1m")], "IP_COOLDOWN_PERIOD"),
         ] {
-            let err = knobs(vars).unwrap_err();
+            let err = knobs(vars).unwrap_err().0;
             assert!(err.contains(named), "{vars:?}: {err}");
             assert!(!err.contains('\n'), "one line: {err}");
         }

@@ -16,7 +16,7 @@ use std::{
     net::Ipv4Addr,
     path::PathBuf,
     sync::{Mutex, MutexGuard},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 pub use knobs::Knobs;
@@ -24,6 +24,7 @@ pub use pool::{Allocation, Owner, PoolError};
 
 use crate::{
     ec2::{Ec2, Ec2Error, Eni},
+    files::now_ms,
     instance::Instance,
     limits::{self, InstanceLimits, ADDRESSES_PER_PREFIX},
     max_pods,
@@ -107,14 +108,6 @@ pub struct Ipam {
     full_subnets: Mutex<BTreeMap<String, Instant>>,
     fragmented_subnets: Mutex<BTreeMap<String, Instant>>,
     wake: tokio::sync::Notify,
-}
-
-/// Wall-clock milliseconds since the epoch: what the checkpoints record times in.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis() as u64
 }
 
 impl Ipam {

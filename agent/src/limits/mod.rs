@@ -58,26 +58,31 @@ fn table() -> &'static HashMap<&'static str, InstanceLimits> {
     })
 }
 
-fn rows(text: &str) -> impl Iterator<Item = Result<(&str, InstanceLimits), String>> {
+/// A row of the instance table that does not parse, named.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct RowError(String);
+
+fn rows(text: &str) -> impl Iterator<Item = Result<(&str, InstanceLimits), RowError>> {
     text.lines()
         .filter(|line| !line.starts_with('#') && !line.starts_with("instance_type,"))
         .map(parse_row)
 }
 
-fn parse_row(line: &str) -> Result<(&str, InstanceLimits), String> {
+fn parse_row(line: &str) -> Result<(&str, InstanceLimits), RowError> {
     let fields: Vec<&str> = line.split(',').collect();
     let [name, vcpus, hypervisor, cards, max_enis, card_enis, ipv4] = fields[..] else {
-        return Err(format!("{line:?}: expected 7 fields"));
+        return Err(RowError(format!("{line:?}: expected 7 fields")));
     };
-    let number = |what: &str, text: &str| -> Result<u32, String> {
+    let number = |what: &str, text: &str| -> Result<u32, RowError> {
         text.parse()
-            .map_err(|_| format!("{name}: {what} {text:?} is not a number"))
+            .map_err(|_| RowError(format!("{name}: {what} {text:?} is not a number")))
     };
     let hypervisor = match hypervisor {
         "nitro" => Hypervisor::Nitro,
         "xen" => Hypervisor::Xen,
         "none" => Hypervisor::None,
-        other => return Err(format!("{name}: unknown hypervisor {other:?}")),
+        other => return Err(RowError(format!("{name}: unknown hypervisor {other:?}"))),
     };
     Ok((
         name,
@@ -116,12 +121,15 @@ mod tests {
     fn a_bad_row_is_named() {
         assert!(parse_row("x1.big,4,nitro,1,3")
             .unwrap_err()
+            .0
             .contains("7 fields"));
         assert!(parse_row("x1.big,4,kvm,1,3,3,10")
             .unwrap_err()
+            .0
             .contains("hypervisor"));
         assert!(parse_row("x1.big,four,nitro,1,3,3,10")
             .unwrap_err()
+            .0
             .contains("vcpus"));
     }
 }

@@ -253,7 +253,7 @@ fn install_eniflow(routed: &Routed, pins: &Pins) {
             let pod = PodPort {
                 addr: POD,
                 eni_id: "eni-bench".into(),
-                host_ifindex: 0,
+                host_ifindex: datapath::ifindex(&host_veth).expect("the host veth"),
                 host_mac,
                 pod_mac,
                 branch: None,

@@ -44,7 +44,7 @@ async fn main() {
         max_backoff: Duration::from_millis(100),
     };
     let ec2 = Ec2::connect(&settings, &node.region).await;
-    let knobs = Knobs::from_env().expect("valid knobs");
+    let knobs = Knobs::from_vars(|name| std::env::var(name).ok()).expect("valid knobs");
     let mut config = Config::new(knobs, checkpoint.into());
     config.eni_min_age = Duration::ZERO;
     config.release_interval = Duration::ZERO;

@@ -18,7 +18,7 @@ use aya::{
     },
     EbpfLoader,
 };
-use eniflow_common::lab::{self, Branch, BranchKey, PortMac};
+use eniflow_lab_common::{self as lab, Branch, BranchKey, PortMac};
 
 static OBJECT: &[u8] = aya::include_bytes_aligned!(env!("ENIFLOW_LAB_EBPF_EMBED"));
 

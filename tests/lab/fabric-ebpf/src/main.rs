@@ -12,7 +12,7 @@ use aya_ebpf::{
     macros::{btf_map, classifier},
     programs::TcContext,
 };
-use eniflow_common::lab::{Branch, BranchKey, PortMac, TapKey, TAP_FIRST, TAP_LAST};
+use eniflow_lab_common::{Branch, BranchKey, PortMac, TapKey, TAP_FIRST, TAP_LAST};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_8021Q: u16 = 0x8100;

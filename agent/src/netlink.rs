@@ -1,0 +1,147 @@
+//! The agent's one home for network namespaces and route netlink: entering a namespace, opening a
+//! route socket in the current namespace or in a pod's, and finding a link by name or index with
+//! its MAC.
+
+use std::{fs::File, io, os::fd::AsRawFd, path::Path};
+
+use futures_util::TryStreamExt;
+use rtnetlink::{
+    packet_route::link::{LinkAttribute, LinkMessage},
+    Handle,
+};
+
+/// Moves the calling thread into the network namespace at `path` (e.g. `/run/netns/node`).
+///
+/// Call it first thing in `main`, before a runtime spawns threads: threads created later
+/// inherit the namespace, earlier ones keep theirs.
+pub fn enter(path: &Path) -> io::Result<()> {
+    let ns = File::open(path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("network namespace {}: {e}", path.display()),
+        )
+    })?;
+    setns(&ns).map_err(|e| io::Error::new(e.kind(), format!("setns {}: {e}", path.display())))
+}
+
+fn setns(ns: &File) -> io::Result<()> {
+    // SAFETY: a valid fd of a namespace file; CLONE_NEWNET makes the kernel check its type.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A route netlink socket in the current network namespace.
+pub fn connect() -> io::Result<Handle> {
+    let (conn, handle, _) = rtnetlink::new_connection()?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+/// A route netlink socket opened inside the namespace at `path`; the socket stays bound to it,
+/// so no later call needs setns. The namespace switch happens on a thread of its own that ends
+/// right after, so no runtime thread is ever left in a pod's namespace.
+pub async fn connect_in(path: &Path) -> io::Result<Handle> {
+    let path = path.to_owned();
+    let runtime = tokio::runtime::Handle::current();
+    let opened = std::thread::spawn(move || -> io::Result<_> {
+        let home = File::open("/proc/thread-self/ns/net")?;
+        let target = File::open(&path)?;
+        setns(&target)?;
+        let made = {
+            let _in_runtime = runtime.enter();
+            rtnetlink::new_connection()
+        };
+        if let Err(e) = setns(&home) {
+            // A thread that cannot go home must not live on: it is about to end anyway.
+            return Err(io::Error::new(e.kind(), format!("setns back home: {e}")));
+        }
+        made
+    })
+    .join()
+    .map_err(|_| io::Error::other("the helper thread panicked"))??;
+    let (conn, handle, _) = opened;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+/// A link as netlink describes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    /// None for links without an Ethernet address (lo, tunnels).
+    pub mac: Option<[u8; 6]>,
+}
+
+impl Link {
+    fn from_message(msg: &LinkMessage) -> Link {
+        let mut link = Link {
+            index: msg.header.index,
+            name: String::new(),
+            mac: None,
+        };
+        for a in &msg.attributes {
+            match a {
+                LinkAttribute::IfName(n) => link.name = n.clone(),
+                LinkAttribute::Address(m) if m.len() == 6 => {
+                    let mut mac = [0; 6];
+                    mac.copy_from_slice(m);
+                    link.mac = Some(mac);
+                }
+                _ => {}
+            }
+        }
+        link
+    }
+}
+
+/// The link named `name`; None when there is none.
+pub async fn link_by_name(nl: &Handle, name: &str) -> Result<Option<Link>, rtnetlink::Error> {
+    let found = nl
+        .link()
+        .get()
+        .match_name(name.to_owned())
+        .execute()
+        .try_next()
+        .await;
+    match found {
+        Ok(msg) => Ok(msg.as_ref().map(Link::from_message)),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Every link of the socket's namespace.
+pub async fn links(nl: &Handle) -> Result<Vec<Link>, rtnetlink::Error> {
+    let mut out = Vec::new();
+    let mut dump = nl.link().get().execute();
+    while let Some(msg) = dump.try_next().await? {
+        out.push(Link::from_message(&msg));
+    }
+    Ok(out)
+}
+
+/// The ifindex of `ifname` in the calling thread's namespace.
+pub fn ifindex(ifname: &str) -> io::Result<u32> {
+    let c = std::ffi::CString::new(ifname)?;
+    // SAFETY: c is a valid NUL-terminated string.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => Err(io::Error::last_os_error()),
+        index => Ok(index),
+    }
+}
+
+/// The name of the interface `ifindex` in the calling thread's namespace, if there is one.
+pub fn ifname(ifindex: u32) -> Option<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: buf holds IF_NAMESIZE bytes, as if_indextoname requires.
+    let name = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if name.is_null() {
+        return None;
+    }
+    // SAFETY: on success buf holds a NUL-terminated name.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+    Some(name.to_string_lossy().into_owned())
+}

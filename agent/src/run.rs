@@ -1,0 +1,311 @@
+//! `eniflow-agent run`: the node agent's life. The pool starts first (EC2 and IMDS trouble
+//! attaches nothing), then the data plane and the ENI watcher, then the CNI socket; the conflist
+//! is written last, since its presence turns the node network-ready.
+
+use std::{path::PathBuf, sync::Arc};
+
+use anyhow::{Context, Result};
+use aws_config::imds;
+use eniflow_agent::{
+    cni::{self, conflist},
+    datapath::{self, AttachMode, Datapath, Pins, Plane},
+    ec2::{self, Ec2},
+    eni_links, files, install,
+    instance::{self, Instance},
+    ipam::{
+        self,
+        eniconfig::{self, EniConfigArgs},
+        knobs::KnobArgs,
+        Ipam,
+    },
+    kube::{Cluster, ClusterArgs},
+    snat::{self, SnatArgs},
+};
+
+/// `eniflow-agent run`: every setting, as a flag or its environment variable (VPC CNI's names
+/// where the meaning is VPC CNI's).
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// Interfaces to attach the ENI programs to (comma separated) besides the ENIs the
+    /// pool finds through IMDS; with --ipam=false, the only ones.
+    #[arg(long, env = "ENIFLOW_INTERFACES", value_delimiter = ',')]
+    interfaces: Vec<String>,
+    /// tc attachment API: auto (tcx, else clsact), tcx or clsact.
+    #[arg(long, env = "ENIFLOW_ATTACH_MODE", default_value = "auto")]
+    attach_mode: AttachMode,
+    /// Written once every interface is attached (readiness for scripts and tests).
+    #[arg(long)]
+    ready_file: Option<PathBuf>,
+    /// Install the CNI shim into this directory before serving (the image sets it, so the
+    /// image alone installs and runs eniflow; `install` also sets the node's sysctls).
+    #[arg(long, env = "ENIFLOW_INSTALL_SHIM")]
+    install_shim: Option<PathBuf>,
+    #[command(flatten)]
+    knobs: KnobArgs,
+    #[command(flatten)]
+    snat: SnatArgs,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    #[command(flatten)]
+    eni_configs: EniConfigArgs,
+    /// Keep the node's pool of VPC addresses (needs EC2 and IMDS); false runs the data plane only.
+    #[arg(long, env = "ENIFLOW_IPAM", default_value_t = true, action = clap::ArgAction::Set)]
+    ipam: bool,
+    /// eniflow's allocation checkpoint.
+    #[arg(
+        long,
+        env = "ENIFLOW_CHECKPOINT",
+        default_value = "/var/run/eniflow/ipam.json"
+    )]
+    checkpoint: PathBuf,
+    /// VPC CNI's checkpoint, imported when eniflow has none (a node moving from aws-node).
+    #[arg(
+        long,
+        env = "AWS_VPC_K8S_CNI_BACKING_STORE",
+        default_value = "/var/run/aws-node/ipam.json"
+    )]
+    vpc_cni_checkpoint: PathBuf,
+    /// The node's effective max pods is written here (for kubelet's --max-pods or Bottlerocket).
+    #[arg(
+        long,
+        env = "ENIFLOW_MAX_PODS_FILE",
+        default_value = "/var/run/eniflow/max-pods"
+    )]
+    max_pods_file: PathBuf,
+    /// In a cluster, an ADD of a pod that requests a branch ENI (vpc.amazonaws.com/pod-eni)
+    /// waits this long for the resource controller's annotation (seconds).
+    /// Kept below the shim's timeout (10 s unless the conflist raises it; it is raised for a
+    /// longer wait).
+    #[arg(long, env = "ENIFLOW_POD_ENI_WAIT", default_value = "5", value_parser = seconds)]
+    pod_eni_wait: std::time::Duration,
+    /// With ENABLE_POD_ENI: create and attach the trunk ENI when none is attached (self-managed
+    /// clusters; on EKS the VPC resource controller attaches it).
+    #[arg(long, env = "ENIFLOW_CREATE_TRUNK")]
+    create_trunk: bool,
+    /// Security-group pods: strict (all their traffic, node-local too, goes through the VPC and
+    /// its security groups) or standard (node-local traffic stays on the node), as VPC CNI.
+    #[arg(
+        long,
+        env = "POD_SECURITY_GROUP_ENFORCING_MODE",
+        default_value = "strict"
+    )]
+    sg_mode: SgMode,
+    /// A VLAN of a deleted security-group pod is wired again only after this long (seconds).
+    #[arg(long, env = "ENIFLOW_VLAN_COOLDOWN", default_value = "60", value_parser = seconds)]
+    vlan_cooldown: std::time::Duration,
+    /// The unix socket the CNI shim calls (root only).
+    #[arg(long, env = "ENIFLOW_SOCKET", default_value = eniflow_api::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Host veth names start with this (VPC CNI's AWS_VPC_K8S_CNI_VETHPREFIX), at most 4 characters.
+    #[arg(long, env = "AWS_VPC_K8S_CNI_VETHPREFIX", default_value = "eni", value_parser = veth_prefix)]
+    veth_prefix: String,
+    /// Written once the agent serves CNI requests: its presence marks the node network-ready.
+    #[arg(
+        long,
+        env = "ENIFLOW_CNI_CONFLIST",
+        default_value = "/etc/cni/net.d/10-eniflow.conflist"
+    )]
+    cni_conflist: PathBuf,
+    /// Plugins chained after eniflow in that conflist (a JSON array).
+    #[arg(
+        long,
+        env = "ENIFLOW_CNI_CHAIN",
+        default_value = r#"[{"type":"portmap","capabilities":{"portMappings":true},"snat":true}]"#,
+        value_parser = conflist::parse_chain
+    )]
+    cni_chain: serde_json::Value,
+    /// The shim's log file, named in the conflist (the shim's own default otherwise).
+    #[arg(long, env = "ENIFLOW_CNI_LOG_FILE")]
+    cni_log_file: Option<PathBuf>,
+    /// Remove the conflist when the agent stops (the node stops being network-ready).
+    #[arg(long, env = "ENIFLOW_REMOVE_CONFLIST_ON_EXIT")]
+    remove_conflist_on_exit: bool,
+    /// Tagged on the ENIs eniflow creates; the leak sweep deletes only this cluster's.
+    #[arg(long, env = "CLUSTER_NAME")]
+    cluster_name: Option<String>,
+    /// The EC2 endpoint (VPC CNI's AWS_EC2_ENDPOINT); unset: the SDK's own.
+    #[arg(long, env = "AWS_EC2_ENDPOINT")]
+    ec2_endpoint: Option<String>,
+    /// The instance metadata endpoint; unset: http://169.254.169.254.
+    #[arg(long, env = "AWS_EC2_METADATA_SERVICE_ENDPOINT")]
+    imds_endpoint: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SgMode {
+    Strict,
+    Standard,
+}
+
+pub fn seconds(text: &str) -> Result<std::time::Duration, String> {
+    text.parse::<u64>()
+        .map(std::time::Duration::from_secs)
+        .map_err(|_| format!("{text:?} is not a whole number of seconds"))
+}
+
+/// Host veth names are prefix + 11 hex digits and must fit IFNAMSIZ (15).
+fn veth_prefix(text: &str) -> Result<String, String> {
+    let fits =
+        !text.is_empty() && text.len() <= 4 && text.chars().all(|c| c.is_ascii_alphanumeric());
+    fits.then(|| text.to_owned())
+        .ok_or_else(|| format!("AWS_VPC_K8S_CNI_VETHPREFIX {text:?}: 1 to 4 letters or digits"))
+}
+
+/// Runs the agent until SIGTERM/SIGINT; attachments stay in place when it stops.
+pub async fn run(pins: Pins, args: RunArgs) -> Result<()> {
+    if let Some(dir) = &args.install_shim {
+        let shim = install::install_shim(dir)?;
+        log::info!("installed {}", shim.display());
+    }
+    // Knobs and interface names are checked before anything is loaded or attached: a typo
+    // attaches nothing.
+    let knobs = args.knobs.knobs()?;
+    let snat = snat::Snat::from_args(&args.snat)?;
+    if !args.ipam && args.interfaces.is_empty() {
+        anyhow::bail!("--interfaces: name the interfaces to attach to when --ipam=false");
+    }
+    for ifname in &args.interfaces {
+        datapath::ifindex(ifname)?;
+    }
+    let cluster = Cluster::connect(&args.cluster)?;
+    let pod_eni = knobs.pod_eni;
+    // The pool starts before the data plane, so EC2 or IMDS trouble attaches nothing either.
+    let ipam = if args.ipam {
+        Some(start_pool(knobs, &args, cluster.as_ref()).await?)
+    } else {
+        None
+    };
+    let mut dp = Datapath::load(pins, args.attach_mode)?;
+    for ifname in &args.interfaces {
+        dp.attach_eni(ifname).await?;
+    }
+    let pinned_under = dp.pins().versioned();
+    if let Some((ipam, imds)) = &ipam {
+        let plane = Arc::new(Plane::new(dp)?);
+        tokio::spawn(ipam.clone().run_refill());
+        // The node's ENIs get their programs and table entries as they appear.
+        tokio::spawn(eni_links::watch(
+            plane.clone(),
+            imds.clone(),
+            ipam.clone(),
+            snat,
+        ));
+        // Security-group pods' annotations are read from the API when it is there.
+        let pod_annotations = cluster
+            .filter(|_| pod_eni)
+            .map(|c| cni::branch::FromApi::new(c.kube, args.pod_eni_wait));
+        serve_cni(ipam.clone(), plane, &args, pod_annotations).await?;
+        let conflist = conflist::Conflist {
+            socket: args.socket.clone(),
+            log_file: args.cni_log_file.clone(),
+            pod_eni_wait: args.pod_eni_wait,
+            chain: args.cni_chain.clone(),
+        };
+        conflist
+            .write(&args.cni_conflist)
+            .with_context(|| format!("write {}", args.cni_conflist.display()))?;
+        log::info!("node network-ready: wrote {}", args.cni_conflist.display());
+    }
+    if let Some(path) = &args.ready_file {
+        std::fs::write(path, b"ready\n").with_context(|| format!("write {}", path.display()))?;
+    }
+    log::info!(
+        "serving {} interface(s); pinned under {}",
+        args.interfaces.len(),
+        pinned_under.display()
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    if ipam.is_some() && args.remove_conflist_on_exit {
+        let _ = std::fs::remove_file(&args.cni_conflist);
+    }
+    log::info!("stopping; attachments stay pinned (`eniflow-agent uninstall` removes them)");
+    Ok(())
+}
+
+/// Serves the CNI shim on the agent's socket; pods' traffic is forwarded by this namespace.
+async fn serve_cni(
+    ipam: Arc<Ipam>,
+    plane: Arc<Plane>,
+    args: &RunArgs,
+    pod_annotations: Option<cni::branch::FromApi>,
+) -> Result<()> {
+    install::ensure_sysctl(install::IP_FORWARD, "1")
+        .context("IPv4 forwarding (net.ipv4.ip_forward) for pod traffic")?;
+    let host = eniflow_agent::netlink::connect().context("open a route netlink socket")?;
+    let branch_pods = args.checkpoint.with_file_name("branch-pods.json");
+    let branches = cni::branch::BranchPods::open(&branch_pods, args.vlan_cooldown)?;
+    plane.set_sg_strict(args.sg_mode == SgMode::Strict)?;
+    let sources = cni::seams::Sources::new(ipam, branches, pod_annotations);
+    let pods = cni::lifecycle::Lifecycle::new(
+        sources,
+        cni::seams::HostWiring::new(host),
+        plane,
+        args.veth_prefix.clone(),
+    );
+    let released = pods.release_unwired().await;
+    if released > 0 {
+        log::info!("released {released} address(es) of pods deleted while the agent was away");
+    }
+    let adopted = pods.restore_data_plane().await;
+    if adopted > 0 {
+        log::info!("re-adopted the data plane of {adopted} pod(s)");
+    }
+    let socket = cni::server::serve(&args.socket, cni::server::Service::new(pods))
+        .await
+        .with_context(|| format!("serve the CNI socket {}", args.socket.display()))?;
+    log::info!("CNI requests served on {}", socket.display());
+    Ok(())
+}
+
+/// Reads the instance from IMDS, starts the pool (restoring its checkpoint) and publishes the
+/// node's max pods. Returns the IMDS client too: the ENI watcher reads the ENIs from it.
+async fn start_pool(
+    knobs: ipam::Knobs,
+    args: &RunArgs,
+    cluster: Option<&Cluster>,
+) -> Result<(Arc<Ipam>, imds::Client)> {
+    let imds = instance::client(args.imds_endpoint.as_deref())?;
+    let node = Instance::read(&imds).await?;
+    let settings = ec2::Settings {
+        endpoint: args.ec2_endpoint.clone(),
+        ..Default::default()
+    };
+    let ec2 = Ec2::connect(&settings, &node.region).await;
+    let custom = if knobs.custom_network {
+        Some(
+            eniconfig::for_node(&knobs, &args.eni_configs, cluster, &node.availability_zone)
+                .await?,
+        )
+    } else {
+        None
+    };
+    let mut config = ipam::Config::new(knobs, args.checkpoint.clone());
+    config.custom_network = custom;
+    config.create_trunk = args.create_trunk;
+    config.vpc_cni_checkpoint = Some(args.vpc_cni_checkpoint.clone());
+    config.cluster_name = args.cluster_name.clone();
+    log::info!(
+        "instance {} ({}, {}); pool checkpoint {}",
+        node.id,
+        node.instance_type,
+        node.availability_zone,
+        args.checkpoint.display()
+    );
+    let pool = Ipam::start(ec2, node, config).await?;
+    let max_pods = pool.capacity().max_pods;
+    // Readers (kubelet's tooling) see the old figure or the new, never a torn one.
+    files::write_atomically(&args.max_pods_file, format!("{max_pods}\n").as_bytes())
+        .with_context(|| format!("write {}", args.max_pods_file.display()))?;
+    log::info!(
+        "max pods {max_pods} (written to {})",
+        args.max_pods_file.display()
+    );
+    if let Some(cluster) = cluster {
+        cluster.publish_max_pods(max_pods);
+    }
+    Ok((Arc::new(pool), imds))
+}
