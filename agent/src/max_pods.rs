@@ -2,6 +2,8 @@
 //! the trunk ENI that calculator forgets when security groups for pods are on (the trunk takes an
 //! ENI slot the figure had promised to pods, and the pods beyond stick in ContainerCreating).
 
+use eniflow_common::MAX_PODS;
+
 use crate::limits::{InstanceLimits, ADDRESSES_PER_PREFIX};
 
 /// Pods on the host network (aws-node/eniflow, kube-proxy) need no VPC address.
@@ -114,6 +116,12 @@ pub fn max_pods(
     };
     let pods = pod_enis * per_eni + HOST_NETWORK_PODS;
     if opts.uncapped {
+        // Beyond that, ADDs would fail once the data plane's maps are full.
+        if pods > MAX_PODS {
+            return Err(MaxPodsError(format!(
+                "{instance_type} would run {pods} pods, and eniflow's data plane holds {MAX_PODS}: drop --uncapped, or lower MAX_ENI"
+            )));
+        }
         return Ok(pods);
     }
     let cap = if limits.vcpus > CAP_LARGE_ABOVE_VCPUS {
@@ -246,5 +254,17 @@ mod tests {
         .unwrap_err()
         .0;
         assert!(err.contains("none left for pods"), "{err}");
+        // More pods than the data plane's maps hold: both numbers named.
+        let err = pods(
+            "m5.24xlarge",
+            Options {
+                prefix_delegation: true,
+                uncapped: true,
+                ..Default::default()
+            },
+        )
+        .unwrap_err()
+        .0;
+        assert!(err.contains("11762") && err.contains("4096"), "{err}");
     }
 }

@@ -41,26 +41,32 @@ pub fn connect() -> io::Result<Handle> {
 
 /// A route netlink socket opened inside the namespace at `path`; the socket stays bound to it,
 /// so no later call needs setns. The namespace switch happens on a thread of its own that ends
-/// right after, so no runtime thread is ever left in a pod's namespace.
+/// right after, so no runtime thread is ever left in a pod's namespace; its answer is awaited,
+/// not joined, so no runtime thread blocks on it either.
 pub async fn connect_in(path: &Path) -> io::Result<Handle> {
     let path = path.to_owned();
     let runtime = tokio::runtime::Handle::current();
-    let opened = std::thread::spawn(move || -> io::Result<_> {
-        let home = File::open("/proc/thread-self/ns/net")?;
-        let target = File::open(&path)?;
-        setns(&target)?;
-        let made = {
-            let _in_runtime = runtime.enter();
-            rtnetlink::new_connection()
+    let (answer, opened) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let open = || -> io::Result<_> {
+            let home = File::open("/proc/thread-self/ns/net")?;
+            let target = File::open(&path)?;
+            setns(&target)?;
+            let made = {
+                let _in_runtime = runtime.enter();
+                rtnetlink::new_connection()
+            };
+            if let Err(e) = setns(&home) {
+                // A thread that cannot go home must not live on: it is about to end anyway.
+                return Err(io::Error::new(e.kind(), format!("setns back home: {e}")));
+            }
+            made
         };
-        if let Err(e) = setns(&home) {
-            // A thread that cannot go home must not live on: it is about to end anyway.
-            return Err(io::Error::new(e.kind(), format!("setns back home: {e}")));
-        }
-        made
-    })
-    .join()
-    .map_err(|_| io::Error::other("the helper thread panicked"))??;
+        let _ = answer.send(open());
+    });
+    let opened = opened
+        .await
+        .map_err(|_| io::Error::other("the helper thread ended without an answer"))??;
     let (conn, handle, _) = opened;
     tokio::spawn(conn);
     Ok(handle)

@@ -1,7 +1,7 @@
 //! Off-VPC traffic from pods leaves SNATed to the node's primary address: only that address
 //! has a public mapping at the internet gateway, as with VPC CNI. Security-group pods' traffic
 //! is not SNATed: it leaves by their branch ENIs. An iptables chain of eniflow's
-//! own, rebuilt whenever the primary address or the VPC's CIDRs change; VPC CNI's
+//! own, replaced in one transaction whenever the primary address or the VPC's CIDRs change; VPC CNI's
 //! AWS_VPC_K8S_CNI_EXTERNALSNAT (a NAT gateway does it) and AWS_VPC_K8S_CNI_EXCLUDE_SNAT_CIDRS
 //! keep their meaning.
 
@@ -10,6 +10,8 @@ use std::{net::Ipv4Addr, process::Command};
 use eniflow_common::SG_POD_MARK;
 
 const CHAIN: &str = "ENIFLOW-SNAT";
+/// How long an iptables call waits for the xtables lock.
+const XTABLES_WAIT_SECONDS: &str = "5";
 const COMMENT: &str = "eniflow: SNAT pod traffic leaving the VPC";
 
 /// A bad SNAT setting, or an iptables call that failed (named with its arguments).
@@ -79,42 +81,12 @@ impl Snat {
         if self.external || self.applied.as_ref() == Some(&wanted) {
             return Ok(());
         }
-        // -N fails when the chain exists; -F then empties it either way.
-        let _ = iptables(&["-t", "nat", "-N", CHAIN]);
-        iptables(&["-t", "nat", "-F", CHAIN])?;
-        // Security-group pods leave by their branch ENIs, never SNATed (the programs mark them).
-        let mark = format!("{:#x}/{:#x}", SG_POD_MARK, SG_POD_MARK);
-        iptables(&[
-            "-t", "nat", "-A", CHAIN, "-m", "mark", "--mark", &mark, "-j", "RETURN",
-        ])?;
-        for (addr, len) in vpc_cidrs.iter().chain(&self.excluded) {
-            iptables(&[
-                "-t",
-                "nat",
-                "-A",
-                CHAIN,
-                "-d",
-                &format!("{addr}/{len}"),
-                "-j",
-                "RETURN",
-            ])?;
-        }
-        iptables(&[
-            "-t",
-            "nat",
-            "-A",
-            CHAIN,
-            "-m",
-            "addrtype",
-            "!",
-            "--dst-type",
-            "LOCAL",
-            "-j",
-            "SNAT",
-            "--to-source",
-            &primary.to_string(),
-            "--random-fully",
-        ])?;
+        // One iptables-restore transaction replaces the chain's rules: a flush followed by
+        // appends would let new connections leave un-SNATed in between, and conntrack would
+        // keep them so. `--noflush` leaves every other chain alone.
+        let excluded: Vec<_> = vpc_cidrs.iter().chain(&self.excluded).copied().collect();
+        let rules = chain_rules(primary, &excluded);
+        restore(&rules)?;
         if iptables(&jump("-C")).is_err() {
             iptables(&jump("-A"))?;
         }
@@ -140,6 +112,49 @@ fn jump(op: &str) -> [&str; 10] {
     ]
 }
 
+/// The chain in iptables-restore's format: SNAT to `primary` of everything not marked as a
+/// security-group pod's and not bound for `excluded` or the node itself.
+fn chain_rules(primary: Ipv4Addr, excluded: &[(Ipv4Addr, u8)]) -> String {
+    let mark = format!("{SG_POD_MARK:#x}/{SG_POD_MARK:#x}");
+    let mut rules = format!("*nat\n:{CHAIN} - [0:0]\n");
+    // Security-group pods leave by their branch ENIs, never SNATed (the programs mark them).
+    rules += &format!("-A {CHAIN} -m mark --mark {mark} -j RETURN\n");
+    for (addr, len) in excluded {
+        rules += &format!("-A {CHAIN} -d {addr}/{len} -j RETURN\n");
+    }
+    rules += &format!(
+        "-A {CHAIN} -m addrtype ! --dst-type LOCAL -j SNAT --to-source {primary} --random-fully\nCOMMIT\n"
+    );
+    rules
+}
+
+/// Applies `rules` (iptables-restore's format) in one transaction, touching no other chain.
+fn restore(rules: &str) -> Result<()> {
+    use std::io::Write;
+    let mut child = Command::new("iptables-restore")
+        .args(["-w", XTABLES_WAIT_SECONDS, "--noflush"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| SnatError(format!("run iptables-restore: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(rules.as_bytes())
+            .map_err(|e| SnatError(format!("iptables-restore: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| SnatError(format!("iptables-restore: {e}")))?;
+    if !out.status.success() {
+        return Err(SnatError(format!(
+            "iptables-restore of chain {CHAIN}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
 /// Removes eniflow's chain and the jump to it, if they are there (uninstall).
 pub fn remove() {
     let _ = iptables(&jump("-D"));
@@ -148,8 +163,9 @@ pub fn remove() {
 }
 
 fn iptables(args: &[&str]) -> Result<()> {
+    // Bounded: kube-proxy may hold the xtables lock for seconds; the watcher retries a pass.
     let out = Command::new("iptables")
-        .arg("-w")
+        .args(["-w", XTABLES_WAIT_SECONDS])
         .args(args)
         .output()
         .map_err(|e| SnatError(format!("run iptables: {e}")))?;
@@ -186,6 +202,25 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("\"banana\""), "{err}");
+    }
+
+    #[test]
+    fn the_chain_is_replaced_whole_with_the_vpc_and_exclusions_first() {
+        let rules = chain_rules(
+            Ipv4Addr::new(10, 0, 1, 5),
+            &[
+                (Ipv4Addr::new(10, 0, 0, 0), 16),
+                (Ipv4Addr::new(192, 168, 0, 0), 16),
+            ],
+        );
+        let lines: Vec<&str> = rules.lines().collect();
+        // The chain line makes iptables-restore --noflush empty it in the same transaction.
+        assert_eq!(lines[..2], ["*nat", ":ENIFLOW-SNAT - [0:0]"]);
+        assert!(lines[2].contains("--mark") && lines[2].ends_with("-j RETURN"));
+        assert_eq!(lines[3], "-A ENIFLOW-SNAT -d 10.0.0.0/16 -j RETURN");
+        assert_eq!(lines[4], "-A ENIFLOW-SNAT -d 192.168.0.0/16 -j RETURN");
+        assert!(lines[5].ends_with("-j SNAT --to-source 10.0.1.5 --random-fully"));
+        assert_eq!(lines[6], "COMMIT");
     }
 
     #[test]

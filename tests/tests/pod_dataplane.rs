@@ -442,6 +442,84 @@ async fn a_dnat_to_a_pod_is_answered_through_the_stack() {
     assert!(node.pod_counter(&pod.ip, "sent_to_stack") >= 2);
 }
 
+/// A DNAT'd UDP flow whose reply the pod sends in fragments: fragments carry no ports, so the
+/// programs cannot match them to the flow; every fragment must reach the stack, which
+/// reassembles, un-NATs and sends the reply on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fragmented_reply_of_a_dnated_flow_is_reassembled_and_un_nated_by_the_stack() {
+    require_root();
+    let (node, pods) = node_with_secondary_pod().await;
+    let pod = on_device(&pods, 1);
+    let node_ip = node.lab.node.primary_ip.clone();
+    dnat(
+        &node.lab.node.netns,
+        &["-d", &node_ip, "-p", "udp", "--dport", "30053"],
+        &format!("{}:8053", pod.ip),
+    );
+    // A 1500-byte MTU in the pod: its 4000-byte reply leaves in three fragments.
+    pod.netns.run("ip", &["link", "set", "eth0", "mtu", "1500"]);
+    let socket = pod
+        .netns
+        .within(|| std::net::UdpSocket::bind(("0.0.0.0", 8053)).unwrap());
+    let server = std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        let (_, from) = socket.recv_from(&mut buf).unwrap();
+        socket.send_to(&[7u8; 4000], from).unwrap();
+    });
+    let host = &node.lab.hosts[0];
+    let (size, from) = host.netns.within(|| {
+        let client = std::net::UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        client
+            .send_to(b"hello", format!("{node_ip}:30053"))
+            .unwrap();
+        let mut buf = [0u8; 8192];
+        let (size, from) = client
+            .recv_from(&mut buf)
+            .expect("the reply's fragments were not reassembled and un-NATed");
+        (size, from)
+    });
+    server.join().unwrap();
+    assert_eq!(size, 4000);
+    assert_eq!(from.to_string(), format!("{node_ip}:30053"), "un-NATed");
+}
+
+/// The ICMP error a pod sends about a DNAT'd flow (here: port unreachable) carries no ports:
+/// only the stack's conntrack relates it to the flow and un-NATs it, so the client learns why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_icmp_error_about_a_dnated_flow_reaches_the_client_un_nated() {
+    require_root();
+    let (node, pods) = node_with_secondary_pod().await;
+    let pod = on_device(&pods, 1);
+    let node_ip = node.lab.node.primary_ip.clone();
+    // Nothing listens on the pod's port 8054: its kernel answers port unreachable.
+    dnat(
+        &node.lab.node.netns,
+        &["-d", &node_ip, "-p", "udp", "--dport", "30054"],
+        &format!("{}:8054", pod.ip),
+    );
+    let host = &node.lab.hosts[0];
+    let outcome = host.netns.within(|| {
+        let client = std::net::UdpSocket::bind(("0.0.0.0", 0)).unwrap();
+        client.connect(format!("{node_ip}:30054")).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        client.send(b"anyone?").unwrap();
+        client
+            .recv(&mut [0u8; 64])
+            .map(|_| ())
+            .map_err(|e| e.kind())
+    });
+    assert_eq!(
+        outcome,
+        Err(std::io::ErrorKind::ConnectionRefused),
+        "the port-unreachable did not reach the client as the node's"
+    );
+}
+
 /// An ENI detached outside eniflow: its table entry, attachment records and link pins go with
 /// its interface.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -107,13 +107,14 @@ impl<A: Addresses, W: Wiring, D: DataPlane> Lifecycle<A, W, D> {
             .is_some_and(|held| held.is_kind_of(&want));
         let hold = self
             .addresses
-            .take(&owner, (&r.pod_namespace, &r.pod_name), want)?;
+            .take(&owner, (&r.pod_namespace, &r.pod_name), want)
+            .await?;
         let wired = match self.wire(r, &hold, repeated).await {
             Ok(wired) => wired,
             Err(e) => {
                 // Nothing was handed out on a failed first ADD: what it took goes back.
                 if !repeated {
-                    self.addresses.undo(&hold);
+                    self.addresses.undo(&hold).await;
                 }
                 return Err(e);
             }
@@ -207,7 +208,7 @@ impl<A: Addresses, W: Wiring, D: DataPlane> Lifecycle<A, W, D> {
             self.plane.forget_interface(ifindex).await;
         }
         if let Some(hold) = hold {
-            errors.check(self.addresses.release(hold));
+            errors.check(self.addresses.release(hold).await);
         }
         errors.into_result()
     }
@@ -245,23 +246,31 @@ impl<A: Addresses, W: Wiring, D: DataPlane> Lifecycle<A, W, D> {
         ))
     }
 
-    /// GC: unwires this network's pods the runtime no longer knows (`cni.dev/attachments`).
+    /// GC: unwires this network's pods the runtime no longer knows. The valid attachments come
+    /// under the spec's `cni.dev/valid-attachments` (CNI 1.1) or the `cni.dev/attachments` some
+    /// runtimes send; a request with neither lists nothing, and nothing is unwired.
     pub async fn gc(&self, r: &Request) -> Result<(), CniError> {
-        let valid: BTreeSet<(String, String)> = r
-            .config
-            .get("cni.dev/attachments")
-            .and_then(Value::as_array)
-            .map(|list| {
-                list.iter()
-                    .filter_map(|a| {
-                        Some((
-                            a.get("containerID")?.as_str()?.to_owned(),
-                            a.get("ifname")?.as_str()?.to_owned(),
-                        ))
-                    })
-                    .collect()
+        let lists: Vec<&Vec<Value>> = ["cni.dev/valid-attachments", "cni.dev/attachments"]
+            .iter()
+            .filter_map(|key| r.config.get(*key)?.as_array())
+            .collect();
+        if lists.is_empty() {
+            log::warn!(
+                "GC of network {}: no cni.dev/valid-attachments in the request, so every pod counts as attached; nothing unwired",
+                r.network
+            );
+            return Ok(());
+        }
+        let valid: BTreeSet<(String, String)> = lists
+            .into_iter()
+            .flatten()
+            .filter_map(|a| {
+                Some((
+                    a.get("containerID")?.as_str()?.to_owned(),
+                    a.get("ifname")?.as_str()?.to_owned(),
+                ))
             })
-            .unwrap_or_default();
+            .collect();
         for hold in self.addresses.all() {
             let owner = hold.owner();
             let key = (owner.container_id.clone(), owner.ifname.clone());

@@ -60,7 +60,7 @@ impl Addresses for FakeAddresses {
         lock(&self.held).values().cloned().collect()
     }
 
-    fn take(&self, owner: &Owner, pod: (&str, &str), want: Want) -> Result<Hold, CniError> {
+    async fn take(&self, owner: &Owner, pod: (&str, &str), want: Want) -> Result<Hold, CniError> {
         if let Some(hold) = self.held(owner) {
             return Ok(hold);
         }
@@ -90,7 +90,7 @@ impl Addresses for FakeAddresses {
         Ok(hold)
     }
 
-    fn release(&self, hold: &Hold) -> Result<(), CniError> {
+    async fn release(&self, hold: &Hold) -> Result<(), CniError> {
         if self.fail_release.load(Ordering::SeqCst) {
             return Err(CniError::new(
                 cni_errors::IO_FAILURE,
@@ -101,7 +101,7 @@ impl Addresses for FakeAddresses {
         Ok(())
     }
 
-    fn undo(&self, hold: &Hold) {
+    async fn undo(&self, hold: &Hold) {
         lock(&self.undone).push(hold.owner().clone());
         self.give_back(hold);
     }
@@ -138,6 +138,8 @@ struct FakeWiring {
     veths: Mutex<BTreeMap<String, Wired>>,
     fault: Mutex<WiringFault>,
     adds: AtomicU32,
+    /// How long creating a veth takes.
+    delay: Mutex<Duration>,
 }
 
 impl Default for FakeWiring {
@@ -146,6 +148,7 @@ impl Default for FakeWiring {
             veths: Mutex::default(),
             fault: Mutex::new(WiringFault::None),
             adds: AtomicU32::new(0),
+            delay: Mutex::new(Duration::ZERO),
         }
     }
 }
@@ -160,6 +163,8 @@ fn plumbing_error(step: &str, taken: bool) -> PlumbingError {
 
 impl Wiring for FakeWiring {
     async fn add(&self, pod: &Pod) -> Result<Wired, PlumbingError> {
+        let delay = *lock(&self.delay);
+        tokio::time::sleep(delay).await;
         match *lock(&self.fault) {
             WiringFault::Add => return Err(plumbing_error("create veth", false)),
             WiringFault::NameTaken => return Err(plumbing_error("CNI_IFNAME eth0", true)),
@@ -439,6 +444,24 @@ async fn gc_unwires_only_this_networks_pods_the_runtime_forgot() {
 }
 
 #[tokio::test]
+async fn gc_reads_the_specs_key_and_unwires_nothing_without_a_list() {
+    let l = lifecycle(2);
+    for (c, pod) in [("c1", "web-0"), ("c2", "web-1")] {
+        l.add(&request(c, pod)).await.unwrap();
+    }
+    let mut gc = request("", "");
+    l.gc(&gc).await.unwrap();
+    assert_eq!(lock(&l.addresses.held).len(), 2, "no list: nothing unwired");
+    gc.config = json!({"cni.dev/valid-attachments": [{"containerID": "c2", "ifname": "eth0"}]});
+    l.gc(&gc).await.unwrap();
+    let held: Vec<String> = lock(&l.addresses.held)
+        .keys()
+        .map(|o| o.container_id.clone())
+        .collect();
+    assert_eq!(held, ["c2"]);
+}
+
+#[tokio::test]
 async fn at_start_pods_whose_veth_is_gone_are_released() {
     let l = lifecycle(2);
     l.add(&request("c1", "web-0")).await.unwrap();
@@ -457,4 +480,37 @@ async fn status_is_ready_only_with_a_free_address() {
     l.status().unwrap();
     l.add(&request("c1", "web-0")).await.unwrap();
     assert_eq!(l.status().unwrap_err().code, cni_errors::NOT_READY);
+}
+
+#[tokio::test]
+async fn a_request_the_runtime_gives_up_on_still_runs_to_completion() {
+    use eniflow_api::v1::{cni_server::Cni, CniRequest};
+
+    let l = lifecycle(1);
+    *lock(&l.wiring.delay) = Duration::from_millis(300);
+    let plane = l.plane.clone();
+    let service = crate::cni::server::Service::new(l);
+    let request = CniRequest {
+        protocol: eniflow_api::PROTOCOL,
+        container_id: "c1".into(),
+        netns: "/proc/self/ns/net".into(),
+        ifname: "eth0".into(),
+        args: "K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0".into(),
+        config: br#"{"cniVersion":"1.0.0","name":"eniflow"}"#.to_vec(),
+    };
+    // The shim's timeout: the client stops waiting while the veth is being made.
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(50),
+        Cni::add(&service, tonic::Request::new(request)),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the ADD should still be wiring");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while lock(&plane.pods).is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the abandoned ADD never finished: its address would be held by no pod"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

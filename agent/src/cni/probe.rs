@@ -9,7 +9,7 @@ use tonic_health::pb::{
     health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
 };
 
-use super::server::Service;
+use super::server::NodeService;
 
 /// Why the agent is not healthy, each naming what was tried.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +43,7 @@ pub async fn probe(socket: &Path, timeout: Duration) -> Result<(), ProbeError> {
                 socket: name.clone(),
                 source,
             })?;
-        let service = <CniServer<Service> as NamedService>::NAME.to_owned();
+        let service = <CniServer<NodeService> as NamedService>::NAME.to_owned();
         HealthClient::new(channel)
             .check(HealthCheckRequest { service })
             .await

@@ -29,11 +29,16 @@ pub trait Addresses: Send + Sync {
     fn all(&self) -> Vec<Hold>;
     /// Takes what `want` names for `owner` (the same for a repeated ADD), persisted before it
     /// returns. Never calls EC2.
-    fn take(&self, owner: &Owner, pod: (&str, &str), want: Want) -> Result<Hold, CniError>;
+    fn take(
+        &self,
+        owner: &Owner,
+        pod: (&str, &str),
+        want: Want,
+    ) -> impl Future<Output = Result<Hold, CniError>> + Send;
     /// Gives back the hold of a pod that was wired (its address or VLAN cools first).
-    fn release(&self, hold: &Hold) -> Result<(), CniError>;
+    fn release(&self, hold: &Hold) -> impl Future<Output = Result<(), CniError>> + Send;
     /// Gives back the hold of a first ADD that failed.
-    fn undo(&self, hold: &Hold);
+    fn undo(&self, hold: &Hold) -> impl Future<Output = ()> + Send;
     fn counts(&self) -> warm::Pool;
 }
 
@@ -62,10 +67,11 @@ pub trait DataPlane: Send + Sync {
     fn restore(&self, known: &[KnownPod]) -> impl Future<Output = usize> + Send;
 }
 
-/// The node's pool and its branch pods.
+/// The node's pool and its branch pods. What they change is written to disk (fsync) before
+/// they answer: that runs on the runtime's blocking threads, never its two async ones.
 pub struct Sources {
     ipam: Arc<Ipam>,
-    branches: BranchPods,
+    branches: Arc<BranchPods>,
     /// In a cluster with ENABLE_POD_ENI: pods' branch ENIs the runtime did not pass.
     pod_annotations: Option<FromApi>,
 }
@@ -74,7 +80,7 @@ impl Sources {
     pub fn new(ipam: Arc<Ipam>, branches: BranchPods, pod_annotations: Option<FromApi>) -> Self {
         Sources {
             ipam,
-            branches,
+            branches: Arc::new(branches),
             pod_annotations,
         }
     }
@@ -105,43 +111,67 @@ impl Addresses for Sources {
             .collect()
     }
 
-    fn take(&self, owner: &Owner, pod: (&str, &str), want: Want) -> Result<Hold, CniError> {
-        match want {
-            Want::Pool => Ok(Hold::Pool(self.ipam.assign(owner, pod)?)),
+    async fn take(&self, owner: &Owner, pod: (&str, &str), want: Want) -> Result<Hold, CniError> {
+        let (ipam, branches, owner) = (self.ipam.clone(), self.branches.clone(), owner.clone());
+        let (namespace, name) = (pod.0.to_owned(), pod.1.to_owned());
+        blocking(move || match want {
+            Want::Pool => Ok(Hold::Pool(ipam.assign(&owner, (&namespace, &name))?)),
             Want::Branch { branch, trunk_eni } => {
                 let held = BranchPod {
-                    owner: owner.clone(),
+                    owner,
                     branch,
                     trunk_eni,
-                    pod_namespace: pod.0.to_owned(),
-                    pod_name: pod.1.to_owned(),
+                    pod_namespace: namespace,
+                    pod_name: name,
                 };
-                self.branches.add(held.clone())?;
+                branches.add(held.clone())?;
                 Ok(Hold::Branch(held))
             }
-        }
+        })
+        .await
     }
 
-    fn release(&self, hold: &Hold) -> Result<(), CniError> {
-        match hold {
-            Hold::Pool(a) => self.ipam.release(&a.owner).map(drop)?,
-            Hold::Branch(p) => self.branches.remove(&p.owner).map(drop)?,
-        }
-        Ok(())
+    async fn release(&self, hold: &Hold) -> Result<(), CniError> {
+        let (ipam, branches, hold) = (self.ipam.clone(), self.branches.clone(), hold.clone());
+        blocking(move || {
+            match hold {
+                Hold::Pool(a) => ipam.release(&a.owner).map(drop)?,
+                Hold::Branch(p) => branches.remove(&p.owner).map(drop)?,
+            }
+            Ok(())
+        })
+        .await
     }
 
-    fn undo(&self, hold: &Hold) {
-        match hold {
-            // To cool, as any release.
-            Hold::Pool(a) => drop(self.ipam.release(&a.owner)),
-            // It never carried traffic: its VLAN does not cool.
-            Hold::Branch(p) => drop(self.branches.forget(&p.owner)),
-        }
+    async fn undo(&self, hold: &Hold) {
+        let (ipam, branches, hold) = (self.ipam.clone(), self.branches.clone(), hold.clone());
+        let _ = blocking(move || {
+            match hold {
+                // To cool, as any release.
+                Hold::Pool(a) => drop(ipam.release(&a.owner)),
+                // It never carried traffic: its VLAN does not cool.
+                Hold::Branch(p) => drop(branches.forget(&p.owner)),
+            }
+            Ok(())
+        })
+        .await;
     }
 
     fn counts(&self) -> warm::Pool {
         self.ipam.counts()
     }
+}
+
+/// Runs `f` (a checkpoint write, with its fsyncs) on the runtime's blocking threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, CniError> + Send + 'static,
+) -> Result<T, CniError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(CniError::new(
+            eniflow_api::cni_errors::IO_FAILURE,
+            format!("the checkpoint write did not finish: {e}"),
+        ))
+    })
 }
 
 /// The wiring of pods on this node, through a route netlink socket of the host's namespace.

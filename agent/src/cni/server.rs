@@ -4,6 +4,7 @@
 use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use eniflow_api::{
@@ -21,21 +22,23 @@ use super::{
     error::CniError,
     lifecycle::Lifecycle,
     request, result,
-    seams::{HostWiring, Sources},
+    seams::{Addresses, DataPlane, HostWiring, Sources, Wiring},
 };
 use crate::datapath::Plane;
 
-/// The pod lifecycle of this node.
-pub type NodeLifecycle = Lifecycle<Sources, HostWiring, Plane>;
+/// The CNI service of this node.
+pub type NodeService = Service<Sources, HostWiring, Plane>;
 
-/// The CNI service.
-pub struct Service {
-    pods: NodeLifecycle,
+/// The CNI service over a pod lifecycle.
+pub struct Service<A, W, D> {
+    pods: Arc<Lifecycle<A, W, D>>,
 }
 
-impl Service {
-    pub fn new(pods: NodeLifecycle) -> Service {
-        Service { pods }
+impl<A, W, D> Service<A, W, D> {
+    pub fn new(pods: Lifecycle<A, W, D>) -> Self {
+        Service {
+            pods: Arc::new(pods),
+        }
     }
 }
 
@@ -58,72 +61,107 @@ fn reply(output: Option<Value>, failed: bool) -> Response<CniReply> {
     })
 }
 
-impl Service {
-    async fn answer(&self, request: CniRequest, command: Command) -> Response<CniReply> {
-        let version = serde_json::from_slice::<Value>(&request.config)
-            .ok()
-            .and_then(|c| c.get("cniVersion")?.as_str().map(str::to_owned))
-            .unwrap_or_else(|| "1.0.0".into());
-        if !compatible(request.protocol) {
+impl<A, W, D> Service<A, W, D>
+where
+    A: Addresses + 'static,
+    W: Wiring + 'static,
+    D: DataPlane + 'static,
+{
+    /// Runs the request to completion in a task of its own: a runtime that gives up waiting
+    /// (the shim's timeout) drops this future, never a DEL between unwiring and release or an
+    /// ADD between attach and answer.
+    async fn run(&self, request: CniRequest, command: Command) -> Response<CniReply> {
+        let pods = self.pods.clone();
+        let version = cni_version(&request);
+        let task = tokio::spawn(async move { answer(&pods, request, command).await });
+        task.await.unwrap_or_else(|e| {
             let e = CniError::new(
-                cni_errors::PROTOCOL_MISMATCH,
-                format!(
-                    "eniflow-cni speaks protocol {}, this agent {} (it serves {}..={}): upgrade the older one",
-                    request.protocol,
-                    PROTOCOL,
-                    eniflow_api::OLDEST_PROTOCOL,
-                    PROTOCOL + 1
-                ),
+                cni_errors::IO_FAILURE,
+                format!("the agent's {command:?} handler failed: {e}"),
             );
-            return reply(Some(result::error(&version, &e)), true);
-        }
-        let needs_container = matches!(command, Command::Add | Command::Del | Command::Check);
-        let outcome = match request::parse(&request, needs_container) {
-            Ok(r) => match command {
-                Command::Add => self.pods.add(&r).await.map(Some),
-                Command::Del => self.pods.del(&r).await.map(|()| None),
-                Command::Check => self.pods.check(&r).await.map(|()| None),
-                Command::Status => self.pods.status().map(|()| None),
-                Command::Gc => self.pods.gc(&r).await.map(|()| None),
-            },
-            Err(e) => Err(e),
-        };
-        match outcome {
-            Ok(output) => reply(output, false),
-            Err(e) => {
-                log::warn!("{command:?} {}: {}", request.container_id, e.msg);
-                reply(Some(result::error(&version, &e)), true)
-            }
+            reply(Some(result::error(&version, &e)), true)
+        })
+    }
+}
+
+/// The request's cniVersion, for the error it may get (1.0.0 when it names none).
+fn cni_version(request: &CniRequest) -> String {
+    serde_json::from_slice::<Value>(&request.config)
+        .ok()
+        .and_then(|c| c.get("cniVersion")?.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "1.0.0".into())
+}
+
+async fn answer<A: Addresses, W: Wiring, D: DataPlane>(
+    pods: &Lifecycle<A, W, D>,
+    request: CniRequest,
+    command: Command,
+) -> Response<CniReply> {
+    let version = cni_version(&request);
+    if !compatible(request.protocol) {
+        let e = CniError::new(
+            cni_errors::PROTOCOL_MISMATCH,
+            format!(
+                "eniflow-cni speaks protocol {}, this agent {} (it serves {}..={}): upgrade the older one",
+                request.protocol,
+                PROTOCOL,
+                eniflow_api::OLDEST_PROTOCOL,
+                PROTOCOL + 1
+            ),
+        );
+        return reply(Some(result::error(&version, &e)), true);
+    }
+    let needs_container = matches!(command, Command::Add | Command::Del | Command::Check);
+    let outcome = match request::parse(&request, needs_container) {
+        Ok(r) => match command {
+            Command::Add => pods.add(&r).await.map(Some),
+            Command::Del => pods.del(&r).await.map(|()| None),
+            Command::Check => pods.check(&r).await.map(|()| None),
+            Command::Status => pods.status().map(|()| None),
+            Command::Gc => pods.gc(&r).await.map(|()| None),
+        },
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok(output) => reply(output, false),
+        Err(e) => {
+            log::warn!("{command:?} {}: {}", request.container_id, e.msg);
+            reply(Some(result::error(&version, &e)), true)
         }
     }
 }
 
 #[tonic::async_trait]
-impl Cni for Service {
+impl<A, W, D> Cni for Service<A, W, D>
+where
+    A: Addresses + 'static,
+    W: Wiring + 'static,
+    D: DataPlane + 'static,
+{
     async fn add(&self, r: GrpcRequest<CniRequest>) -> Result<Response<CniReply>, Status> {
-        Ok(self.answer(r.into_inner(), Command::Add).await)
+        Ok(self.run(r.into_inner(), Command::Add).await)
     }
 
     async fn del(&self, r: GrpcRequest<CniRequest>) -> Result<Response<CniReply>, Status> {
-        Ok(self.answer(r.into_inner(), Command::Del).await)
+        Ok(self.run(r.into_inner(), Command::Del).await)
     }
 
     async fn check(&self, r: GrpcRequest<CniRequest>) -> Result<Response<CniReply>, Status> {
-        Ok(self.answer(r.into_inner(), Command::Check).await)
+        Ok(self.run(r.into_inner(), Command::Check).await)
     }
 
     async fn status(&self, r: GrpcRequest<CniRequest>) -> Result<Response<CniReply>, Status> {
-        Ok(self.answer(r.into_inner(), Command::Status).await)
+        Ok(self.run(r.into_inner(), Command::Status).await)
     }
 
     async fn gc(&self, r: GrpcRequest<CniRequest>) -> Result<Response<CniReply>, Status> {
-        Ok(self.answer(r.into_inner(), Command::Gc).await)
+        Ok(self.run(r.into_inner(), Command::Gc).await)
     }
 }
 
 /// Serves `service` (and gRPC health) on the unix socket at `socket`, root only; returns once
 /// the socket accepts connections.
-pub async fn serve(socket: &Path, service: Service) -> std::io::Result<PathBuf> {
+pub async fn serve(socket: &Path, service: NodeService) -> std::io::Result<PathBuf> {
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -135,7 +173,7 @@ pub async fn serve(socket: &Path, service: Service) -> std::io::Result<PathBuf> 
     let listener = tokio::net::UnixListener::bind(socket)?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
     let (reporter, health) = tonic_health::server::health_reporter();
-    reporter.set_serving::<CniServer<Service>>().await;
+    reporter.set_serving::<CniServer<NodeService>>().await;
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     tokio::spawn(async move {
         let served = tonic::transport::Server::builder()

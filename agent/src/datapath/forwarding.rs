@@ -273,13 +273,17 @@ impl Forwarding {
         for ifindex in &stale {
             let _ = self.enis.remove(ifindex);
         }
-        let changed = wanted != self.known_enis;
-        self.known_enis = wanted;
-        if changed {
+        if wanted != self.known_enis {
+            // The new table is what the pods are written against; if a write fails part-way,
+            // the old one comes back so the next call sees the change again and rewrites all.
+            let previous = std::mem::replace(&mut self.known_enis, wanted);
             let pods: Vec<PodPort> = self.known_pods.values().cloned().collect();
             for pod in pods {
                 self.remove_branch_entry(pod.addr);
-                self.write_pod(&pod)?;
+                if let Err(e) = self.write_pod(&pod) {
+                    self.known_enis = previous;
+                    return Err(e);
+                }
             }
         }
         Ok(stale)

@@ -60,6 +60,9 @@ pub struct Config {
     pub reconcile_period: Duration,
     /// How often the refill loop sweeps leaked ENIs (VPC CNI: hourly); None: never.
     pub leak_sweep: Option<Duration>,
+    /// How long a held address may be missing from EC2's answers before its pod is told it
+    /// lost it: EC2's view lags an assign by seconds, and one answer is not proof.
+    pub lost_grace: Duration,
 }
 
 impl Config {
@@ -77,6 +80,7 @@ impl Config {
             subnet_pause: Duration::from_secs(120),
             reconcile_period: Duration::from_secs(60),
             leak_sweep: Some(Duration::from_secs(3600)),
+            lost_grace: Duration::from_secs(120),
         }
     }
 }

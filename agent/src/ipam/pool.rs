@@ -84,6 +84,9 @@ pub struct Pool {
     cooling: BTreeMap<Ipv4Addr, u64>,
     /// Secondary addresses and prefix bases being unassigned right now.
     leaving: BTreeSet<Ipv4Addr>,
+    /// Held addresses EC2's last answers did not list, and since when (unix ms): EC2's view is
+    /// eventually consistent, so a pod keeps its address through a short miss.
+    missing: BTreeMap<Ipv4Addr, u64>,
 }
 
 impl Pool {
@@ -315,9 +318,16 @@ impl Pool {
     }
 
     /// Brings the pool in line with the ENIs EC2 says are attached: ENIs detached or addresses
-    /// unassigned behind eniflow's back leave the pool, new ones join it. Returns the allocations
-    /// whose address the node lost (their pods need a new sandbox).
-    pub fn reconcile(&mut self, attached: Vec<(Eni, bool)>) -> Vec<Allocation> {
+    /// unassigned behind eniflow's back leave the pool, new ones join it. A held address EC2
+    /// does not list stays held until it has been missing for `grace` (so it is never handed
+    /// to a second pod if it shows up again); then its allocation is returned as lost (its pod
+    /// needs a new sandbox).
+    pub fn reconcile(
+        &mut self,
+        attached: Vec<(Eni, bool)>,
+        now_ms: u64,
+        grace: Duration,
+    ) -> Vec<Allocation> {
         let ids: BTreeSet<&str> = attached.iter().map(|(e, _)| e.id.as_str()).collect();
         self.enis
             .retain(|id, e| e.draining || ids.contains(id.as_str()));
@@ -326,17 +336,28 @@ impl Pool {
         }
         let present: BTreeSet<Ipv4Addr> = self.pod_addresses().into_iter().collect();
         self.cooling.retain(|ip, _| present.contains(ip));
-        let lost: Vec<Owner> = self
-            .by_owner
+        let absent: BTreeSet<Ipv4Addr> = self
+            .held
+            .keys()
+            .filter(|ip| !present.contains(ip))
+            .copied()
+            .collect();
+        self.missing.retain(|ip, _| absent.contains(ip));
+        for ip in &absent {
+            self.missing.entry(*ip).or_insert(now_ms);
+        }
+        let grace = grace.as_millis() as u64;
+        let lost: Vec<Ipv4Addr> = self
+            .missing
             .iter()
-            .filter(|(_, a)| !present.contains(&a.ipv4))
-            .map(|(o, _)| o.clone())
+            .filter(|(_, since)| now_ms.saturating_sub(**since) >= grace)
+            .map(|(ip, _)| *ip)
             .collect();
         lost.iter()
-            .filter_map(|o| {
-                let a = self.by_owner.remove(o)?;
-                self.held.remove(&a.ipv4);
-                Some(a)
+            .filter_map(|ip| {
+                self.missing.remove(ip);
+                let owner = self.held.remove(ip)?;
+                self.by_owner.remove(&owner)
             })
             .collect()
     }
@@ -411,13 +432,15 @@ impl Pool {
         }
     }
 
-    /// Picks up to `count` ENIs to detach: eniflow's own, not the primary, holding no assigned or
+    /// Picks up to `count` ENIs to detach: eniflow's own pod ENIs (never the primary, nor a trunk:
+    /// it holds no pod address but carries every security-group pod), holding no assigned or
     /// cooling address, at least `min_age` old. Marks them draining.
     pub fn pick_free_enis(&mut self, count: u32, now: SystemTime, min_age: Duration) -> Vec<Eni> {
         let mut idle: Vec<&PoolEni> = self
             .enis
             .values()
             .filter(|e| !e.draining && e.eni.device_index != 0 && e.eni.attachment_id.is_some())
+            .filter(|e| e.for_pods && !e.eni.trunk && e.eni.ours())
             .filter(|e| {
                 e.eni.created_at.is_some_and(|created| {
                     now.duration_since(created).unwrap_or_default() >= min_age
@@ -558,6 +581,14 @@ mod tests {
         pool.add_eni(eni("eni-0", 0, &["10.0.0.10", "10.0.0.11"], &[]), true);
         pool.add_eni(eni("eni-1", 1, &["10.0.0.20", "10.0.0.21"], &[]), true);
         pool.add_eni(eni("eni-2", 2, &["10.0.0.30", "10.0.0.31"], &[]), true);
+        // Idle and old, but not eniflow's to detach: an ENI another tool attached, and a trunk
+        // (made by eniflow, holding no pod address, carrying every security-group pod).
+        let mut foreign = eni("eni-3", 3, &["10.0.0.40", "10.0.0.41"], &[]);
+        foreign.created_at = None;
+        pool.add_eni(foreign, true);
+        let mut trunk = eni("eni-4", 4, &["10.0.0.50"], &[]);
+        trunk.trunk = true;
+        pool.add_eni(trunk, false);
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(30);
         assert!(
             pool.pick_free_enis(3, now, Duration::from_secs(60))
@@ -579,6 +610,11 @@ mod tests {
             .iter()
             .all(|id| id != "eni-0" && !held_on.contains(id.as_str())));
         assert_eq!(picked.len(), 1, "{picked:?}");
+        assert!(
+            pool.pick_free_enis(3, now, Duration::from_secs(60))
+                .is_empty(),
+            "neither the foreign ENI nor the trunk is picked"
+        );
     }
 
     #[test]
@@ -596,10 +632,34 @@ mod tests {
             ("eni-0", "eni-0")
         );
         // eni-1 was detached and 10.0.0.11 unassigned behind the pool's back; eni-2 appeared.
-        let lost = pool.reconcile(vec![
-            (eni("eni-0", 0, &["10.0.0.10", "10.0.0.12"], &[]), true),
+        let grace = Duration::from_secs(60);
+        let now_attached = || {
+            vec![
+                (eni("eni-0", 0, &["10.0.0.10", "10.0.0.12"], &[]), true),
+                (eni("eni-2", 2, &["10.0.0.30", "10.0.0.31"], &[]), true),
+            ]
+        };
+        // One answer without it is not proof (EC2 is eventually consistent): still held.
+        assert!(pool.reconcile(now_attached(), 1_000, grace).is_empty());
+        assert!(pool.allocation(&owner(1)).is_some());
+        // It shows up again: nothing happened, the miss is forgotten.
+        let with_it = vec![
+            (
+                eni("eni-0", 0, &["10.0.0.10", "10.0.0.11", "10.0.0.12"], &[]),
+                true,
+            ),
             (eni("eni-2", 2, &["10.0.0.30", "10.0.0.31"], &[]), true),
-        ]);
+        ];
+        assert!(pool.reconcile(with_it, 30_000, grace).is_empty());
+        assert!(pool.reconcile(now_attached(), 40_000, grace).is_empty());
+        assert!(
+            pool.take(&owner(3), ("ns", "c"), 40_000)
+                .is_ok_and(|a| a.ipv4 != "10.0.0.11".parse::<Ipv4Addr>().unwrap()),
+            "a missing address is not handed to another pod"
+        );
+        pool.release(&owner(3), 40_000);
+        // Missing for the whole grace (from 40 s): lost.
+        let lost = pool.reconcile(now_attached(), 100_000, grace);
         assert_eq!(lost.len(), 1);
         assert_eq!(lost[0].ipv4, "10.0.0.11".parse::<Ipv4Addr>().unwrap());
         let addresses: Vec<String> = pool.pod_addresses().iter().map(|a| a.to_string()).collect();

@@ -12,6 +12,7 @@ use std::{
 use super::{subnets, warm::Plan, Allocation, Ipam, IpamError};
 use crate::{
     ec2::{codes, Ec2Error, Eni, NewEni},
+    files::now_ms,
     limits::ADDRESSES_PER_PREFIX,
 };
 
@@ -392,7 +393,8 @@ impl Ipam {
     }
 
     /// Re-reads the attached ENIs from EC2 and brings the pool in line (see `Pool::reconcile`);
-    /// returns the allocations whose address the node lost, which are logged and forgotten.
+    /// returns the allocations whose address the node lost (missing for `lost_grace`), which are
+    /// logged and forgotten.
     pub async fn reconcile(&self) -> Result<Vec<Allocation>, IpamError> {
         let attached = self.ec2.attached_enis(&self.instance.id).await?;
         let attached = attached
@@ -403,7 +405,7 @@ impl Ipam {
             })
             .collect();
         let mut pool = self.lock();
-        let lost = pool.reconcile(attached);
+        let lost = pool.reconcile(attached, now_ms(), self.config.lost_grace);
         for a in &lost {
             log::error!(
                 "reconcile: {} of pod {}/{} ({}) is no longer on the node (detached or unassigned outside eniflow)",

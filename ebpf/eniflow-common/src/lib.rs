@@ -9,6 +9,14 @@
 /// Pinned objects live under `<bpffs root>/<PIN_VERSION>/`; a layout change bumps it.
 pub const PIN_VERSION: &str = "v1";
 
+/// Pods one node's maps hold (pods, veths, per-pod counters, branch pods). The agent refuses a
+/// node whose max pods is larger, naming both.
+pub const MAX_PODS: u32 = 4096;
+/// ENIs in the ENI table.
+pub const MAX_ENIS: u32 = 64;
+/// tc hooks eniflow attaches to and counts: both directions of every pod veth and every ENI.
+pub const MAX_HOOKS: u32 = 2 * (MAX_PODS + MAX_ENIS);
+
 /// Names of the maps as they appear in the object file, in bpftool and under `maps/`.
 pub mod maps {
     /// Per-interface, per-direction packet and byte counters (`IfaceKey` → `IfaceStats`).

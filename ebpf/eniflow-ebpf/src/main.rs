@@ -52,7 +52,7 @@ pub fn pod_egress(mut ctx: TcContext) -> i32 {
         s.sent_packets += 1;
         s.sent_bytes += len;
     });
-    if state::is_stack_flow(ip.saddr, ip.protocol, ip.sport) {
+    if ip.stack_only || state::is_stack_flow(ip.saddr, ip.protocol, ip.sport) {
         return to_stack(&ip);
     }
     let own = state::pod(ip.saddr);
@@ -131,7 +131,7 @@ pub fn eni_ingress(mut ctx: TcContext) -> i32 {
     let Some(pod) = state::pod(ip.daddr) else {
         return TC_ACT_UNSPEC;
     };
-    if state::is_stack_flow(ip.daddr, ip.protocol, ip.dport) {
+    if ip.stack_only || state::is_stack_flow(ip.daddr, ip.protocol, ip.dport) {
         return TC_ACT_UNSPEC;
     }
     let len = u64::from(ctx.len());
@@ -157,6 +157,7 @@ pub fn eni_egress(ctx: TcContext) -> i32 {
                 if branch.pod_addr == ip.saddr.to_ne_bytes() {
                     let mut ctx = ctx;
                     if !packet::set_source_mac(&mut ctx, &branch.mac) {
+                        state::count(ip.saddr, |s| s.drop_redirect_failed += 1);
                         return TC_ACT_SHOT;
                     }
                 }
@@ -198,12 +199,14 @@ fn branch_ingress(ctx: &mut TcContext, vlan: u16, ip: &Ipv4) -> i32 {
         state::count(ip.daddr, |s| s.drop_redirect_failed += 1);
         return TC_ACT_SHOT;
     }
-    if state::is_stack_flow(ip.daddr, ip.protocol, ip.dport) {
+    if ip.stack_only || state::is_stack_flow(ip.daddr, ip.protocol, ip.dport) {
         // The stack must see it (its NAT): addressed to the trunk itself, as if untagged.
         let Some(eni) = state::eni(trunk) else {
+            state::count(ip.daddr, |s| s.drop_redirect_failed += 1);
             return TC_ACT_SHOT;
         };
         if !packet::set_dest_mac(ctx, &eni.mac) {
+            state::count(ip.daddr, |s| s.drop_redirect_failed += 1);
             return TC_ACT_SHOT;
         }
         // SAFETY: the program's own skb.

@@ -15,6 +15,9 @@ const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const ICMP_ECHOREPLY: u8 = 0;
 const ICMP_ECHO: u8 = 8;
+/// IPv4 flags and fragment offset (host order): more fragments, offset.
+const IP_MF: u16 = 0x2000;
+const IP_OFFSET: u16 = 0x1fff;
 
 /// An IPv4 packet's addresses (network order) and ports (host order; the echo id for ICMP
 /// echo, 0 where the protocol has none or the packet is a fragment).
@@ -25,6 +28,9 @@ pub struct Ipv4 {
     pub protocol: u8,
     pub sport: u16,
     pub dport: u16,
+    /// A fragment or an ICMP error: it carries no ports to match a flow by, so only the
+    /// kernel stack (reassembly, conntrack's related flows, NAT) can handle it right.
+    pub stack_only: bool,
 }
 
 /// The IPv4 header of the frame, or None for anything else (ARP, IPv6, runts).
@@ -42,9 +48,11 @@ pub fn ipv4(ctx: &TcContext) -> Option<Ipv4> {
         protocol: ctx.load(IP_PROTOCOL).ok()?,
         sport: 0,
         dport: 0,
+        stack_only: false,
     };
-    // Only a first fragment (or an unfragmented packet) carries the transport header.
-    if u16::from_be(frag) & 0x1fff != 0 {
+    // Every fragment (more to come, or an offset) is reassembled by the stack, the first too.
+    if u16::from_be(frag) & (IP_MF | IP_OFFSET) != 0 {
+        packet.stack_only = true;
         return Some(packet);
     }
     let l4 = ETH_HLEN + usize::from(version_ihl & 0x0f) * 4;
@@ -61,6 +69,10 @@ pub fn ipv4(ctx: &TcContext) -> Option<Ipv4> {
                 let id: u16 = ctx.load(l4 + 4).ok()?;
                 packet.sport = u16::from_be(id);
                 packet.dport = packet.sport;
+            } else {
+                // Errors (unreachable, time exceeded: path-MTU discovery) belong to the flow
+                // they quote, which conntrack finds.
+                packet.stack_only = true;
             }
         }
         _ => {}

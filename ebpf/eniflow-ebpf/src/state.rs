@@ -11,9 +11,8 @@ use eniflow_common::{
     CONFIG_SG_STRICT,
 };
 
-/// Pods on one node: the largest instances allow 737 with prefixes; room to spare.
-const MAX_PODS: usize = 4096;
-const MAX_ENIS: usize = 64;
+const MAX_PODS: usize = eniflow_common::MAX_PODS as usize;
+const MAX_ENIS: usize = eniflow_common::MAX_ENIS as usize;
 const MAX_DESTINATIONS: usize = 1024;
 /// Ports with a NAT'd flow; a mark that falls out only sends that port's packets through the
 /// kernel stack again, which is always correct, just slower.

@@ -8,8 +8,7 @@ use aya_ebpf::{
 };
 use eniflow_common::{Attachment, IfaceKey, IfaceStats};
 
-/// Enough for every ENI of the largest instance (both directions) with room for pod veths.
-const MAX_HOOKS: usize = 4096;
+const MAX_HOOKS: usize = eniflow_common::MAX_HOOKS as usize;
 
 /// Per CPU, so counting needs no atomics (the BPF target has none in `core`); readers sum.
 #[btf_map(name = "iface_stats")]
