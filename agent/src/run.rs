@@ -33,7 +33,8 @@ pub struct RunArgs {
     /// tc attachment API: auto (tcx, else clsact), tcx or clsact.
     #[arg(long, env = "ENIFLOW_ATTACH_MODE", default_value = "auto")]
     attach_mode: AttachMode,
-    /// Written once every interface is attached (readiness for scripts and tests).
+    /// Written once every interface is attached and the pool's first refill pass is over
+    /// (readiness for scripts and tests).
     #[arg(long)]
     ready_file: Option<PathBuf>,
     /// Install the CNI shim into this directory before serving (the image sets it, so the
@@ -207,6 +208,10 @@ pub async fn run(pins: Pins, args: RunArgs) -> Result<()> {
         log::info!("node network-ready: wrote {}", args.cni_conflist.display());
     }
     if let Some(path) = &args.ready_file {
+        // Ready for scripts and tests also means the pool's first refill pass is over.
+        if let Some((ipam, _)) = &ipam {
+            ipam.first_refill().await;
+        }
         std::fs::write(path, b"ready\n").with_context(|| format!("write {}", path.display()))?;
     }
     log::info!(

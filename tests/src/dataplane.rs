@@ -1,7 +1,11 @@
 //! Reading the agent's pinned data-plane maps the way an on-call engineer does (bpftool, by
 //! field name), and another tool's tc programs chained around eniflow's (the lab's taps).
 
-use std::net::Ipv4Addr;
+use std::{
+    io::BufRead,
+    net::Ipv4Addr,
+    process::{Command, Stdio},
+};
 
 use aya::{
     maps::PerCpuHashMap,
@@ -99,4 +103,52 @@ impl Taps {
         )
         .map_or(0, |values| values.iter().sum())
     }
+}
+
+/// Frames on the interfaces `eths` of `node_ns` while `during` runs, as tcpdump prints them
+/// with link-level headers (each capture ends after two frames or 6 s).
+pub fn capture(node_ns: &Netns, eth: &str, filter: &str, during: impl FnOnce()) -> String {
+    capture_on(node_ns, &[eth], filter, during)
+}
+
+/// The same on several interfaces at once, their frames one after the other.
+pub fn capture_on(node_ns: &Netns, eths: &[&str], filter: &str, during: impl FnOnce()) -> String {
+    let mut running = Vec::new();
+    for eth in eths {
+        let mut child = Command::new("nsenter")
+            .args([
+                &format!("--net={}", node_ns.path()),
+                "timeout",
+                "6",
+                "tcpdump",
+                "-e",
+                "-nn",
+                "-l",
+                "-c",
+                "2",
+                "-i",
+                eth,
+                filter,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // tcpdump says "listening on ..." once it captures: only then is the traffic made.
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut said = String::new();
+        while !said.contains("listening on") {
+            let read = stderr.read_line(&mut said).unwrap();
+            assert!(read > 0, "tcpdump on {eth} did not start: {said}");
+        }
+        running.push((child, stderr));
+    }
+    during();
+    let mut seen = String::new();
+    for (child, stderr) in running {
+        let out = child.wait_with_output().unwrap();
+        drop(stderr);
+        seen += &String::from_utf8_lossy(&out.stdout);
+    }
+    seen
 }

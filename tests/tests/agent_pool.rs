@@ -111,8 +111,8 @@ async fn the_agent_fills_its_warm_pool_and_survives_a_crash_without_asking_again
             .unwrap_or(0)
     };
     let before = assigns(&lab);
+    // Ready means its first refill pass is over: whatever it would ask EC2 for, it has asked.
     let restarted = start(&lab, &root, &files, &["--remove-conflist-on-exit"]);
-    tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(assigns(&lab), before, "the restarted agent asked EC2 again");
     assert_eq!(primary_addresses(&lab).await.len(), 10);
     restarted.stop();

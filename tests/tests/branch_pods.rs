@@ -4,17 +4,14 @@
 //! capability). The lab fabric delivers VLAN v on the trunk to the branch ENI on v and drops a
 //! branch address arriving on any other VLAN or untagged.
 
-use std::{
-    process::{Command, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use eniflow_common::ENI_ROLE_TRUNK;
 use eniflow_lab_common::{TAP_FIRST, TAP_LAST};
 use eniflow_tests::{
     bpftool,
     cni::{address, pings, pod_args, Answer, PodNode as Node},
-    dataplane::{dnat, Taps},
+    dataplane::{capture, dnat, Taps},
     kube::KubeApi,
     lab::{internet, Lab, LabSpec},
     netns::Netns,
@@ -25,16 +22,54 @@ use serde_json::{json, Value};
 
 /// The node with a trunk (the agent attaches it) and security-group pods in `mode`.
 async fn node_with_trunk(mode: &str) -> (Node, String, String) {
-    let node = Node::start_custom(
-        LabSpec::default(),
-        &["--create-trunk"],
-        &[
-            ("ENABLE_POD_ENI", "true"),
-            ("POD_SECURITY_GROUP_ENFORCING_MODE", mode),
-        ],
-    )
-    .await;
+    node_with_trunk_and(mode, &[]).await
+}
+
+/// The same, with more of the agent's environment.
+async fn node_with_trunk_and(mode: &str, env: &[(&str, &str)]) -> (Node, String, String) {
+    let mut all = vec![
+        ("ENABLE_POD_ENI", "true"),
+        ("POD_SECURITY_GROUP_ENFORCING_MODE", mode),
+    ];
+    all.extend_from_slice(env);
+    let node = Node::start_custom(LabSpec::default(), &["--create-trunk"], &all).await;
     wait_for_trunk(node).await
+}
+
+/// What an on-call engineer reads with bpftool: every map pinned under maps/ (on a node with
+/// branch pods, a regular pod and traffic, so each has entries), each entry by field name.
+fn every_pinned_map_prints_by_field_name(node: &Node) {
+    let dir = node.map("");
+    let mut pinned: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    pinned.sort();
+    let mut expected: Vec<String> = eniflow_common::maps::ALL
+        .iter()
+        .map(|m| m.to_string())
+        .collect();
+    expected.sort();
+    assert_eq!(pinned, expected, "the maps pinned under {}", dir.display());
+    for map in &pinned {
+        let entries = bpftool::dump(&node.map(map));
+        // No NAT'd flow has crossed the node yet: the only map that may be empty here.
+        if map != eniflow_common::maps::STACK_FLOWS {
+            assert!(!entries.is_empty(), "{map}: no entries to read");
+        }
+        for entry in &entries {
+            let f = bpftool::formatted(entry, map);
+            let value = f.get("value").or_else(|| f["values"][0].get("value"));
+            assert!(
+                f["key"].is_object() || f["key"].is_array() || f["key"].is_u64(),
+                "{map}: key not printed: {f}"
+            );
+            assert!(
+                value.is_some_and(|v| v.is_object()),
+                "{map}: value fields not named: {f}"
+            );
+        }
+    }
 }
 
 /// Once the agent's trunk is attached and in the data plane: the node, the trunk's id and its
@@ -134,45 +169,12 @@ fn regular_pod(node: &Node, name: &str) -> (Netns, String) {
     (netns, address(&added))
 }
 
-/// Frames on the node's trunk interface while `during` runs, as tcpdump prints them with
-/// link-level headers.
-fn capture(node_ns: &Netns, eth: &str, filter: &str, during: impl FnOnce()) -> String {
-    let mut child = Command::new("nsenter")
-        .args([
-            &format!("--net={}", node_ns.path()),
-            "timeout",
-            "6",
-            "tcpdump",
-            "-e",
-            "-nn",
-            "-l",
-            "-c",
-            "2",
-            "-i",
-            eth,
-            filter,
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // tcpdump says "listening on ..." once it captures: only then is the traffic made.
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut said = String::new();
-    while !said.contains("listening on") {
-        let read = std::io::BufRead::read_line(&mut stderr, &mut said).unwrap();
-        assert!(read > 0, "tcpdump did not start: {said}");
-    }
-    during();
-    let out = child.wait_with_output().unwrap();
-    drop(stderr);
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn branch_pods_and_a_regular_pod_reach_the_vpc_tagged_with_their_vlans() {
     require_root();
-    let (mut node, trunk, trunk_eth) = node_with_trunk("standard").await;
+    // A short VLAN cooldown, so the test can wait it out.
+    let (mut node, trunk, trunk_eth) =
+        node_with_trunk_and("standard", &[("ENIFLOW_VLAN_COOLDOWN", "3")]).await;
     let a = add_branch_pod(&node, &trunk, 11, "sg-a").await;
     let b = add_branch_pod(&node, &trunk, 12, "sg-b").await;
     let (regular, regular_ip) = regular_pod(&node, "plain");
@@ -188,6 +190,7 @@ async fn branch_pods_and_a_regular_pod_reach_the_vpc_tagged_with_their_vlans() {
         assert!(pings(&b.netns, host), "branch pod b -> {host}");
         assert!(pings(&regular, host), "regular pod -> {host}");
     }
+    every_pinned_map_prints_by_field_name(&node);
     let node_ns = &node.lab.node.netns;
     for (pod, vlan) in [(&a, 11), (&b, 12)] {
         let seen = capture(
@@ -283,6 +286,28 @@ async fn branch_pods_and_a_regular_pod_reach_the_vpc_tagged_with_their_vlans() {
         "{}",
         reused.json
     );
+    // Cooled (3 s), the VLAN is wired for the next pod.
+    std::thread::sleep(Duration::from_millis(3200));
+    let cooled = node.cni_with(
+        "ADD",
+        "c-sg-a2",
+        again.path(),
+        "eth0",
+        &pod_args("sg-a2"),
+        &with_annotation(&node, &a.annotation),
+    );
+    assert!(cooled.ok, "after the cooldown: {}", cooled.json);
+    let entry = node.pod_entry(&a.ip).expect("the new pod's entry");
+    assert_eq!(entry["vlan"], 11, "{entry}");
+    let del = node.cni_with(
+        "DEL",
+        "c-sg-a2",
+        again.path(),
+        "eth0",
+        &pod_args("sg-a2"),
+        &with_annotation(&node, &a.annotation),
+    );
+    assert!(del.ok, "{}", del.json);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,6 +342,7 @@ async fn a_bad_annotation_is_refused_by_field_and_leaves_nothing() {
         .create_branch_eni(&trunk, 31, &node.lab.security_groups)
         .await;
     let good: Value = serde_json::from_str(&node.lab.pod_eni_annotation(&[&branch])).unwrap();
+    let branch_ip = good[0]["privateIp"].as_str().unwrap().to_owned();
     let with = |field: &str, value: Value| {
         let mut bad = good.clone();
         bad[0][field] = value;
@@ -360,7 +386,39 @@ async fn a_bad_annotation_is_refused_by_field_and_leaves_nothing() {
         );
         let held = std::fs::read_to_string(&checkpoint).unwrap_or_default();
         assert!(!held.contains("c-sg-bad"), "branch pod recorded: {held}");
+        assert!(
+            node.pod_entry(&branch_ip).is_none() && branch_entries(&node) == 0,
+            "map entries left for {annotation}"
+        );
     }
+    // The same checks see a good annotation's pod (and see it go with DEL).
+    let pod = Netns::new("sggood");
+    let config = with_annotation(&node, &good.to_string());
+    let added = node.cni_with(
+        "ADD",
+        "c-sg-good",
+        pod.path(),
+        "eth0",
+        &pod_args("sg-good"),
+        &config,
+    );
+    assert!(added.ok, "{}", added.json);
+    assert!(node.pod_entry(&branch_ip).is_some() && branch_entries(&node) == 1);
+    let deleted = node.cni_with(
+        "DEL",
+        "c-sg-good",
+        pod.path(),
+        "eth0",
+        &pod_args("sg-good"),
+        &config,
+    );
+    assert!(deleted.ok, "{}", deleted.json);
+    assert!(node.pod_entry(&branch_ip).is_none() && branch_entries(&node) == 0);
+}
+
+/// Entries of the branches map (trunk, VLAN) -> branch pod.
+fn branch_entries(node: &Node) -> usize {
+    bpftool::dump(&node.map(eniflow_common::maps::BRANCHES)).len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

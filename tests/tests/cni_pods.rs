@@ -9,9 +9,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use eniflow_common::maps;
 use eniflow_tests::{
-    agent,
+    agent, bpftool,
     cni::{address, pings, pod_args, Answer, PodNode as Node},
+    dataplane::wire,
     netns::Netns,
     require_root,
 };
@@ -74,6 +76,13 @@ async fn pods_get_pool_addresses_reach_the_vpc_and_leave_nothing_behind() {
             .ok
     );
 
+    // What DEL must take away: the pod's map entries, its veth's attachment records and pins.
+    let veth_ifindex = node.lab.node.netns.ifindex(&host_veth);
+    let before = pod_remains(&node, &ip, veth_ifindex);
+    assert!(
+        before.len() >= 5,
+        "the wired pod's entries and records are not all there: {before:?}"
+    );
     for _ in 0..2 {
         let deleted = node.cni("DEL", "c-web-0", Some(&pod), "eth0", &pod_args("web-0"));
         assert!(
@@ -85,6 +94,8 @@ async fn pods_get_pool_addresses_reach_the_vpc_and_leave_nothing_behind() {
     assert!(node.host_veths().is_empty(), "the host veth outlived DEL");
     assert!(!pod.ip(&["-j", "link", "show"]).contains("\"eth0\""));
     assert_eq!(node.allocations(), 0);
+    let remains = pod_remains(&node, &ip, veth_ifindex);
+    assert!(remains.is_empty(), "DEL left: {remains:?}");
     let unknown = node.cni("DEL", "never-added", Some(&pod), "eth0", "");
     assert!(unknown.ok, "DEL of an unknown container: {}", unknown.json);
     let missing = node.cni("CHECK", "c-web-0", Some(&pod), "eth0", &pod_args("web-0"));
@@ -381,4 +392,40 @@ async fn gc_releases_what_the_runtime_no_longer_knows() {
         node.cni("CHECK", "c-kept", Some(&kept), "eth0", &pod_args("kept"))
             .ok
     );
+}
+
+/// What the data plane still holds of the pod at `ip` whose host veth was `veth_ifindex`: its
+/// pods, veths and pod_stats entries, and its veth's attachment records (one per direction);
+/// and, under tcx, its link pins.
+fn pod_remains(node: &Node, ip: &str, veth_ifindex: u32) -> Vec<String> {
+    let mut left = Vec::new();
+    let key = wire(ip);
+    for map in [maps::PODS, maps::POD_STATS] {
+        if bpftool::dump(&node.map(map))
+            .iter()
+            .any(|e| bpftool::formatted(e, map)["key"] == key)
+        {
+            left.push(format!("{map} entry of {ip}"));
+        }
+    }
+    if bpftool::dump(&node.map(maps::VETHS))
+        .iter()
+        .any(|e| bpftool::formatted(e, maps::VETHS)["key"] == veth_ifindex)
+    {
+        left.push(format!("veths entry of ifindex {veth_ifindex}"));
+    }
+    for e in bpftool::dump(&node.map(maps::ATTACHMENTS)) {
+        let f = bpftool::formatted(&e, maps::ATTACHMENTS);
+        if f["key"]["ifindex"] == veth_ifindex {
+            left.push(format!("attachment record {}", f["key"]));
+        }
+    }
+    let links = node.map("").parent().unwrap().join("links");
+    for pin in std::fs::read_dir(&links).into_iter().flatten().flatten() {
+        let name = pin.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&format!("if{veth_ifindex}_")) {
+            left.push(format!("link pin {name}"));
+        }
+    }
+    left
 }

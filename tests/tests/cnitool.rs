@@ -124,11 +124,43 @@ async fn cnitool_runs_eniflow_first_in_a_chain_with_portmap_bandwidth_and_tuning
         .unwrap_or_else(|e| panic!("cnitool add: {e}"));
     run(&node, &confdir, "check", "eniflow-check", &other)
         .unwrap_or_else(|e| panic!("cnitool check: {e}"));
-    // A pod whose interface vanished fails CHECK.
+    // A pod whose interface vanished fails eniflow's own CHECK (asked directly: through the
+    // chain, tuning's CHECK would fail it too). The container is the one cnitool added.
+    let saved: Value =
+        serde_json::from_slice(&std::fs::read(node.files.checkpoint()).unwrap()).unwrap();
+    let container = saved["allocations"][0]["owner"]["container_id"]
+        .as_str()
+        .expect("cnitool's container in the checkpoint")
+        .to_owned();
+    let mut config = node.config();
+    config["name"] = json!("eniflow-check");
+    config["cniVersion"] = json!("1.0.0");
+    let check = |netns: &Netns| {
+        node.cni_with(
+            "CHECK",
+            &container,
+            netns.path(),
+            "eth0",
+            "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=tool",
+            &config,
+        )
+    };
+    let before = check(&other);
+    assert!(before.ok, "eniflow's CHECK of a whole pod: {}", before.json);
     other.ip(&["link", "del", "eth0"]);
+    let after = check(&other);
+    assert!(!after.ok, "eniflow's CHECK passed without eth0");
+    // Deleting eth0 took its veth peer with it: eniflow says which end is missing.
+    assert_eq!(
+        after.json["code"],
+        eniflow_api::cni_errors::PLUMBING_FAILED,
+        "{}",
+        after.json
+    );
     assert!(
-        run(&node, &confdir, "check", "eniflow-check", &other).is_err(),
-        "CHECK passed without eth0"
+        after.json["msg"].as_str().unwrap_or("").contains("missing"),
+        "the error names what is missing: {}",
+        after.json
     );
     run(&node, &confdir, "del", "eniflow-check", &other)
         .unwrap_or_else(|e| panic!("cnitool del: {e}"));

@@ -450,7 +450,9 @@ async fn throttled_refill_never_holds_up_assigns_from_the_pool() {
             code: Some("RequestLimitExceeded".into()),
             status: 503,
             count: 1000,
-            latency_ms: 50,
+            // Each throttled answer takes 2 s: an assign that waited on one (a lock held across
+            // the call) would take ten times the bound below.
+            latency_ms: 2000,
         });
     }
     let refill = tokio::spawn(ipam.clone().run_refill());
@@ -460,19 +462,26 @@ async fn throttled_refill_never_holds_up_assigns_from_the_pool() {
         ipam.assign(&owner(n), ("default", "web"))
             .expect("from the pool");
         assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "assign waited on EC2"
+            started.elapsed() < Duration::from_millis(200),
+            "assign waited on EC2 ({:?})",
+            started.elapsed()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(
-        ipam.ec2()
-            .calls()
-            .keys()
-            .any(|(_, outcome)| outcome == "RequestLimitExceeded"),
-        "the refill ran into the throttling: {:?}",
-        ipam.ec2().calls()
-    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !ipam
+        .ec2()
+        .calls()
+        .keys()
+        .any(|(_, outcome)| outcome == "RequestLimitExceeded")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the refill never ran into the throttling: {:?}",
+            ipam.ec2().calls()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(ipam.assign(&owner(9), ("default", "web")).is_err());
     node.vpc.emulator.clear_faults();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -953,6 +962,13 @@ async fn pod_eni_keeps_a_slot_for_the_trunk_and_adopts_it_when_attached() {
         .unwrap();
     node.vpc.attach(&trunk, &node.launched.id, 2).await;
     assert!(ipam.reconcile().await.unwrap().is_empty());
+    // The pool knows it, as a trunk (the ENI watcher gives it the trunk's role from this).
+    let known = ipam.enis();
+    let adopted = known.iter().find(|e| e.id == trunk);
+    assert!(
+        adopted.is_some_and(|e| e.trunk),
+        "the pool does not hold {trunk} as its trunk: {known:?}"
+    );
     ipam.refill().await.expect("refill");
     let trunk_addresses = &node.attached().await[&trunk].1;
     let pool = ipam.addresses();

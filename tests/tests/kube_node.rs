@@ -68,7 +68,16 @@ async fn custom_networking_takes_the_nodes_eniconfig_from_the_api_and_max_pods_g
         ip.starts_with("10.0.2."),
         "{ip} is not in pods-b's subnet 10.0.2.0/24"
     );
-    // At once: the ADD answered only when the pod's ENI was set up on the node.
+    // At once: the ADD answered only when the pod's ENI was set up on the node, so its entry
+    // already names that ENI (0 would mean the stack routes it until the watcher catches up).
+    let entry = node
+        .pod_entry(&ip)
+        .expect("the pod's entry right after ADD");
+    let primary = node.lab.node.netns.ifindex("eth0");
+    assert!(
+        entry["eni_ifindex"] != 0 && entry["eni_ifindex"] != primary,
+        "the pod is not on its own ENI right after ADD: {entry}"
+    );
     for host in &node.lab.hosts {
         assert!(pings(&pod, &host.primary_ip), "pod -> {}", host.primary_ip);
     }

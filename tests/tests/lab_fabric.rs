@@ -316,6 +316,10 @@ async fn nothing_outlives_the_lab() {
     let _ = std::process::Command::new("ip")
         .args(["netns", "add", stale])
         .status();
+    assert!(
+        Path::new("/run/netns").join(stale).exists(),
+        "the stale namespace was not planted"
+    );
     let lab = Lab::start(LabSpec {
         second_node: true,
         ..Default::default()
@@ -326,6 +330,14 @@ async fn nothing_outlives_the_lab() {
         !Path::new("/run/netns").join(stale).exists(),
         "a crashed run's namespace was not swept"
     );
+    // A trunk with a branch: the fabric pins its trunk-port programs and maps.
+    let trunk = lab.create_trunk_eni(&lab.node).await;
+    lab.create_branch_eni(&trunk, 9, &lab.security_groups).await;
+    let fabric_pins = Path::new("/sys/fs/bpf").join(lab.fabric.name());
+    let pinned = |dir: &Path| std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+    within_a_second("the fabric pins its trunk port's objects", || {
+        pinned(&fabric_pins) > 0
+    });
     let mut names = vec![
         lab.fabric.name().to_owned(),
         lab.node.netns.name().to_owned(),
@@ -343,6 +355,11 @@ async fn nothing_outlives_the_lab() {
     assert!(
         !Path::new(&format!("/proc/{pid}")).exists(),
         "the emulator (pid {pid}) outlived the lab"
+    );
+    assert!(
+        !fabric_pins.exists(),
+        "the fabric's pins {} outlived the lab",
+        fabric_pins.display()
     );
 }
 

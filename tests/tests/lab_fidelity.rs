@@ -1020,3 +1020,49 @@ async fn the_emulator_starts_quickly_and_stops_with_its_owner() {
         "the emulator (pid {pid}) is gone once dropped"
     );
 }
+
+/// A test that dies (a panic that skips drops, a SIGKILL) leaves no emulator behind: it exits
+/// when the process that started it does.
+#[test]
+fn the_emulator_exits_when_its_owner_dies() {
+    use std::io::BufRead;
+    let python = eniflow_tests::lab::emulator::venv().join("bin/python");
+    let script = eniflow_tests::agent::workspace().join("tests/lab/emulator/emulator.py");
+    let port_file =
+        std::env::temp_dir().join(format!("{}.port", eniflow_tests::unique_name("owner")));
+    // The owner: a shell that starts the emulator, says its pid, and waits for it.
+    let mut owner = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#""$0" "$1" --port-file "$2" & echo $!; wait"#)
+        .arg(&python)
+        .arg(&script)
+        .arg(&port_file)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the owner");
+    let mut line = String::new();
+    std::io::BufReader::new(owner.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let pid: u32 = line.trim().parse().expect("the emulator's pid");
+    let alive = || std::path::Path::new(&format!("/proc/{pid}")).exists();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !port_file.exists() {
+        assert!(alive(), "the emulator exited before it was ready");
+        assert!(Instant::now() < deadline, "the emulator was not ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    owner.kill().unwrap();
+    owner.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive() {
+        if Instant::now() >= deadline {
+            // Ours to clean up, by pid, before failing.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("the emulator (pid {pid}) outlived its owner");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = std::fs::remove_file(&port_file);
+}

@@ -13,7 +13,7 @@ use eniflow_common::maps;
 use eniflow_tests::{
     bpftool,
     cni::{address, pings, pod_args, PodNode as Node},
-    dataplane::{dnat, Taps},
+    dataplane::{capture_on, dnat, Taps},
     lab::{internet, LabSpec},
     netns::Netns,
     require_root,
@@ -175,23 +175,47 @@ async fn a_pod_sending_from_another_pods_address_is_dropped_and_counted() {
     spoofer
         .netns
         .ip(&["addr", "add", &format!("{}/32", victim.ip), "dev", "eth0"]);
-    let spoofed = Command::new("nsenter")
-        .args([
-            &format!("--net={}", spoofer.netns.path()),
-            "ping",
-            "-c",
-            "3",
-            "-i",
-            "0.2",
-            "-W",
-            "1",
-            "-I",
-            &victim.ip,
-            host,
-        ])
-        .output()
-        .unwrap();
-    assert!(!spoofed.status.success(), "a spoofed ping got answers");
+    // Dropped means nothing with the victim's address leaves any of the node's ENIs (the reply
+    // would reach the victim either way, so the ping's own outcome proves nothing).
+    let node_ns = &node.lab.node.netns;
+    let links: Value = serde_json::from_str(&node_ns.ip(&["-j", "link", "show"])).unwrap();
+    let enis: Vec<String> = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["ifname"].as_str())
+        .filter(|name| name.starts_with("eth"))
+        .map(str::to_owned)
+        .collect();
+    assert!(enis.len() >= 2, "the node's ENIs: {enis:?}");
+    let enis: Vec<&str> = enis.iter().map(String::as_str).collect();
+    let leaked = capture_on(
+        node_ns,
+        &enis,
+        &format!("icmp and src host {} and dst host {host}", victim.ip),
+        || {
+            Command::new("nsenter")
+                .args([
+                    &format!("--net={}", spoofer.netns.path()),
+                    "ping",
+                    "-c",
+                    "3",
+                    "-i",
+                    "0.2",
+                    "-W",
+                    "1",
+                    "-I",
+                    &victim.ip,
+                    host,
+                ])
+                .output()
+                .unwrap();
+        },
+    );
+    assert!(
+        leaked.trim().is_empty(),
+        "spoofed frames left the node's ENIs ({enis:?}):\n{leaked}"
+    );
     assert!(
         node.pod_counter(&spoofer.ip, "drop_spoofed_source") >= 3,
         "drops not counted against the spoofing pod"
@@ -634,6 +658,9 @@ async fn excluded_cidrs_are_not_snated() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert!(chain.contains("-d 198.51.100.0/24 -j RETURN"), "{chain}");
+    // The pod is connected (a VPC host answers), so the miss below is the exclusion's doing.
+    let vpc_host = &node.lab.hosts[0].primary_ip;
+    assert!(pings(&pod, vpc_host), "the pod reaches no VPC host");
     let internet = node.lab.internet();
     assert!(
         !pings(&pod, internet::HOST),

@@ -112,6 +112,8 @@ pub struct Ipam {
     full_subnets: Mutex<BTreeMap<String, Instant>>,
     fragmented_subnets: Mutex<BTreeMap<String, Instant>>,
     wake: tokio::sync::Notify,
+    /// Set once the refill loop has finished its first pass (whatever its outcome).
+    refilled: tokio::sync::watch::Sender<bool>,
 }
 
 impl Ipam {
@@ -214,6 +216,7 @@ impl Ipam {
             full_subnets: Mutex::default(),
             fragmented_subnets: Mutex::default(),
             wake: tokio::sync::Notify::new(),
+            refilled: tokio::sync::watch::Sender::new(false),
         };
         ipam.save(&ipam.lock())?;
         Ok(ipam)

@@ -58,6 +58,13 @@ impl Ipam {
         (self.counts(), self.lock().enis().len())
     }
 
+    /// Returns once the refill loop has finished its first pass: what a restarted agent asks
+    /// EC2 for at start has been asked by then.
+    pub async fn first_refill(&self) {
+        let mut refilled = self.refilled.subscribe();
+        let _ = refilled.wait_for(|done| *done).await;
+    }
+
     /// Refills, then waits for an assign or release (or the period), for ever; sweeps leaked
     /// ENIs when due. Errors are logged and retried after the period; authorization errors say
     /// which permission is missing.
@@ -91,6 +98,7 @@ impl Ipam {
                 ),
                 Err(e) => log::warn!("refill: {e}"),
             }
+            self.refilled.send_replace(true);
             let _ = tokio::time::timeout(self.config.refill_period, self.wake.notified()).await;
         }
     }

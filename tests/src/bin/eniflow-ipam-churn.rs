@@ -61,8 +61,12 @@ async fn main() {
     let mut out = std::io::stdout().lock();
     for n in 0.. {
         // Up to ~20 pods; more assigns while few are held, more releases near the top.
+        // Each operation is announced before it starts: at a kill, only the announced owner
+        // may differ between what was acknowledged and what the checkpoint holds.
         if random(20) >= held.len() as u64 {
             let id = owner(&format!("{prefix}-{n}"));
+            writeln!(out, "begin assign {}", id.container_id).unwrap();
+            out.flush().unwrap();
             if let Ok(a) = ipam.assign(&id, ("churn", "pod")) {
                 writeln!(out, "assign {} {}", id.container_id, a.ipv4).unwrap();
                 held.push(id);
@@ -74,6 +78,8 @@ async fn main() {
             } else {
                 held.swap_remove(random(held.len() as u64) as usize)
             };
+            writeln!(out, "begin release {}", id.container_id).unwrap();
+            out.flush().unwrap();
             ipam.release(&id).expect("release");
             writeln!(out, "release {}", id.container_id).unwrap();
         }
