@@ -7,6 +7,7 @@ pub mod cni;
 pub mod datapath;
 pub mod ec2;
 pub mod eni_links;
+pub mod faults;
 pub mod files;
 pub mod install;
 pub mod instance;

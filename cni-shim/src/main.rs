@@ -1,5 +1,6 @@
-//! `eniflow-cni`: the CNI plugin the container runtime executes. It checks the CNI environment,
-//! hands the request to the agent over its unix socket, and prints the agent's answer. Stdout
+//! `eniflow-cni`: the CNI plugin the container runtime executes. It answers by itself what needs
+//! no agent (VERSION; a bad configuration or environment; DEL when the agent is down), hands
+//! everything else to the agent over its unix socket, and prints the agent's answer. Stdout
 //! carries only CNI JSON (a result, the versions, or a CNI error); logs go to a file.
 //!
 //! Network configuration keys of its own (all optional): `socket` (the agent's socket),
@@ -111,6 +112,7 @@ fn run(command: &str, stdin: Vec<u8>, config: Option<&Value>) -> Result<Option<S
             "the network configuration on stdin is not JSON",
         ));
     };
+    check_config(config)?;
     let env = |name: &str| std::env::var(name).unwrap_or_default();
     if needs_container {
         let mut required = vec!["CNI_CONTAINERID", "CNI_IFNAME"];
@@ -175,6 +177,37 @@ fn run(command: &str, stdin: Vec<u8>, config: Option<&Value>) -> Result<Option<S
         Err(_) if command == "DEL" => Ok(None),
         Err(msg) => Err(failure(cni_errors::AGENT_UNREACHABLE, msg)),
     }
+}
+
+/// What the spec lets the plugin refuse by itself, without the agent: no or an unsupported
+/// cniVersion, no network name.
+fn check_config(config: &Value) -> Result<(), Failure> {
+    let Some(version) = config.get("cniVersion").and_then(Value::as_str) else {
+        return Err(failure(
+            cni_errors::INVALID_CONFIG,
+            "the configuration has no cniVersion",
+        ));
+    };
+    if !SUPPORTED_CNI_VERSIONS.contains(&version) {
+        return Err(failure(
+            cni_errors::INCOMPATIBLE_VERSION,
+            format!(
+                "cniVersion {version:?} is not supported (eniflow speaks {})",
+                SUPPORTED_CNI_VERSIONS.join(", ")
+            ),
+        ));
+    }
+    if config
+        .get("name")
+        .and_then(Value::as_str)
+        .is_none_or(str::is_empty)
+    {
+        return Err(failure(
+            cni_errors::INVALID_CONFIG,
+            "the configuration has no name",
+        ));
+    }
+    Ok(())
 }
 
 async fn call(

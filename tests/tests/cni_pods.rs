@@ -245,6 +245,230 @@ async fn bad_input_gets_the_right_code_and_leaves_nothing() {
     assert!(started.elapsed() < Duration::from_secs(5));
 }
 
+/// Every step of ADD made to fail in turn (the agent's fault injection): the ADD fails with the
+/// step's CNI code and names it, nothing of the pod is left, and the agent serves the next ADD.
+/// A DEL whose veth deletion fails keeps the address until the retried DEL finishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_failing_add_step_unwinds_and_the_agent_keeps_serving() {
+    require_root();
+    let steps = [
+        ("take", 5),
+        ("checkpoint", 5),
+        ("veth", 102),
+        ("pod-address", 102),
+        ("attach", 102),
+        ("map-pod-stats", 102),
+        ("map-veths", 102),
+        ("map-pods", 102),
+    ];
+    let mut proven = Vec::new();
+    for (step, code) in steps {
+        let node = Node::start_custom(
+            eniflow_tests::lab::LabSpec::default(),
+            &[],
+            &[("ENIFLOW_FAULTS", step)],
+        )
+        .await;
+        let pod = Netns::new("pod");
+        let failed = node.cni("ADD", "c-fault", Some(&pod), "eth0", &pod_args("fault"));
+        assert!(!failed.ok, "{step}: the ADD succeeded");
+        assert_eq!(failed.json["code"], code, "{step}: {}", failed.json);
+        let msg = failed.json["msg"].as_str().unwrap_or("");
+        assert!(
+            msg.contains(&format!("injected fault at {step}")),
+            "{step}: the error does not name the step: {msg}"
+        );
+        let left = node_remains(&node, &pod);
+        assert!(left.is_empty(), "{step}: the failed ADD left {left:?}");
+        // The agent keeps serving: the same ADD now goes through, and DEL leaves nothing.
+        let added = node.cni("ADD", "c-fault", Some(&pod), "eth0", &pod_args("fault"));
+        assert!(added.ok, "{step}: the next ADD: {}", added.json);
+        let deleted = node.cni("DEL", "c-fault", Some(&pod), "eth0", &pod_args("fault"));
+        assert!(deleted.ok, "{step}: {}", deleted.json);
+        let left = node_remains(&node, &pod);
+        assert!(left.is_empty(), "{step}: DEL left {left:?}");
+        proven.push(step);
+    }
+
+    let node = Node::start_custom(
+        eniflow_tests::lab::LabSpec::default(),
+        &[],
+        &[("ENIFLOW_FAULTS", "unwire")],
+    )
+    .await;
+    let pod = Netns::new("pod");
+    let added = node.cni("ADD", "c-fault", Some(&pod), "eth0", &pod_args("fault"));
+    assert!(added.ok, "{}", added.json);
+    let failed = node.cni("DEL", "c-fault", Some(&pod), "eth0", &pod_args("fault"));
+    assert!(!failed.ok, "the DEL with a failing veth deletion succeeded");
+    assert!(
+        failed.json["msg"]
+            .as_str()
+            .unwrap_or("")
+            .contains("injected fault at unwire"),
+        "{}",
+        failed.json
+    );
+    assert_eq!(
+        node.allocations(),
+        1,
+        "the address went while its veth stayed"
+    );
+    let retried = node.cni("DEL", "c-fault", Some(&pod), "eth0", &pod_args("fault"));
+    assert!(retried.ok, "{}", retried.json);
+    let left = node_remains(&node, &pod);
+    assert!(left.is_empty(), "the retried DEL left {left:?}");
+    proven.push("unwire");
+    eprintln!(
+        "fault injection: {} steps failed and unwound: {proven:?}",
+        proven.len()
+    );
+}
+
+/// Anything of any pod on the node: allocations, host veths, the pod's eth0, pod map entries,
+/// attachment records and link pins of interfaces that are not ENIs.
+fn node_remains(node: &Node, pod: &Netns) -> Vec<String> {
+    let mut left = Vec::new();
+    if node.allocations() != 0 {
+        left.push(format!("{} allocation(s)", node.allocations()));
+    }
+    for veth in node.host_veths() {
+        left.push(format!("host veth {veth}"));
+    }
+    if pod.ip(&["-j", "link", "show"]).contains("\"eth0\"") {
+        left.push("eth0 in the pod".into());
+    }
+    for map in [maps::PODS, maps::VETHS, maps::POD_STATS, maps::BRANCHES] {
+        let n = bpftool::dump(&node.map(map)).len();
+        if n != 0 {
+            left.push(format!("{n} {map} entr(ies)"));
+        }
+    }
+    let links: Value =
+        serde_json::from_str(&node.lab.node.netns.ip(&["-j", "link", "show"])).unwrap();
+    let enis: Vec<u64> = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["ifname"].as_str().is_some_and(|n| n.starts_with("eth")))
+        .filter_map(|l| l["ifindex"].as_u64())
+        .collect();
+    for e in bpftool::dump(&node.map(maps::ATTACHMENTS)) {
+        let f = bpftool::formatted(&e, maps::ATTACHMENTS);
+        if !f["key"]["ifindex"]
+            .as_u64()
+            .is_some_and(|i| enis.contains(&i))
+        {
+            left.push(format!("attachment record {}", f["key"]));
+        }
+    }
+    let pins = node.map("").parent().unwrap().join("links");
+    for pin in std::fs::read_dir(&pins).into_iter().flatten().flatten() {
+        let name = pin.file_name().to_string_lossy().into_owned();
+        let ifindex = name
+            .strip_prefix("if")
+            .and_then(|r| r.split('_').next())
+            .and_then(|i| i.parse::<u64>().ok());
+        if !ifindex.is_some_and(|i| enis.contains(&i)) {
+            left.push(format!("link pin {name}"));
+        }
+    }
+    left
+}
+
+/// With no agent at all, the shim answers what the CNI spec lets a plugin answer by itself, and
+/// says the agent is unreachable only for what needs it.
+#[test]
+fn the_shim_alone_answers_what_needs_no_agent() {
+    let dir = agent::PoolFiles::new("shim-alone");
+    let nowhere = dir.path("no-agent.sock");
+    let config = json!({"cniVersion": "1.0.0", "name": "eniflow", "type": "eniflow-cni",
+        "socket": nowhere, "logFile": dir.path("cni.log"), "timeoutSeconds": 2});
+    let with = |key: &str, value: Value| {
+        let mut c = config.clone();
+        c[key] = value;
+        c
+    };
+    let call = |command: &str, container: &str, netns: &str, ifname: &str, config: &Value| {
+        eniflow_tests::cni::shim(
+            &eniflow_tests::cni::ShimCall {
+                command,
+                container,
+                netns,
+                ifname,
+                args: "",
+                log: &dir.path("cni.log"),
+            },
+            config,
+        )
+    };
+    let netns = "/proc/self/ns/net";
+    let version = call("VERSION", "", "", "", &config);
+    assert!(
+        version.ok && version.json["supportedVersions"].is_array(),
+        "{}",
+        version.json
+    );
+    for (what, answer, code) in [
+        (
+            "an unsupported cniVersion",
+            call(
+                "ADD",
+                "c1",
+                netns,
+                "eth0",
+                &with("cniVersion", json!("0.1.0")),
+            ),
+            1,
+        ),
+        (
+            "no cniVersion",
+            call("ADD", "c1", netns, "eth0", &with("cniVersion", Value::Null)),
+            7,
+        ),
+        (
+            "no network name",
+            call("ADD", "c1", netns, "eth0", &with("name", json!(""))),
+            7,
+        ),
+        ("no CNI_NETNS", call("ADD", "c1", "", "eth0", &config), 4),
+        (
+            "no CNI_CONTAINERID",
+            call("CHECK", "", netns, "eth0", &config),
+            4,
+        ),
+        (
+            "an ADD, which needs the agent",
+            call("ADD", "c1", netns, "eth0", &config),
+            100,
+        ),
+        (
+            "a STATUS, which needs the agent",
+            call("STATUS", "", "", "", &config),
+            100,
+        ),
+    ] {
+        assert!(!answer.ok, "{what}: {}", answer.json);
+        assert_eq!(answer.json["code"], code, "{what}: {}", answer.json);
+    }
+    // Malformed: not JSON at all.
+    let mut child = Command::new(agent::binary("eniflow-cni"))
+        .env_clear()
+        .env("CNI_COMMAND", "ADD")
+        .env("ENIFLOW_CNI_LOG", dir.path("cni.log"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"{not json").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let json: Value = serde_json::from_slice(&out.stdout).expect("a CNI error on stdout");
+    assert_eq!(json["code"], 6, "{json}");
+    // DEL succeeds: the agent releases what is gone when it is back.
+    let del = call("DEL", "c1", "", "eth0", &config);
+    assert!(del.ok && del.json.is_null(), "{}", del.json);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn del_while_the_agent_is_down_succeeds_and_the_agent_catches_up() {
     require_root();
@@ -339,6 +563,30 @@ async fn the_agent_answers_grpc_health_and_neighbouring_protocol_versions() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
+    let dir = std::path::Path::new(&node.socket())
+        .parent()
+        .unwrap()
+        .to_owned();
+    let dir_mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+    assert_eq!(dir_mode & 0o777, 0o700, "{}", dir.display());
+
+    // An oversized request is refused before it is read, and changes nothing.
+    let before = node.allocations();
+    let mut huge = node.config();
+    huge["padding"] = json!("x".repeat(2 << 20));
+    let refused = CniClient::new(channel.clone())
+        .add(CniRequest {
+            protocol: current,
+            container_id: "c-huge".into(),
+            netns: "/proc/self/ns/net".into(),
+            ifname: "eth0".into(),
+            config: huge.to_string().into_bytes(),
+            ..Default::default()
+        })
+        .await;
+    let status = refused.expect_err("a 2 MiB request was read");
+    assert_eq!(status.code(), tonic::Code::OutOfRange, "{status:?}");
+    assert_eq!(node.allocations(), before);
 
     // kubelet's probe: `eniflow-agent probe` exits 0 while the agent serves, and 1, naming the
     // socket, once it is gone.

@@ -196,18 +196,23 @@ impl<A: Addresses, W: Wiring, D: DataPlane> Lifecycle<A, W, D> {
     }
 
     /// Takes the pod out of the maps (first, so nothing is steered into a veth being deleted),
-    /// deletes `veths`, forgets the veth's hooks, then gives back the hold. Goes on past each
-    /// failure and reports them all.
+    /// deletes `veths`, forgets the veth's hooks, then gives back the hold, unless a veth is
+    /// still there (its address must not go to another pod before the retried DEL removes
+    /// it). Goes on past each failure and reports them all.
     async fn unwire(&self, hold: Option<&Hold>, veths: &BTreeSet<String>) -> Result<(), CniError> {
         let mut errors = ErrorList::default();
         let ifindex = hold.and_then(|h| self.plane.remove_pod(h.addr()));
+        let mut all_gone = true;
         for veth in veths {
-            errors.check(self.wiring.del(veth).await);
+            if let Err(e) = self.wiring.del(veth).await {
+                all_gone = false;
+                errors.push(e);
+            }
         }
         if let Some(ifindex) = ifindex {
             self.plane.forget_interface(ifindex).await;
         }
-        if let Some(hold) = hold {
+        if let (Some(hold), true) = (hold, all_gone) {
             errors.check(self.addresses.release(hold).await);
         }
         errors.into_result()

@@ -389,22 +389,26 @@ async fn a_branch_pod_goes_through_the_trunk_on_its_vlan() {
 }
 
 #[tokio::test]
-async fn del_goes_on_past_each_failure_and_reports_them_all() {
+async fn del_keeps_the_address_until_the_veth_is_gone_and_reports_every_failure() {
     let l = lifecycle(1);
     l.add(&request("c1", "web-0")).await.unwrap();
     *lock(&l.wiring.fault) = WiringFault::Del;
-    l.addresses.fail_release.store(true, Ordering::SeqCst);
     let e = l.del(&request("c1", "web-0")).await.unwrap_err();
     assert_eq!(e.code, cni_errors::IO_FAILURE);
-    assert!(
-        e.msg.contains("delete eni") && e.msg.contains("checkpoint write failed"),
-        "{e:?}"
-    );
+    assert!(e.msg.contains("delete eni"), "{e:?}");
     assert!(lock(&l.plane.pods).is_empty(), "out of the maps first");
     assert_eq!(*lock(&l.plane.forgotten), vec![100], "hooks forgotten");
+    // The veth is still there: its address is kept for the retry, not given to another pod.
+    assert_eq!(lock(&l.addresses.held).len(), 1);
+
+    // The retried DEL deletes the veth; now the release fails, and is reported.
+    *lock(&l.wiring.fault) = WiringFault::None;
+    l.addresses.fail_release.store(true, Ordering::SeqCst);
+    let e = l.del(&request("c1", "web-0")).await.unwrap_err();
+    assert!(e.msg.contains("checkpoint write failed"), "{e:?}");
+    assert!(lock(&l.wiring.veths).is_empty());
 
     // The next DEL finishes the job.
-    *lock(&l.wiring.fault) = WiringFault::None;
     l.addresses.fail_release.store(false, Ordering::SeqCst);
     l.del(&request("c1", "web-0")).await.unwrap();
     assert_empty(&l, 1);

@@ -139,6 +139,7 @@ async fn wire(host: &Handle, inside: &Handle, pod: &Pod) -> Result<Wired, Plumbi
         .mtu(pod.mtu)
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
         .build();
+    crate::faults::inject("veth").map_err(|e| PlumbingError::new("create veth", e.to_string()))?;
     inside
         .link()
         .add(veth)
@@ -176,6 +177,8 @@ async fn wire(host: &Handle, inside: &Handle, pod: &Pod) -> Result<Wired, Plumbi
         .execute()
         .await
         .map_err(failed(format!("set {} up", pod.ifname)))?;
+    crate::faults::inject("pod-address")
+        .map_err(|e| PlumbingError::new("add the pod's address", e.to_string()))?;
     inside
         .address()
         .add(pod_index, IpAddr::V4(pod.ipv4), 32)
@@ -241,6 +244,8 @@ async fn wire(host: &Handle, inside: &Handle, pod: &Pod) -> Result<Wired, Plumbi
 /// Removes the pod's veth pair (which takes its routes and neighbour with it). A veth that is
 /// already gone is not an error: DEL is idempotent.
 pub async fn del(host: &Handle, host_veth: &str) -> Result<(), PlumbingError> {
+    crate::faults::inject("unwire")
+        .map_err(|e| PlumbingError::new(format!("delete {host_veth}"), e.to_string()))?;
     let Some((index, _)) = link(host, host_veth).await? else {
         return Ok(());
     };

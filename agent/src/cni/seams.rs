@@ -115,7 +115,12 @@ impl Addresses for Sources {
         let (ipam, branches, owner) = (self.ipam.clone(), self.branches.clone(), owner.clone());
         let (namespace, name) = (pod.0.to_owned(), pod.1.to_owned());
         blocking(move || match want {
-            Want::Pool => Ok(Hold::Pool(ipam.assign(&owner, (&namespace, &name))?)),
+            Want::Pool => {
+                crate::faults::inject("take").map_err(|e| {
+                    CniError::new(eniflow_api::cni_errors::IO_FAILURE, e.to_string())
+                })?;
+                Ok(Hold::Pool(ipam.assign(&owner, (&namespace, &name))?))
+            }
             Want::Branch { branch, trunk_eni } => {
                 let held = BranchPod {
                     owner,

@@ -26,6 +26,10 @@ use super::{
 };
 use crate::datapath::Plane;
 
+/// The largest request the agent reads: a network configuration with its prevResult and
+/// runtimeConfig is a few KiB; anything near this is not a runtime's.
+pub const MAX_REQUEST_BYTES: usize = 1 << 20;
+
 /// The CNI service of this node.
 pub type NodeService = Service<Sources, HostWiring, Plane>;
 
@@ -164,6 +168,8 @@ where
 pub async fn serve(socket: &Path, service: NodeService) -> std::io::Result<PathBuf> {
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir)?;
+        // The socket's directory is root's alone too: no one else may even find the socket.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
     match std::fs::remove_file(socket) {
         Ok(()) => {}
@@ -178,7 +184,7 @@ pub async fn serve(socket: &Path, service: NodeService) -> std::io::Result<PathB
     tokio::spawn(async move {
         let served = tonic::transport::Server::builder()
             .add_service(health)
-            .add_service(CniServer::new(service))
+            .add_service(CniServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES))
             .serve_with_incoming(incoming)
             .await;
         if let Err(e) = served {

@@ -193,6 +193,7 @@ impl Forwarding {
     /// packet is steered to it before its veth is known.
     pub fn add_pod(&mut self, pod: PodPort) -> Result<(), DatapathError> {
         let key = wire(pod.addr);
+        injected("map-pod-stats")?;
         if self.pod_stats.get(&key, 0).is_err() {
             let zeros = PerCpuValues::try_from(vec![
                 PodStats::default();
@@ -205,9 +206,11 @@ impl Forwarding {
                 .insert(key, zeros, 0)
                 .map_err(map_error(maps::POD_STATS))?;
         }
+        injected("map-veths")?;
         self.veths
             .insert(pod.host_ifindex, Veth { pod_addr: key }, 0)
             .map_err(map_error(maps::VETHS))?;
+        injected("map-pods")?;
         self.write_pod(&pod)?;
         self.known_pods.insert(pod.addr, pod);
         Ok(())
@@ -362,4 +365,10 @@ pub fn read_pod_stats(pins: &Pins) -> Result<Vec<(Ipv4Addr, PodStats)>, Datapath
     }
     out.sort_by_key(|(a, _)| *a);
     Ok(out)
+}
+
+/// A map write told to fail (`faults`), as the write's own error would read.
+fn injected(step: &'static str) -> Result<(), DatapathError> {
+    crate::faults::inject(step)
+        .map_err(|e| DatapathError::Interface(step.to_owned(), std::io::Error::other(e)))
 }

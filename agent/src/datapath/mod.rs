@@ -226,6 +226,10 @@ impl Datapath {
         ifname: &str,
         ifindex: u32,
     ) -> Result<(), DatapathError> {
+        crate::faults::inject("attach").map_err(|e| DatapathError::Attach {
+            hook: ifname.to_owned(),
+            message: e.to_string(),
+        })?;
         for direction in Direction::BOTH {
             let hook = Hook::pod_veth(ifname, ifindex, direction);
             if let Err(e) = attach::ensure(self, &hook).await {

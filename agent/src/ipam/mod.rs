@@ -255,7 +255,13 @@ impl Ipam {
         let allocation = pool.take(owner, pod, now);
         self.wake.notify_one();
         let allocation = allocation?;
-        if let Err(e) = self.save(&pool) {
+        let saved = crate::faults::inject("checkpoint")
+            .map_err(|e| CheckpointError::Io {
+                path: self.config.checkpoint.clone(),
+                source: std::io::Error::other(e),
+            })
+            .and_then(|()| self.save(&pool));
+        if let Err(e) = saved {
             pool.untake(owner);
             return Err(e.into());
         }
