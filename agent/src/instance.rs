@@ -39,18 +39,21 @@ pub fn client(endpoint: Option<&str>) -> Result<imds::Client, ImdsError> {
     Ok(builder.build())
 }
 
+/// One IMDS value, trimmed; the error names the path.
+async fn get(client: &imds::Client, path: String) -> Result<String, ImdsError> {
+    client
+        .get(&path)
+        .await
+        .map(|v| v.as_ref().trim().to_owned())
+        .map_err(|e| ImdsError {
+            path,
+            message: e.to_string(),
+        })
+}
+
 impl Instance {
     pub async fn read(client: &imds::Client) -> Result<Instance, ImdsError> {
-        let get = |path: String| async move {
-            client
-                .get(&path)
-                .await
-                .map(|v| v.as_ref().trim().to_owned())
-                .map_err(|e| ImdsError {
-                    path,
-                    message: e.to_string(),
-                })
-        };
+        let get = |path: String| get(client, path);
         let mac = get("/latest/meta-data/mac".into()).await?;
         let eni = |key: &str| format!("/latest/meta-data/network/interfaces/macs/{mac}/{key}");
         Ok(Instance {
@@ -83,16 +86,7 @@ pub struct ImdsEni {
 
 /// Every ENI IMDS lists for this instance.
 pub async fn read_enis(client: &imds::Client) -> Result<Vec<ImdsEni>, ImdsError> {
-    let get = |path: String| async move {
-        client
-            .get(&path)
-            .await
-            .map(|v| v.as_ref().trim().to_owned())
-            .map_err(|e| ImdsError {
-                path,
-                message: e.to_string(),
-            })
-    };
+    let get = |path: String| get(client, path);
     let bad = |path: String, message: String| ImdsError { path, message };
     let base = "/latest/meta-data/network/interfaces/macs/";
     let mut out = Vec::new();

@@ -217,18 +217,7 @@ async fn bad_input_gets_the_right_code_and_leaves_nothing() {
     assert_eq!(node.allocations(), 0, "a refused ADD kept its address");
 
     // Malformed JSON never reaches the agent.
-    let mut child = Command::new(agent::binary("eniflow-cni"))
-        .env_clear()
-        .env("ENIFLOW_CNI_LOG", node.files.path("cni.log"))
-        .env("CNI_COMMAND", "ADD")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"{not json").unwrap();
-    let out = child.wait_with_output().unwrap();
-    let json: Value = serde_json::from_slice(&out.stdout).expect("a CNI error on stdout");
-    assert_eq!(json["code"], 6);
+    assert_eq!(not_json(&node.files.path("cni.log"))["code"], 6);
 
     // An agent that accepts but never answers.
     let silent = node.files.path("silent.sock");
@@ -452,17 +441,7 @@ fn the_shim_alone_answers_what_needs_no_agent() {
         assert_eq!(answer.json["code"], code, "{what}: {}", answer.json);
     }
     // Malformed: not JSON at all.
-    let mut child = Command::new(agent::binary("eniflow-cni"))
-        .env_clear()
-        .env("CNI_COMMAND", "ADD")
-        .env("ENIFLOW_CNI_LOG", dir.path("cni.log"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"{not json").unwrap();
-    let out = child.wait_with_output().unwrap();
-    let json: Value = serde_json::from_slice(&out.stdout).expect("a CNI error on stdout");
+    let json = not_json(&dir.path("cni.log"));
     assert_eq!(json["code"], 6, "{json}");
     // DEL succeeds: the agent releases what is gone when it is back.
     let del = call("DEL", "c1", "", "eth0", &config);
@@ -676,4 +655,19 @@ fn pod_remains(node: &Node, ip: &str, veth_ifindex: u32) -> Vec<String> {
         }
     }
     left
+}
+
+/// What the shim prints for an ADD whose configuration is not JSON.
+fn not_json(log: &str) -> Value {
+    let mut child = Command::new(agent::binary("eniflow-cni"))
+        .env_clear()
+        .env("ENIFLOW_CNI_LOG", log)
+        .env("CNI_COMMAND", "ADD")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"{not json").unwrap();
+    let out = child.wait_with_output().unwrap();
+    serde_json::from_slice(&out.stdout).expect("a CNI error on stdout")
 }

@@ -41,7 +41,7 @@ impl From<BranchError> for CniError {
     fn from(e: BranchError) -> CniError {
         let code = match e {
             BranchError::Annotation(_) => cni_errors::INVALID_CONFIG,
-            // Held by another pod or cooling: free again soon.
+            // A VLAN held or cooling, an annotation not there yet: the runtime's retry may pass.
             BranchError::VlanBusy(_) | BranchError::Pending(_) => cni_errors::TRY_AGAIN_LATER,
             BranchError::Checkpoint(..) => cni_errors::IO_FAILURE,
         };
