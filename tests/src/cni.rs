@@ -331,12 +331,19 @@ pub fn shim(call: &ShimCall, config: &Value) -> Answer {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run eniflow-cni");
-    child
+    // A plugin may answer without reading its stdin (VERSION does): the pipe can be closed.
+    let written = child
         .stdin
         .take()
         .unwrap()
-        .write_all(config.to_string().as_bytes())
-        .unwrap();
+        .write_all(config.to_string().as_bytes());
+    if let Err(e) = written {
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::BrokenPipe,
+            "write the config: {e}"
+        );
+    }
     let out = child.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let json = if stdout.trim().is_empty() {
