@@ -81,6 +81,30 @@ async fn node_with_secondary_pod() -> (Node, Vec<Pod>) {
 
 /// The data plane routes `pod` by its ENI as soon as its ADD answers (ADD waits for a new
 /// ENI to be set up on the node).
+/// A node whose primary address DNATs `proto` port `node_port` to its secondary-ENI pod's
+/// `pod_port` (hostPort/NodePort style); returns the node, its pods and that address.
+async fn dnat_to_secondary_pod(
+    proto: &str,
+    node_port: u16,
+    pod_port: u16,
+) -> (Node, Vec<Pod>, String) {
+    let (node, pods) = node_with_secondary_pod().await;
+    let node_ip = node.lab.node.primary_ip.clone();
+    dnat(
+        &node.lab.node.netns,
+        &[
+            "-d",
+            &node_ip,
+            "-p",
+            proto,
+            "--dport",
+            &node_port.to_string(),
+        ],
+        &format!("{}:{pod_port}", on_device(&pods, 1).ip),
+    );
+    (node, pods, node_ip)
+}
+
 fn assert_on_its_eni(node: &Node, pod: &Pod) {
     let eth = format!("eth{}", pod.device_index);
     let want = node.lab.node.netns.ifindex(&eth);
@@ -436,14 +460,8 @@ async fn another_tc_program_chains_before_and_after_eniflows() {
 async fn a_dnat_to_a_pod_is_answered_through_the_stack() {
     use std::io::{Read, Write};
     require_root();
-    let (node, pods) = node_with_secondary_pod().await;
+    let (node, pods, node_ip) = dnat_to_secondary_pod("tcp", 30080, 8080).await;
     let pod = on_device(&pods, 1);
-    let node_ip = node.lab.node.primary_ip.clone();
-    dnat(
-        &node.lab.node.netns,
-        &["-d", &node_ip, "-p", "tcp", "--dport", "30080"],
-        &format!("{}:8080", pod.ip),
-    );
     let listener = pod
         .netns
         .within(|| std::net::TcpListener::bind(("0.0.0.0", 8080)).unwrap());
@@ -472,14 +490,8 @@ async fn a_dnat_to_a_pod_is_answered_through_the_stack() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fragmented_reply_of_a_dnated_flow_is_reassembled_and_un_nated_by_the_stack() {
     require_root();
-    let (node, pods) = node_with_secondary_pod().await;
+    let (node, pods, node_ip) = dnat_to_secondary_pod("udp", 30053, 8053).await;
     let pod = on_device(&pods, 1);
-    let node_ip = node.lab.node.primary_ip.clone();
-    dnat(
-        &node.lab.node.netns,
-        &["-d", &node_ip, "-p", "udp", "--dport", "30053"],
-        &format!("{}:8053", pod.ip),
-    );
     // A 1500-byte MTU in the pod: its 4000-byte reply leaves in three fragments.
     pod.netns.run("ip", &["link", "set", "eth0", "mtu", "1500"]);
     let socket = pod
@@ -515,15 +527,8 @@ async fn a_fragmented_reply_of_a_dnated_flow_is_reassembled_and_un_nated_by_the_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_icmp_error_about_a_dnated_flow_reaches_the_client_un_nated() {
     require_root();
-    let (node, pods) = node_with_secondary_pod().await;
-    let pod = on_device(&pods, 1);
-    let node_ip = node.lab.node.primary_ip.clone();
     // Nothing listens on the pod's port 8054: its kernel answers port unreachable.
-    dnat(
-        &node.lab.node.netns,
-        &["-d", &node_ip, "-p", "udp", "--dport", "30054"],
-        &format!("{}:8054", pod.ip),
-    );
+    let (node, _pods, node_ip) = dnat_to_secondary_pod("udp", 30054, 8054).await;
     let host = &node.lab.hosts[0];
     let outcome = host.netns.within(|| {
         let client = std::net::UdpSocket::bind(("0.0.0.0", 0)).unwrap();
