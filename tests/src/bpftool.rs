@@ -16,6 +16,31 @@ pub fn dump(path: &Path) -> Vec<Value> {
     }
 }
 
+/// `bpftool map delete pinned <path> key hex …`: removes one entry, as an operator would.
+pub fn delete(path: &Path, key: &[u8]) {
+    change(path, "delete", &[("key", key)]);
+}
+
+/// `bpftool map update pinned <path> key hex … value hex …`.
+pub fn update(path: &Path, key: &[u8], value: &[u8]) {
+    change(path, "update", &[("key", key), ("value", value)]);
+}
+
+fn change(path: &Path, verb: &str, parts: &[(&str, &[u8])]) {
+    let mut args = vec![
+        "map".to_owned(),
+        verb.into(),
+        "pinned".into(),
+        path.to_string_lossy().into_owned(),
+    ];
+    for (what, bytes) in parts {
+        args.extend([what.to_string(), "hex".into()]);
+        args.extend(bytes.iter().map(|b| format!("{b:02x}")));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    crate::sh::run("bpftool", &args);
+}
+
 /// The BTF-formatted form of an entry (`formatted` in bpftool's JSON), which exists only when
 /// the map carries BTF. Panics naming the map otherwise.
 pub fn formatted<'a>(entry: &'a Value, map: &str) -> &'a Value {
@@ -30,6 +55,12 @@ pub fn per_cpu_sum(formatted: &Value, field: &str) -> u64 {
         .as_array()
         .expect("per-CPU values")
         .iter()
-        .map(|v| v["value"][field].as_u64().expect("counter field"))
+        .map(|v| {
+            field
+                .split('.')
+                .fold(&v["value"], |value, name| &value[name])
+                .as_u64()
+                .unwrap_or_else(|| panic!("no counter {field} in {v}"))
+        })
         .sum()
 }

@@ -612,15 +612,14 @@ impl KubeletNode {
 
     /// The pods in the agent's pinned `pods` map on this node (bpftool, in the node's mounts).
     pub fn pods_map_entries(&self) -> usize {
+        let pods = format!(
+            "/sys/fs/bpf/eniflow/{}/maps/{}",
+            eniflow_common::PIN_VERSION,
+            eniflow_common::maps::PODS
+        );
         let out = self
             .inside("bpftool")
-            .args([
-                "-j",
-                "map",
-                "dump",
-                "pinned",
-                "/sys/fs/bpf/eniflow/v1/maps/pods",
-            ])
+            .args(["-j", "map", "dump", "pinned", &pods])
             .output()
             .unwrap();
         assert!(

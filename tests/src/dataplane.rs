@@ -2,6 +2,7 @@
 //! field name), and another tool's tc programs chained around eniflow's (the lab's taps).
 
 use std::{
+    collections::BTreeMap,
     io::BufRead,
     net::Ipv4Addr,
     process::{Command, Stdio},
@@ -15,7 +16,7 @@ use aya::{
     },
     Ebpf,
 };
-use eniflow_common::maps;
+use eniflow_common::{maps, DropReason, HOOK_NAMES};
 use eniflow_lab_common::{self as lab, TapKey};
 use serde_json::Value;
 
@@ -46,6 +47,59 @@ impl PodNode {
             .find(|f| f["key"] == wire(ip))
             .map_or(0, |f| bpftool::per_cpu_sum(&f, field))
     }
+}
+
+/// Nonzero drop counters, (where, reason name) → packets, as bpftool prints them by field name.
+pub type DropCounts = BTreeMap<(String, &'static str), u64>;
+
+impl PodNode {
+    /// Every pod's nonzero drop counters, keyed (pod address, reason).
+    pub fn pod_drops(&self) -> DropCounts {
+        let mut out = DropCounts::new();
+        for entry in bpftool::dump(&self.map(maps::POD_STATS)) {
+            let f = bpftool::formatted(&entry, maps::POD_STATS);
+            let addr: Vec<String> = f["key"]
+                .as_array()
+                .expect("an address key")
+                .iter()
+                .map(|o| o.to_string())
+                .collect();
+            for reason in DropReason::ALL {
+                let n = bpftool::per_cpu_sum(f, &format!("drops.{}", reason.name()));
+                if n != 0 {
+                    out.insert((addr.join("."), reason.name()), n);
+                }
+            }
+        }
+        out
+    }
+
+    /// Every hook's nonzero drop counters, keyed (hook's program, reason).
+    pub fn hook_drops(&self) -> DropCounts {
+        let mut out = DropCounts::new();
+        for entry in bpftool::dump(&self.map(maps::HOOK_DROPS)) {
+            let f = bpftool::formatted(&entry, maps::HOOK_DROPS);
+            let hook = HOOK_NAMES[f["key"].as_u64().expect("a hook index") as usize];
+            for reason in DropReason::ALL {
+                let n = bpftool::per_cpu_sum(f, reason.name());
+                if n != 0 {
+                    out.insert((hook.to_owned(), reason.name()), n);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// What moved between two readings of drop counters (only counters that grew).
+pub fn drops_moved(before: &DropCounts, after: &DropCounts) -> DropCounts {
+    after
+        .iter()
+        .filter_map(|(k, n)| {
+            let grew = n - before.get(k).copied().unwrap_or(0);
+            (grew > 0).then(|| (k.clone(), grew))
+        })
+        .collect()
 }
 
 /// As kube-proxy or portmap does on the node: packets matching `matching` (iptables match

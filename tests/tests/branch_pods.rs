@@ -6,12 +6,12 @@
 
 use std::time::{Duration, Instant};
 
-use eniflow_common::ENI_ROLE_TRUNK;
+use eniflow_common::{maps, ENI_ROLE_TRUNK};
 use eniflow_lab_common::{TAP_FIRST, TAP_LAST};
 use eniflow_tests::{
     bpftool,
     cni::{address, pings, pod_args, Answer, PodNode as Node},
-    dataplane::{capture, dnat, Taps},
+    dataplane::{capture, dnat, drops_moved, DropCounts, Taps},
     kube::KubeApi,
     lab::{internet, Lab, LabSpec},
     netns::Netns,
@@ -484,6 +484,83 @@ async fn a_frame_on_a_foreign_vlan_passes_the_trunk_untouched() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The two drops a security-group pod meets when the agent's view of the trunk is incomplete,
+/// provoked by removing the entry with bpftool, each counted under its own reason and hook only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_trunk_or_branch_entry_drops_under_its_own_reason() {
+    require_root();
+    let (node, trunk, trunk_eth) = node_with_trunk("standard").await;
+    let pod = add_branch_pod(&node, &trunk, 42, "sg-dropped").await;
+    let host = node.lab.hosts[0].primary_ip.clone();
+    assert!(pings(&pod.netns, &host));
+    let node_ns = &node.lab.node.netns;
+    let link: Value =
+        serde_json::from_str(&node_ns.ip(&["-j", "link", "show", "dev", &trunk_eth])).unwrap();
+    let trunk_ifindex = link[0]["ifindex"].as_u64().unwrap() as u32;
+    let port = link[0]["link_index"].as_u64().expect("a veth peer") as u32;
+    let pod_addr: std::net::Ipv4Addr = pod.ip.parse().unwrap();
+    // What moved since `before`, once something has (a sent frame is counted in softirq).
+    let moved = |before: (DropCounts, DropCounts)| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let by_pod = drops_moved(&before.0, &node.pod_drops());
+            let by_hook = drops_moved(&before.1, &node.hook_drops());
+            if !by_hook.is_empty() || Instant::now() > deadline {
+                return (
+                    by_pod.into_keys().collect::<Vec<_>>(),
+                    by_hook.into_keys().collect::<Vec<_>>(),
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    // A frame for the pod on its VLAN, of a flow the stack NAT'd (so it must go up the trunk's
+    // stack), while the trunk is missing from the ENI table.
+    let mut flow = pod_addr.octets().to_vec();
+    flow.extend_from_slice(&4001u16.to_ne_bytes());
+    flow.extend_from_slice(&[17, 0]);
+    bpftool::update(&node.map(maps::STACK_FLOWS), &flow, &[0; 8]);
+    bpftool::delete(&node.map(maps::ENIS), &trunk_ifindex.to_ne_bytes());
+    let before = (node.pod_drops(), node.hook_drops());
+    let frame = UdpFrame {
+        dst_mac: raw::mac(link[0]["address"].as_str().unwrap()),
+        src_mac: [2, 0, 0, 0, 0x42, 1],
+        vlan: Some(42),
+        src: host.parse().unwrap(),
+        dst: pod_addr,
+        src_port: 4000,
+        dst_port: 4001,
+        payload: b"to a pod behind an unknown trunk".to_vec(),
+    };
+    node.lab.fabric.within(|| {
+        for _ in 0..3 {
+            raw::send(port, &frame.bytes());
+        }
+    });
+    assert_eq!(
+        moved(before),
+        (
+            vec![(pod.ip.clone(), "no_trunk_eni")],
+            vec![("eni_ingress".to_owned(), "no_trunk_eni")]
+        )
+    );
+
+    // The pod's branch ENI missing: nothing of its VPC traffic may leave untagged.
+    let mut vlan_key = trunk_ifindex.to_ne_bytes().to_vec();
+    vlan_key.extend_from_slice(&42u32.to_ne_bytes());
+    bpftool::delete(&node.map(maps::BRANCHES), &vlan_key);
+    let before = (node.pod_drops(), node.hook_drops());
+    assert!(!pings(&pod.netns, &host), "left without its branch ENI");
+    assert_eq!(
+        moved(before),
+        (
+            vec![(pod.ip.clone(), "no_branch_eni")],
+            vec![("pod_egress".to_owned(), "no_branch_eni")]
+        )
+    );
 }
 
 /// A pod object as the API holds it after the resource controller's webhook: `branch` pods'

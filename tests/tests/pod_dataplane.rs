@@ -13,7 +13,7 @@ use eniflow_common::maps;
 use eniflow_tests::{
     bpftool,
     cni::{address, pings, pod_args, PodNode as Node},
-    dataplane::{capture_on, dnat, Taps},
+    dataplane::{capture_on, dnat, drops_moved, Taps},
     lab::{internet, LabSpec},
     netns::Netns,
     require_root,
@@ -155,7 +155,8 @@ async fn pods_on_every_eni_reach_the_vpc_and_each_other_without_ip_rules() {
     assert_eq!(node.pod_counter(&secondary.ip, "sent_to_stack"), 0);
     assert!(node.pod_counter(&secondary.ip, "sent_packets") >= 12);
     assert!(node.pod_counter(&secondary.ip, "received_packets") >= 12);
-    assert_eq!(node.pod_counter(&secondary.ip, "drop_spoofed_source"), 0);
+    let drops = node.pod_drops();
+    assert!(drops.is_empty(), "drops on a healthy path: {drops:?}");
 
     // On-call view: each pod's entry by field name.
     let entry = node
@@ -213,6 +214,7 @@ async fn a_pod_sending_from_another_pods_address_is_dropped_and_counted() {
         .collect();
     assert!(enis.len() >= 2, "the node's ENIs: {enis:?}");
     let enis: Vec<&str> = enis.iter().map(String::as_str).collect();
+    let (pods_before, hooks_before) = (node.pod_drops(), node.hook_drops());
     let leaked = capture_on(
         node_ns,
         &enis,
@@ -240,11 +242,21 @@ async fn a_pod_sending_from_another_pods_address_is_dropped_and_counted() {
         leaked.trim().is_empty(),
         "spoofed frames left the node's ENIs ({enis:?}):\n{leaked}"
     );
-    assert!(
-        node.pod_counter(&spoofer.ip, "drop_spoofed_source") >= 3,
-        "drops not counted against the spoofing pod"
+    // Counted against the pod that sent them and on the hook that dropped them, under their
+    // reason and no other.
+    let by_pod = drops_moved(&pods_before, &node.pod_drops());
+    let by_hook = drops_moved(&hooks_before, &node.hook_drops());
+    assert_eq!(
+        by_pod.keys().collect::<Vec<_>>(),
+        [&(spoofer.ip.clone(), "spoofed_source")],
+        "{by_pod:?}"
     );
-    assert_eq!(node.pod_counter(&victim.ip, "drop_spoofed_source"), 0);
+    assert!(by_pod.values().all(|n| *n >= 3), "{by_pod:?}");
+    assert_eq!(
+        by_hook.keys().collect::<Vec<_>>(),
+        [&("pod_egress".to_owned(), "spoofed_source")],
+        "{by_hook:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,11 +12,11 @@ use std::{
 use aya::maps::Array;
 use aya::maps::{
     lpm_trie::{Key, LpmTrie},
-    HashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues,
+    HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
 };
 use eniflow_common::{
-    maps, BranchPort, Config, Destination, Eni, Pod, PodStats, TrunkVlan, Veth, CONFIG_SG_STRICT,
-    DEST_NODE, DEST_VPC, ENI_ROLE_TRUNK,
+    maps, BranchPort, Config, Destination, Drops, Eni, Pod, PodStats, TrunkVlan, Veth,
+    CONFIG_SG_STRICT, DEST_NODE, DEST_VPC, ENI_ROLE_TRUNK, HOOKS,
 };
 
 use super::{DatapathError, Pins};
@@ -358,13 +358,30 @@ pub fn read_pod_stats(pins: &Pins) -> Result<Vec<(Ipv4Addr, PodStats)>, Datapath
             sum.sent_to_stack += s.sent_to_stack;
             sum.received_packets += s.received_packets;
             sum.received_bytes += s.received_bytes;
-            sum.drop_spoofed_source += s.drop_spoofed_source;
-            sum.drop_redirect_failed += s.drop_redirect_failed;
+            sum.drops = sum.drops.plus(&s.drops);
         }
         out.push((Ipv4Addr::from(addr), sum));
     }
     out.sort_by_key(|(a, _)| *a);
     Ok(out)
+}
+
+/// Drops by hook (`HOOK_*` index), summed over CPUs, read from the pinned map (works while the
+/// agent is down).
+pub fn read_hook_drops(pins: &Pins) -> Result<Vec<(u32, Drops)>, DatapathError> {
+    if !Path::new(&pins.map(maps::HOOK_DROPS)).exists() {
+        return Ok(Vec::new());
+    }
+    let drops: PerCpuArray<MapData, Drops> = open(pins, maps::HOOK_DROPS, Map::PerCpuArray)?
+        .try_into()
+        .map_err(map_error(maps::HOOK_DROPS))?;
+    (0..HOOKS)
+        .map(|hook| {
+            let per_cpu = drops.get(&hook, 0).map_err(map_error(maps::HOOK_DROPS))?;
+            let sum = per_cpu.iter().fold(Drops::default(), |acc, d| acc.plus(d));
+            Ok((hook, sum))
+        })
+        .collect()
 }
 
 /// A map write told to fail (`faults`), as the write's own error would read.

@@ -2,10 +2,11 @@
 //! (what an on-call engineer reads without bpftool).
 
 use eniflow_common::{
-    ATTACH_FLAG_CREATED_CLSACT, ATTACH_MODE_CLSACT, ATTACH_MODE_TCX, DIRECTION_INGRESS,
+    DropReason, Drops, ATTACH_FLAG_CREATED_CLSACT, ATTACH_MODE_CLSACT, ATTACH_MODE_TCX,
+    DIRECTION_INGRESS, HOOK_NAMES,
 };
 
-use super::{read_attachments, read_pod_stats, read_stats, DatapathError, Pins};
+use super::{read_attachments, read_hook_drops, read_pod_stats, read_stats, DatapathError, Pins};
 
 /// Prints the attachments, the per-hook counters and the per-pod counters.
 pub fn print(pins: &Pins) -> Result<(), DatapathError> {
@@ -42,18 +43,35 @@ pub fn print(pins: &Pins) -> Result<(), DatapathError> {
             stats.bytes
         );
     }
+    println!("drops by hook:");
+    for (hook, drops) in read_hook_drops(pins)? {
+        println!("  {:<12} {}", HOOK_NAMES[hook as usize], by_reason(&drops));
+    }
     println!("pods:");
     for (addr, s) in read_pod_stats(pins)? {
         println!(
-            "  {addr:<15} sent {:>8} ({} to the stack) received {:>8} dropped: spoofed source {} redirect failed {}",
+            "  {addr:<15} sent {:>8} ({} to the stack) received {:>8} dropped: {}",
             s.sent_packets,
             s.sent_to_stack,
             s.received_packets,
-            s.drop_spoofed_source,
-            s.drop_redirect_failed
+            by_reason(&s.drops)
         );
     }
     Ok(())
+}
+
+/// "none", or each reason that counted, with its count.
+fn by_reason(drops: &Drops) -> String {
+    let counted: Vec<_> = DropReason::ALL
+        .iter()
+        .filter(|r| drops.get(**r) != 0)
+        .map(|r| format!("{} {}", r.name(), drops.get(*r)))
+        .collect();
+    if counted.is_empty() {
+        "none".to_owned()
+    } else {
+        counted.join(", ")
+    }
 }
 
 fn direction(code: u32) -> &'static str {

@@ -4,10 +4,10 @@
 //! `[10,0,1,6]`. Every struct is `#[repr(C)]` and padding-free (explicit `_pad` fields) so the kernel, the agent
 //! and `bpftool` (through BTF) all see the same layout. No enums or `Option`s: not every bit
 //! pattern would be valid.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 
 /// Pinned objects live under `<bpffs root>/<PIN_VERSION>/`; a layout change bumps it.
-pub const PIN_VERSION: &str = "v1";
+pub const PIN_VERSION: &str = "v2";
 
 /// Pods one node's maps hold (pods, veths, per-pod counters, branch pods). The agent refuses a
 /// node whose max pods is larger, naming both.
@@ -40,6 +40,8 @@ pub mod maps {
     pub const BRANCHES: &str = "branches";
     /// Settings the programs read (index 0 → `Config`).
     pub const CONFIG: &str = "config";
+    /// Drops by hook, per CPU (`HOOK_*` index → `Drops`), whether or not a pod is known.
+    pub const HOOK_DROPS: &str = "hook_drops";
     /// Every map the object declares; each is pinned by the agent.
     pub const ALL: &[&str] = &[
         IFACE_STATS,
@@ -52,6 +54,7 @@ pub mod maps {
         STACK_FLOWS,
         BRANCHES,
         CONFIG,
+        HOOK_DROPS,
     ];
 }
 
@@ -65,6 +68,129 @@ pub mod programs {
     pub const POD_EGRESS: &str = "pod_egress";
     /// tc egress of a pod's host veth: packets the kernel stack delivers to the pod.
     pub const POD_INGRESS: &str = "pod_ingress";
+}
+
+/// The hooks, as indexes of `hook_drops` and in `DropEvent`s, in the order of `programs`.
+pub const HOOK_POD_EGRESS: u32 = 0;
+pub const HOOK_POD_INGRESS: u32 = 1;
+pub const HOOK_ENI_INGRESS: u32 = 2;
+pub const HOOK_ENI_EGRESS: u32 = 3;
+/// Entries of `hook_drops`.
+pub const HOOKS: u32 = 4;
+
+/// Each hook's program name, by `HOOK_*` index.
+pub const HOOK_NAMES: [&str; HOOKS as usize] = [
+    programs::POD_EGRESS,
+    programs::POD_INGRESS,
+    programs::ENI_INGRESS,
+    programs::ENI_EGRESS,
+];
+
+/// Why a program dropped a packet (or failed to redirect it): one code shared by the programs,
+/// the agent's metrics and `Drops`' field names. Never stored in a map as an enum: `Drops` has
+/// one named field per reason, so bpftool prints them by name.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// A pod sent from an address that is not its own (EC2 would drop it at the ENI).
+    SpoofedSource = 1,
+    /// A security-group pod's branch ENI (its VLAN on the trunk) is not in `branches`.
+    NoBranchEni = 2,
+    /// A tagged frame for a security-group pod arrived on a trunk that is not in `enis`.
+    NoTrunkEni = 3,
+    /// Pushing or popping a security-group pod's VLAN tag failed.
+    VlanTagFailed = 4,
+    /// Rewriting a frame's MAC addresses failed.
+    HeaderRewriteFailed = 5,
+    /// The kernel refused the redirect to the owning ENI or to a peer pod.
+    RedirectFailed = 6,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 6] = [
+        DropReason::SpoofedSource,
+        DropReason::NoBranchEni,
+        DropReason::NoTrunkEni,
+        DropReason::VlanTagFailed,
+        DropReason::HeaderRewriteFailed,
+        DropReason::RedirectFailed,
+    ];
+
+    /// The reason's name: its `Drops` field and its metric label.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DropReason::SpoofedSource => "spoofed_source",
+            DropReason::NoBranchEni => "no_branch_eni",
+            DropReason::NoTrunkEni => "no_trunk_eni",
+            DropReason::VlanTagFailed => "vlan_tag_failed",
+            DropReason::HeaderRewriteFailed => "header_rewrite_failed",
+            DropReason::RedirectFailed => "redirect_failed",
+        }
+    }
+
+    /// The reason for a code read from the kernel; `None` for a code this agent does not know.
+    pub const fn from_code(code: u32) -> Option<DropReason> {
+        match code {
+            1 => Some(DropReason::SpoofedSource),
+            2 => Some(DropReason::NoBranchEni),
+            3 => Some(DropReason::NoTrunkEni),
+            4 => Some(DropReason::VlanTagFailed),
+            5 => Some(DropReason::HeaderRewriteFailed),
+            6 => Some(DropReason::RedirectFailed),
+            _ => None,
+        }
+    }
+}
+
+/// Packets dropped, one field per `DropReason` (named as `DropReason::name`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Drops {
+    pub spoofed_source: u64,
+    pub no_branch_eni: u64,
+    pub no_trunk_eni: u64,
+    pub vlan_tag_failed: u64,
+    pub header_rewrite_failed: u64,
+    pub redirect_failed: u64,
+}
+
+impl Drops {
+    /// The counter of `reason`.
+    pub fn get(&self, reason: DropReason) -> u64 {
+        match reason {
+            DropReason::SpoofedSource => self.spoofed_source,
+            DropReason::NoBranchEni => self.no_branch_eni,
+            DropReason::NoTrunkEni => self.no_trunk_eni,
+            DropReason::VlanTagFailed => self.vlan_tag_failed,
+            DropReason::HeaderRewriteFailed => self.header_rewrite_failed,
+            DropReason::RedirectFailed => self.redirect_failed,
+        }
+    }
+
+    /// Counts one drop for `reason`.
+    pub fn count(&mut self, reason: DropReason) {
+        let counter = match reason {
+            DropReason::SpoofedSource => &mut self.spoofed_source,
+            DropReason::NoBranchEni => &mut self.no_branch_eni,
+            DropReason::NoTrunkEni => &mut self.no_trunk_eni,
+            DropReason::VlanTagFailed => &mut self.vlan_tag_failed,
+            DropReason::HeaderRewriteFailed => &mut self.header_rewrite_failed,
+            DropReason::RedirectFailed => &mut self.redirect_failed,
+        };
+        *counter += 1;
+    }
+
+    /// The sum of two sets of counters (per-CPU values into one).
+    pub fn plus(&self, other: &Drops) -> Drops {
+        Drops {
+            spoofed_source: self.spoofed_source + other.spoofed_source,
+            no_branch_eni: self.no_branch_eni + other.no_branch_eni,
+            no_trunk_eni: self.no_trunk_eni + other.no_trunk_eni,
+            vlan_tag_failed: self.vlan_tag_failed + other.vlan_tag_failed,
+            header_rewrite_failed: self.header_rewrite_failed + other.header_rewrite_failed,
+            redirect_failed: self.redirect_failed + other.redirect_failed,
+        }
+    }
 }
 
 /// `IfaceKey::direction` for tc ingress.
@@ -178,10 +304,8 @@ pub struct PodStats {
     /// Delivered into the pod, by eniflow or by the kernel stack.
     pub received_packets: u64,
     pub received_bytes: u64,
-    /// Dropped: sent with a source address that is not the pod's own.
-    pub drop_spoofed_source: u64,
-    /// Dropped: redirect to the owning ENI or a peer pod failed.
-    pub drop_redirect_failed: u64,
+    /// Its packets dropped (sent or to be delivered), by reason.
+    pub drops: Drops,
 }
 
 /// A VLAN on a trunk ENI.
@@ -245,8 +369,35 @@ mod user {
     unsafe impl aya::Pod for super::Eni {}
     unsafe impl aya::Pod for super::Destination {}
     unsafe impl aya::Pod for super::PodStats {}
+    unsafe impl aya::Pod for super::Drops {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::TrunkVlan {}
     unsafe impl aya::Pod for super::BranchPort {}
     unsafe impl aya::Pod for super::Config {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_reason_has_its_own_code_name_and_counter() {
+        for reason in DropReason::ALL {
+            assert_eq!(DropReason::from_code(reason as u32), Some(reason));
+            let mut drops = Drops::default();
+            drops.count(reason);
+            for other in DropReason::ALL {
+                assert_eq!(
+                    drops.get(other),
+                    u64::from(other == reason),
+                    "{reason:?} vs {other:?}"
+                );
+            }
+        }
+        let mut names: Vec<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), DropReason::ALL.len());
+        assert_eq!(DropReason::from_code(0), None);
+    }
 }

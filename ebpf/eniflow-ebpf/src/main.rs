@@ -12,10 +12,7 @@ mod state;
 mod stats;
 
 use aya_ebpf::{
-    bindings::{
-        bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1, TC_ACT_REDIRECT, TC_ACT_SHOT,
-        TC_ACT_UNSPEC,
-    },
+    bindings::{bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1, TC_ACT_REDIRECT, TC_ACT_UNSPEC},
     helpers::{
         bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_change_type, bpf_skb_vlan_pop,
         bpf_skb_vlan_push,
@@ -24,7 +21,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use eniflow_common::{
-    Pod, DEST_NODE, DEST_VPC, DIRECTION_EGRESS, DIRECTION_INGRESS, SG_POD_MARK,
+    DropReason, Pod, DEST_NODE, DEST_VPC, DIRECTION_EGRESS, DIRECTION_INGRESS, HOOK_ENI_EGRESS,
+    HOOK_ENI_INGRESS, HOOK_POD_EGRESS, SG_POD_MARK,
 };
 use packet::Ipv4;
 
@@ -45,8 +43,7 @@ pub fn pod_egress(mut ctx: TcContext) -> i32 {
     // Anti-spoofing: EC2 would drop it at the ENI; dropping here names the pod that sent it.
     let own = u32::from_ne_bytes(veth.pod_addr);
     if ip.saddr != own {
-        state::count(own, |s| s.drop_spoofed_source += 1);
-        return TC_ACT_SHOT;
+        return state::drop(HOOK_POD_EGRESS, own, DropReason::SpoofedSource);
     }
     state::count(ip.saddr, |s| {
         s.sent_packets += 1;
@@ -65,11 +62,11 @@ pub fn pod_egress(mut ctx: TcContext) -> i32 {
             // of its VPC traffic leaves through its branch ENI, on its VLAN of the trunk.
             if !strict {
                 if let Some(peer) = peer {
-                    return deliver(&mut ctx, &peer, ip.daddr, len);
+                    return deliver(&mut ctx, HOOK_POD_EGRESS, &peer, ip.daddr, len);
                 }
             }
             if kind == DEST_VPC || (strict && kind == DEST_NODE) {
-                return out_of_branch(&ctx, &own, ip.saddr);
+                return out_of_branch(&ctx, HOOK_POD_EGRESS, &own, ip.saddr);
             }
             // Services and off-VPC: the stack (DNAT) first, then out by the branch ENI, never
             // SNATed to the node (the ENI egress program moves it onto the pod's VLAN).
@@ -79,11 +76,11 @@ pub fn pod_egress(mut ctx: TcContext) -> i32 {
         _ => {
             // In strict mode a security-group pod is reached through the VPC only.
             if let Some(peer) = peer.filter(|p| p.vlan == 0 || !strict) {
-                return deliver(&mut ctx, &peer, ip.daddr, len);
+                return deliver(&mut ctx, HOOK_POD_EGRESS, &peer, ip.daddr, len);
             }
             if kind == DEST_VPC {
                 if let Some(own) = own.filter(|p| p.eni_ifindex != 0) {
-                    return out_of_eni(own.eni_ifindex, ip.saddr);
+                    return out_of_eni(HOOK_POD_EGRESS, own.eni_ifindex, ip.saddr);
                 }
             }
         }
@@ -135,7 +132,7 @@ pub fn eni_ingress(mut ctx: TcContext) -> i32 {
         return TC_ACT_UNSPEC;
     }
     let len = u64::from(ctx.len());
-    deliver(&mut ctx, &pod, ip.daddr, len)
+    deliver(&mut ctx, HOOK_ENI_INGRESS, &pod, ip.daddr, len)
 }
 
 /// tc egress of an ENI: a pod's packet the stack sent out of an ENI that does not own the
@@ -157,8 +154,11 @@ pub fn eni_egress(ctx: TcContext) -> i32 {
                 if branch.pod_addr == ip.saddr.to_ne_bytes() {
                     let mut ctx = ctx;
                     if !packet::set_source_mac(&mut ctx, &branch.mac) {
-                        state::count(ip.saddr, |s| s.drop_redirect_failed += 1);
-                        return TC_ACT_SHOT;
+                        return state::drop(
+                            HOOK_ENI_EGRESS,
+                            ip.saddr,
+                            DropReason::HeaderRewriteFailed,
+                        );
                     }
                 }
             }
@@ -169,9 +169,9 @@ pub fn eni_egress(ctx: TcContext) -> i32 {
         return TC_ACT_UNSPEC;
     }
     if pod.vlan != 0 {
-        return out_of_branch(&ctx, &pod, ip.saddr);
+        return out_of_branch(&ctx, HOOK_ENI_EGRESS, &pod, ip.saddr);
     }
-    out_of_eni(pod.eni_ifindex, ip.saddr)
+    out_of_eni(HOOK_ENI_EGRESS, pod.eni_ifindex, ip.saddr)
 }
 
 /// The VLAN id of a tagged frame (tag in skb metadata).
@@ -196,42 +196,42 @@ fn branch_ingress(ctx: &mut TcContext, vlan: u16, ip: &Ipv4) -> i32 {
     };
     // SAFETY: the program's own skb.
     if unsafe { bpf_skb_vlan_pop(ctx.skb.skb) } != 0 {
-        state::count(ip.daddr, |s| s.drop_redirect_failed += 1);
-        return TC_ACT_SHOT;
+        return state::drop(HOOK_ENI_INGRESS, ip.daddr, DropReason::VlanTagFailed);
     }
     if ip.stack_only || state::is_stack_flow(ip.daddr, ip.protocol, ip.dport) {
         // The stack must see it (its NAT): addressed to the trunk itself, as if untagged.
         let Some(eni) = state::eni(trunk) else {
-            state::count(ip.daddr, |s| s.drop_redirect_failed += 1);
-            return TC_ACT_SHOT;
+            return state::drop(HOOK_ENI_INGRESS, ip.daddr, DropReason::NoTrunkEni);
         };
         if !packet::set_dest_mac(ctx, &eni.mac) {
-            state::count(ip.daddr, |s| s.drop_redirect_failed += 1);
-            return TC_ACT_SHOT;
+            return state::drop(HOOK_ENI_INGRESS, ip.daddr, DropReason::HeaderRewriteFailed);
         }
         // SAFETY: the program's own skb.
         unsafe { bpf_skb_change_type(ctx.skb.skb, PACKET_HOST) };
         return TC_ACT_UNSPEC;
     }
     let len = u64::from(ctx.len());
-    deliver(ctx, &pod, ip.daddr, len)
+    deliver(ctx, HOOK_ENI_INGRESS, &pod, ip.daddr, len)
 }
 
 /// Out of the trunk on the security-group pod's VLAN, toward its branch ENI's subnet router
 /// (the trunk's egress program then puts the branch ENI's MAC on it).
 #[inline(always)]
-fn out_of_branch(ctx: &TcContext, pod: &Pod, pod_addr: u32) -> i32 {
+fn out_of_branch(ctx: &TcContext, hook: u32, pod: &Pod, pod_addr: u32) -> i32 {
     let Some(branch) = state::branch(pod.eni_ifindex, pod.vlan) else {
-        // The trunk is not known yet: no way out that EC2 would accept.
-        state::count(pod_addr, |s| s.drop_redirect_failed += 1);
-        return TC_ACT_SHOT;
+        // The branch ENI is not known yet: no way out that EC2 would accept.
+        return state::drop(hook, pod_addr, DropReason::NoBranchEni);
     };
     // SAFETY: the program's own skb.
     if unsafe { bpf_skb_vlan_push(ctx.skb.skb, ETH_P_8021Q.to_be(), pod.vlan) } != 0 {
-        state::count(pod_addr, |s| s.drop_redirect_failed += 1);
-        return TC_ACT_SHOT;
+        return state::drop(hook, pod_addr, DropReason::VlanTagFailed);
     }
-    redirect_via(pod.eni_ifindex, u32::from_ne_bytes(branch.gateway), pod_addr)
+    redirect_via(
+        hook,
+        pod.eni_ifindex,
+        u32::from_ne_bytes(branch.gateway),
+        pod_addr,
+    )
 }
 
 fn ifindex(ctx: &TcContext) -> u32 {
@@ -247,32 +247,36 @@ fn to_stack(ip: &Ipv4) -> i32 {
 
 /// Into `pod`, whose address is `addr`, as if its host veth had sent it.
 #[inline(always)]
-fn deliver(ctx: &mut TcContext, pod: &Pod, addr: u32, len: u64) -> i32 {
+fn deliver(ctx: &mut TcContext, hook: u32, pod: &Pod, addr: u32, len: u64) -> i32 {
     if !packet::set_macs(ctx, &pod.pod_mac, &pod.host_mac) {
-        state::count(addr, |s| s.drop_redirect_failed += 1);
-        return TC_ACT_SHOT;
+        return state::drop(hook, addr, DropReason::HeaderRewriteFailed);
+    }
+    // SAFETY: a helper call with plain arguments.
+    let verdict = unsafe { bpf_redirect_peer(pod.host_ifindex, 0) } as i32;
+    if verdict != TC_ACT_REDIRECT as i32 {
+        state::count_drop(hook, addr, DropReason::RedirectFailed);
+        return verdict;
     }
     state::count(addr, |s| {
         s.received_packets += 1;
         s.received_bytes += len;
     });
-    // SAFETY: a helper call with plain arguments.
-    unsafe { bpf_redirect_peer(pod.host_ifindex, 0) as i32 }
+    verdict
 }
 
 /// Out of the ENI `eni_ifindex` toward its subnet's router: per-pod source routing.
 #[inline(always)]
-fn out_of_eni(eni_ifindex: u32, pod_addr: u32) -> i32 {
+fn out_of_eni(hook: u32, eni_ifindex: u32, pod_addr: u32) -> i32 {
     let Some(eni) = state::eni(eni_ifindex) else {
         // Not known yet: the stack's route is the best there is.
         return TC_ACT_UNSPEC;
     };
-    redirect_via(eni_ifindex, u32::from_ne_bytes(eni.gateway), pod_addr)
+    redirect_via(hook, eni_ifindex, u32::from_ne_bytes(eni.gateway), pod_addr)
 }
 
 /// Out of `ifindex` to the next hop `gateway` (network order), L2 filled in by the kernel.
 #[inline(always)]
-fn redirect_via(ifindex: u32, gateway: u32, pod_addr: u32) -> i32 {
+fn redirect_via(hook: u32, ifindex: u32, gateway: u32, pod_addr: u32) -> i32 {
     let mut next_hop = bpf_redir_neigh {
         nh_family: AF_INET,
         __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 { ipv4_nh: gateway },
@@ -287,7 +291,7 @@ fn redirect_via(ifindex: u32, gateway: u32, pod_addr: u32) -> i32 {
         )
     } as i32;
     if verdict != TC_ACT_REDIRECT as i32 {
-        state::count(pod_addr, |s| s.drop_redirect_failed += 1);
+        state::count_drop(hook, pod_addr, DropReason::RedirectFailed);
     }
     verdict
 }

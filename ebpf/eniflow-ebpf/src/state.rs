@@ -2,13 +2,14 @@
 //! stack-flow marks the programs write themselves.
 
 use aya_ebpf::{
-    btf_maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap},
+    bindings::TC_ACT_SHOT,
+    btf_maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
     helpers::bpf_ktime_get_ns,
     macros::btf_map,
 };
 use eniflow_common::{
-    BranchPort, Config, Destination, Eni, FlowKey, Pod, PodStats, TrunkVlan, Veth,
-    CONFIG_SG_STRICT,
+    BranchPort, Config, Destination, DropReason, Drops, Eni, FlowKey, Pod, PodStats, TrunkVlan,
+    Veth, CONFIG_SG_STRICT, HOOKS,
 };
 
 const MAX_PODS: usize = eniflow_common::MAX_PODS as usize;
@@ -40,6 +41,10 @@ pub static STACK_FLOWS: LruHashMap<FlowKey, u64, MAX_STACK_FLOWS> = LruHashMap::
 #[btf_map(name = "branches")]
 pub static BRANCHES: HashMap<TrunkVlan, BranchPort, MAX_PODS> = HashMap::new();
 
+/// Every drop, by hook: counted even when the pod's own counters do not exist (yet).
+#[btf_map(name = "hook_drops")]
+pub static HOOK_DROPS: PerCpuArray<Drops, { HOOKS as usize }> = PerCpuArray::new();
+
 #[btf_map(name = "config")]
 pub static CONFIG: Array<Config, 1> = Array::new();
 
@@ -57,7 +62,9 @@ pub fn branch(trunk_ifindex: u32, vlan: u16) -> Option<BranchPort> {
 /// Security-group pods in strict mode.
 #[inline(always)]
 pub fn sg_strict() -> bool {
-    CONFIG.get(0).is_some_and(|c| c.flags & CONFIG_SG_STRICT != 0)
+    CONFIG
+        .get(0)
+        .is_some_and(|c| c.flags & CONFIG_SG_STRICT != 0)
 }
 
 /// The pod at `addr` (as loaded from the packet), copied out.
@@ -93,6 +100,24 @@ pub fn count(addr: u32, update: impl FnOnce(&mut PodStats)) {
         // SAFETY: this CPU's slot, touched by nothing else until this program returns.
         update(unsafe { &mut *stats });
     }
+}
+
+/// Counts a drop of a packet of the pod at `addr` on `hook` (`HOOK_*`), in the hook's and the
+/// pod's counters.
+#[inline(always)]
+pub fn count_drop(hook: u32, addr: u32, reason: DropReason) {
+    if let Some(drops) = HOOK_DROPS.get_ptr_mut(hook) {
+        // SAFETY: this CPU's slot, touched by nothing else until this program returns.
+        unsafe { (*drops).count(reason) };
+    }
+    count(addr, |s| s.drops.count(reason));
+}
+
+/// Drops the packet: counted, then `TC_ACT_SHOT`. No program drops any other way.
+#[inline(always)]
+pub fn drop(hook: u32, addr: u32, reason: DropReason) -> i32 {
+    count_drop(hook, addr, reason);
+    TC_ACT_SHOT as i32
 }
 
 fn flow_key(pod_addr: u32, protocol: u8, port: u16) -> FlowKey {
