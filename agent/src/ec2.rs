@@ -10,7 +10,8 @@ use std::{
 };
 
 use aws_sdk_ec2::{
-    error::{DisplayErrorContext, ProvideErrorMetadata},
+    config::http::HttpResponse,
+    error::{DisplayErrorContext, ProvideErrorMetadata, SdkError},
     types::{
         Filter, InstanceTypeHypervisor, NetworkInterface, NetworkInterfaceAttachmentChanges,
         NetworkInterfaceCreationType, NetworkInterfaceType, ResourceType, Tag, TagSpecification,
@@ -31,6 +32,9 @@ pub mod codes {
     pub const NOT_FOUND: &str = "InvalidNetworkInterfaceID.NotFound";
     pub const IN_USE: &str = "InvalidNetworkInterface.InUse";
 }
+
+/// The outcome of a call EC2 never answered (no error code: a timeout, a refused connection).
+pub const NO_ANSWER: &str = "no-answer";
 
 /// Tags on every ENI eniflow creates; the leak sweep deletes only ENIs carrying them.
 pub mod tags {
@@ -168,20 +172,31 @@ impl Ec2 {
         self.calls.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn count<T, E: ProvideErrorMetadata + std::error::Error + 'static>(
+    /// Sends one request: counted by outcome ("ok" or the error code) and timed, here and in
+    /// the agent's metrics.
+    async fn call<T, E>(
         &self,
         action: &'static str,
-        result: Result<T, E>,
-    ) -> Result<T, Ec2Error> {
-        let outcome = match &result {
-            Ok(_) => "ok".to_owned(),
-            Err(e) => e.code().unwrap_or("no-answer").to_owned(),
+        request: impl std::future::Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+    ) -> Result<T, Ec2Error>
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let started = std::time::Instant::now();
+        let result = request.await;
+        let (code, status) = match &result {
+            Ok(_) => (None, Some(200)),
+            Err(e) => (
+                Some(e.code().unwrap_or(NO_ANSWER)),
+                e.raw_response().map(|r| r.status().as_u16()),
+            ),
         };
+        crate::metrics::get().ec2_call(action, code, status, started.elapsed());
         *self
             .calls
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry((action, outcome))
+            .entry((action, code.unwrap_or("ok").to_owned()))
             .or_default() += 1;
         result.map_err(|e| Ec2Error {
             action,
@@ -195,14 +210,15 @@ impl Ec2 {
 
     /// The instance type's network limits from DescribeInstanceTypes.
     pub async fn instance_limits(&self, instance_type: &str) -> Result<InstanceLimits, Ec2Error> {
-        let out = self.count(
-            "DescribeInstanceTypes",
-            self.client
-                .describe_instance_types()
-                .instance_types(instance_type.into())
-                .send()
-                .await,
-        )?;
+        let out = self
+            .call(
+                "DescribeInstanceTypes",
+                self.client
+                    .describe_instance_types()
+                    .instance_types(instance_type.into())
+                    .send(),
+            )
+            .await?;
         let bad = |what: &str| Ec2Error {
             action: "DescribeInstanceTypes",
             code: None,
@@ -243,20 +259,21 @@ impl Ec2 {
 
     /// The VPC's subnets in one availability zone.
     pub async fn subnets(&self, vpc_id: &str, zone: &str) -> Result<Vec<Subnet>, Ec2Error> {
-        let out = self.count(
-            "DescribeSubnets",
-            self.client
-                .describe_subnets()
-                .filters(Filter::builder().name("vpc-id").values(vpc_id).build())
-                .filters(
-                    Filter::builder()
-                        .name("availability-zone")
-                        .values(zone)
-                        .build(),
-                )
-                .send()
-                .await,
-        )?;
+        let out = self
+            .call(
+                "DescribeSubnets",
+                self.client
+                    .describe_subnets()
+                    .filters(Filter::builder().name("vpc-id").values(vpc_id).build())
+                    .filters(
+                        Filter::builder()
+                            .name("availability-zone")
+                            .values(zone)
+                            .build(),
+                    )
+                    .send(),
+            )
+            .await?;
         Ok(out
             .subnets()
             .iter()
@@ -318,17 +335,18 @@ impl Ec2 {
         let mut enis = Vec::new();
         let mut token = None;
         loop {
-            let out = self.count(
-                "DescribeNetworkInterfaces",
-                self.client
-                    .describe_network_interfaces()
-                    .set_filters((!filters.is_empty()).then(|| filters.clone()))
-                    .set_network_interface_ids((!ids.is_empty()).then(|| ids.clone()))
-                    .set_max_results(ids.is_empty().then_some(1000))
-                    .set_next_token(token)
-                    .send()
-                    .await,
-            )?;
+            let out = self
+                .call(
+                    "DescribeNetworkInterfaces",
+                    self.client
+                        .describe_network_interfaces()
+                        .set_filters((!filters.is_empty()).then(|| filters.clone()))
+                        .set_network_interface_ids((!ids.is_empty()).then(|| ids.clone()))
+                        .set_max_results(ids.is_empty().then_some(1000))
+                        .set_next_token(token)
+                        .send(),
+                )
+                .await?;
             enis.extend(out.network_interfaces().iter().map(eni_from_api));
             token = out.next_token().map(str::to_owned);
             if token.is_none() {
@@ -352,31 +370,32 @@ impl Ec2 {
         if let Some(cluster) = new.cluster_name {
             tag_list.push(tag(tags::CLUSTER_NAME, cluster));
         }
-        let out = self.count(
-            "CreateNetworkInterface",
-            self.client
-                .create_network_interface()
-                .subnet_id(new.subnet_id)
-                .set_groups(Some(new.security_groups.to_vec()))
-                .description(format!(
-                    "{DESCRIPTION_PREFIX}{} for {}",
-                    if new.trunk { "trunk" } else { "pod addresses" },
-                    new.instance_id
-                ))
-                .set_secondary_private_ip_address_count(
-                    (new.secondary_addresses > 0).then_some(new.secondary_addresses as i32),
-                )
-                .set_ipv4_prefix_count((new.prefixes > 0).then_some(new.prefixes as i32))
-                .set_interface_type(new.trunk.then_some(NetworkInterfaceCreationType::Trunk))
-                .tag_specifications(
-                    TagSpecification::builder()
-                        .resource_type(ResourceType::NetworkInterface)
-                        .set_tags(Some(tag_list))
-                        .build(),
-                )
-                .send()
-                .await,
-        )?;
+        let out = self
+            .call(
+                "CreateNetworkInterface",
+                self.client
+                    .create_network_interface()
+                    .subnet_id(new.subnet_id)
+                    .set_groups(Some(new.security_groups.to_vec()))
+                    .description(format!(
+                        "{DESCRIPTION_PREFIX}{} for {}",
+                        if new.trunk { "trunk" } else { "pod addresses" },
+                        new.instance_id
+                    ))
+                    .set_secondary_private_ip_address_count(
+                        (new.secondary_addresses > 0).then_some(new.secondary_addresses as i32),
+                    )
+                    .set_ipv4_prefix_count((new.prefixes > 0).then_some(new.prefixes as i32))
+                    .set_interface_type(new.trunk.then_some(NetworkInterfaceCreationType::Trunk))
+                    .tag_specifications(
+                        TagSpecification::builder()
+                            .resource_type(ResourceType::NetworkInterface)
+                            .set_tags(Some(tag_list))
+                            .build(),
+                    )
+                    .send(),
+            )
+            .await?;
         out.network_interface()
             .map(eni_from_api)
             .ok_or_else(|| Ec2Error {
@@ -394,19 +413,20 @@ impl Ec2 {
         device_index: u32,
         network_card: u32,
     ) -> Result<String, Ec2Error> {
-        let out = self.count(
-            "AttachNetworkInterface",
-            self.client
-                .attach_network_interface()
-                .network_interface_id(eni)
-                .instance_id(instance_id)
-                .device_index(device_index as i32)
-                .network_card_index(network_card as i32)
-                .send()
-                .await,
-        )?;
+        let out = self
+            .call(
+                "AttachNetworkInterface",
+                self.client
+                    .attach_network_interface()
+                    .network_interface_id(eni)
+                    .instance_id(instance_id)
+                    .device_index(device_index as i32)
+                    .network_card_index(network_card as i32)
+                    .send(),
+            )
+            .await?;
         let attachment = out.attachment_id().unwrap_or_default().to_owned();
-        self.count(
+        self.call(
             "ModifyNetworkInterfaceAttribute",
             self.client
                 .modify_network_interface_attribute()
@@ -417,9 +437,9 @@ impl Ec2 {
                         .delete_on_termination(true)
                         .build(),
                 )
-                .send()
-                .await,
-        )?;
+                .send(),
+        )
+        .await?;
         Ok(attachment)
     }
 
@@ -439,7 +459,9 @@ impl Ec2 {
         } else {
             request.secondary_private_ip_address_count(count as i32)
         };
-        let out = self.count("AssignPrivateIpAddresses", request.send().await)?;
+        let out = self
+            .call("AssignPrivateIpAddresses", request.send())
+            .await?;
         Ok(if prefixes {
             out.assigned_ipv4_prefixes()
                 .iter()
@@ -469,31 +491,32 @@ impl Ec2 {
         } else {
             request.set_private_ip_addresses(Some(blocks.iter().map(|a| a.to_string()).collect()))
         };
-        self.count("UnassignPrivateIpAddresses", request.send().await)?;
+        self.call("UnassignPrivateIpAddresses", request.send())
+            .await?;
         Ok(())
     }
 
     pub async fn detach(&self, attachment_id: &str) -> Result<(), Ec2Error> {
-        self.count(
+        self.call(
             "DetachNetworkInterface",
             self.client
                 .detach_network_interface()
                 .attachment_id(attachment_id)
-                .send()
-                .await,
-        )?;
+                .send(),
+        )
+        .await?;
         Ok(())
     }
 
     pub async fn delete(&self, eni: &str) -> Result<(), Ec2Error> {
-        self.count(
+        self.call(
             "DeleteNetworkInterface",
             self.client
                 .delete_network_interface()
                 .network_interface_id(eni)
-                .send()
-                .await,
-        )?;
+                .send(),
+        )
+        .await?;
         Ok(())
     }
 }

@@ -15,5 +15,6 @@ pub mod ipam;
 pub mod kube;
 pub mod limits;
 pub mod max_pods;
+pub mod metrics;
 pub mod netlink;
 pub mod snat;

@@ -19,6 +19,7 @@ use eniflow_agent::{
         Ipam,
     },
     kube::{Cluster, ClusterArgs},
+    metrics,
     snat::{self, SnatArgs},
 };
 
@@ -130,6 +131,17 @@ pub struct RunArgs {
     /// The instance metadata endpoint; unset: http://169.254.169.254.
     #[arg(long, env = "AWS_EC2_METADATA_SERVICE_ENDPOINT")]
     imds_endpoint: Option<String>,
+    /// Prometheus metrics (`GET /metrics`) on this address; localhost by default (VPC CNI's
+    /// port).
+    #[arg(
+        long,
+        env = "ENIFLOW_METRICS_ADDRESS",
+        default_value = "127.0.0.1:61678"
+    )]
+    metrics_address: std::net::SocketAddr,
+    /// No metrics listener (VPC CNI's DISABLE_METRICS).
+    #[arg(long, env = "DISABLE_METRICS")]
+    disable_metrics: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -154,6 +166,7 @@ fn veth_prefix(text: &str) -> Result<String, String> {
 
 /// Runs the agent until SIGTERM/SIGINT; attachments stay in place when it stops.
 pub async fn run(pins: Pins, args: RunArgs) -> Result<()> {
+    let started = std::time::Instant::now();
     if let Some(dir) = &args.install_shim {
         let shim = install::install_shim(dir)?;
         log::info!("installed {}", shim.display());
@@ -169,6 +182,7 @@ pub async fn run(pins: Pins, args: RunArgs) -> Result<()> {
         datapath::ifindex(ifname)?;
     }
     let cluster = Cluster::connect(&args.cluster)?;
+    let with_api_server = cluster.is_some();
     let pod_eni = knobs.pod_eni;
     // The pool starts before the data plane, so EC2 or IMDS trouble attaches nothing either.
     let ipam = if args.ipam {
@@ -181,6 +195,21 @@ pub async fn run(pins: Pins, args: RunArgs) -> Result<()> {
         dp.attach_eni(ifname).await?;
     }
     let pinned_under = dp.pins().versioned();
+    if !args.disable_metrics {
+        let sources = metrics::listener::Sources {
+            ipam: ipam.as_ref().map(|(ipam, _)| ipam.clone()),
+            pins: dp.pins().clone(),
+        };
+        let bound = metrics::listener::serve(args.metrics_address, sources)
+            .await
+            .with_context(|| {
+                format!(
+                    "serve metrics on {} (ENIFLOW_METRICS_ADDRESS; DISABLE_METRICS=true turns them off)",
+                    args.metrics_address
+                )
+            })?;
+        log::info!("metrics served on http://{bound}/metrics");
+    }
     if let Some((ipam, imds)) = &ipam {
         let plane = Arc::new(Plane::new(dp)?);
         tokio::spawn(ipam.clone().run_refill());
@@ -206,6 +235,7 @@ pub async fn run(pins: Pins, args: RunArgs) -> Result<()> {
             .write(&args.cni_conflist)
             .with_context(|| format!("write {}", args.cni_conflist.display()))?;
         log::info!("node network-ready: wrote {}", args.cni_conflist.display());
+        metrics::get().started(started.elapsed(), with_api_server);
     }
     if let Some(path) = &args.ready_file {
         // Ready for scripts and tests also means the pool's first refill pass is over.

@@ -78,6 +78,10 @@ const STEPS: &[Step] = &[
         name: "lab Python venv",
         run: lab_venv,
     },
+    Step {
+        name: "Prometheus and promtool (unpacked from Debian's package)",
+        run: prometheus,
+    },
 ];
 
 /// Runs every step; keeps going past a failed one so a single run reports every missing piece.
@@ -591,20 +595,32 @@ fn one_line_mirror(text: &str, release: &str) -> Option<String> {
 /// netperf (the data-plane bench's load generator) is only in Debian's non-free component:
 /// its package is downloaded through a private list and unpacked, not installed.
 pub fn netperf() -> Result<PathBuf> {
+    unpacked_tools("netperf", "non-free", &["netperf", "netserver"]).map(|(bin, _)| bin)
+}
+
+/// Prometheus and promtool, which the metrics tests run in a lab namespace: unpacked rather
+/// than installed, so no Prometheus service starts on the machine itself.
+fn prometheus() -> Result<Outcome> {
+    unpacked_tools("prometheus", "main", &["prometheus", "promtool"]).map(|(_, outcome)| outcome)
+}
+
+/// `tools` from Debian's `package` (of `component`), copied into eniflow's cache bin directory
+/// (returned) unless they are there already.
+fn unpacked_tools(package: &str, component: &str, tools: &[&str]) -> Result<(PathBuf, Outcome)> {
     let bin = home().join(".cache/eniflow/bin");
-    if bin.join("netperf").exists() && bin.join("netserver").exists() {
-        return Ok(bin);
+    if tools.iter().all(|tool| bin.join(tool).exists()) {
+        return Ok((bin, Outcome::Present));
     }
-    let work = home().join(".cache/eniflow/netperf-deb");
-    println!("    netperf: apt-get download netperf (non-free) + dpkg -x");
-    let unpacked = unpack_deb(&work, "non-free", "netperf")?;
+    let work = home().join(format!(".cache/eniflow/{package}-deb"));
+    println!("    {package}: apt-get download {package} ({component}) + dpkg -x");
+    let unpacked = unpack_deb(&work, component, package)?;
     fs::create_dir_all(&bin)?;
-    for tool in ["netperf", "netserver"] {
+    for tool in tools {
         fs::copy(unpacked.join("usr/bin").join(tool), bin.join(tool))
-            .with_context(|| format!("copy {tool} out of the netperf package"))?;
+            .with_context(|| format!("copy {tool} out of the {package} package"))?;
     }
     fs::remove_dir_all(&work)?;
-    Ok(bin)
+    Ok((bin, Outcome::Installed))
 }
 
 /// Where setup puts cnitool; the tests read the same default (`ENIFLOW_CNITOOL` overrides).

@@ -5,6 +5,7 @@ use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     sync::Arc,
+    time::Instant,
 };
 
 use eniflow_api::{
@@ -24,7 +25,7 @@ use super::{
     request, result,
     seams::{Addresses, DataPlane, HostWiring, Sources, Wiring},
 };
-use crate::datapath::Plane;
+use crate::{datapath::Plane, metrics::Verb};
 
 /// The largest request the agent reads: a network configuration with its prevResult and
 /// runtimeConfig is a few KiB; anything near this is not a runtime's.
@@ -116,6 +117,7 @@ async fn answer<A: Addresses, W: Wiring, D: DataPlane>(
         return reply(Some(result::error(&version, &e)), true);
     }
     let needs_container = matches!(command, Command::Add | Command::Del | Command::Check);
+    let started = Instant::now();
     let outcome = match request::parse(&request, needs_container) {
         Ok(r) => match command {
             Command::Add => pods.add(&r).await.map(Some),
@@ -126,6 +128,16 @@ async fn answer<A: Addresses, W: Wiring, D: DataPlane>(
         },
         Err(e) => Err(e),
     };
+    let timed = match command {
+        Command::Add => Some(Verb::Add),
+        Command::Del => Some(Verb::Del),
+        Command::Check => Some(Verb::Check),
+        Command::Status | Command::Gc => None,
+    };
+    if let Some(verb) = timed {
+        let code = outcome.as_ref().err().map(|e| e.code);
+        crate::metrics::get().cni_answered(verb, code, started.elapsed());
+    }
     match outcome {
         Ok(output) => reply(output, false),
         Err(e) => {

@@ -254,6 +254,9 @@ impl Ipam {
         pool.expire_cooling(now, self.config.knobs.ip_cooldown);
         let allocation = pool.take(owner, pod, now);
         self.wake.notify_one();
+        if let Err(PoolError::Empty { .. }) = &allocation {
+            crate::metrics::get().no_available_address();
+        }
         let allocation = allocation?;
         let saved = crate::faults::inject("checkpoint")
             .map_err(|e| CheckpointError::Io {
@@ -305,6 +308,18 @@ impl Ipam {
     /// The ENIs the pool holds (the trunk among them).
     pub fn enis(&self) -> Vec<Eni> {
         self.lock().enis().into_iter().cloned().collect()
+    }
+
+    /// Each ENI's share of the pool.
+    pub fn shares(&self) -> Vec<pool::EniShare> {
+        let mut pool = self.lock();
+        pool.expire_cooling(now_ms(), self.config.knobs.ip_cooldown);
+        pool.shares()
+    }
+
+    /// ENIs the node may have on its default card (MAX_ENI and the instance's limit).
+    pub fn max_enis(&self) -> u32 {
+        self.max_enis
     }
 
     pub fn capacity(&self) -> warm::Capacity {

@@ -75,6 +75,20 @@ fn prefix_of(ip: Ipv4Addr) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(ip) & !(ADDRESSES_PER_PREFIX - 1))
 }
 
+/// One ENI's addresses as the pool holds them.
+#[derive(Clone, Debug)]
+pub struct EniShare {
+    pub eni: Eni,
+    /// Pods may use its addresses (not the primary ENI under custom networking, not a trunk).
+    pub for_pods: bool,
+    /// Being detached.
+    pub draining: bool,
+    /// Addresses a pod could get from it (secondaries and prefixes' addresses).
+    pub total: u32,
+    pub assigned: u32,
+    pub cooling: u32,
+}
+
 #[derive(Debug, Default)]
 pub struct Pool {
     enis: BTreeMap<String, PoolEni>,
@@ -112,6 +126,32 @@ impl Pool {
         let mut enis: Vec<&Eni> = self.enis.values().map(|e| &e.eni).collect();
         enis.sort_by_key(|e| (e.network_card, e.device_index));
         enis
+    }
+
+    /// Each ENI's share of the pool (for metrics and introspection), by (card, device index).
+    pub fn shares(&self) -> Vec<EniShare> {
+        let mut shares: Vec<EniShare> = self
+            .enis
+            .values()
+            .map(|e| {
+                let (mut assigned, mut cooling, mut total) = (0, 0, 0);
+                for ip in e.pod_addresses() {
+                    total += 1;
+                    assigned += u32::from(self.held.contains_key(&ip));
+                    cooling += u32::from(self.cooling.contains_key(&ip));
+                }
+                EniShare {
+                    eni: e.eni.clone(),
+                    for_pods: e.for_pods,
+                    draining: e.draining,
+                    total,
+                    assigned,
+                    cooling,
+                }
+            })
+            .collect();
+        shares.sort_by_key(|s| (s.eni.network_card, s.eni.device_index));
+        shares
     }
 
     pub fn has_trunk(&self) -> bool {

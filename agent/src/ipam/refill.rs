@@ -74,8 +74,13 @@ impl Ipam {
         loop {
             if reconciled.elapsed() >= self.config.reconcile_period {
                 reconciled = Instant::now();
-                if let Err(e) = self.reconcile().await {
-                    log::warn!("reconcile: {e}");
+                crate::metrics::get().reconciled("nodeIPPoolReconcile");
+                match self.reconcile().await {
+                    Ok(lost) => crate::metrics::get().force_removed(lost.len()),
+                    Err(e) => {
+                        crate::metrics::get().ipam_error("nodeIPPoolReconcile");
+                        log::warn!("reconcile: {e}");
+                    }
                 }
             }
             if let Some(every) = self.config.leak_sweep {
@@ -91,7 +96,11 @@ impl Ipam {
                     }
                 }
             }
-            match self.refill().await {
+            let refilled = self.refill().await;
+            if refilled.is_err() {
+                crate::metrics::get().ipam_error("refill");
+            }
+            match refilled {
                 Ok(_) => {}
                 Err(IpamError::Ec2(e)) if e.is_authorization() => log::error!(
                     "refill: EC2 refused for lack of permission ({e}); check the node role's IAM policy"

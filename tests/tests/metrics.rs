@@ -1,0 +1,189 @@
+//! The agent's metrics as an operator's Prometheus sees them: a real Prometheus in the lab
+//! node's namespace scrapes the agent, and its answers are checked against what the test did
+//! and against the emulator's view of the node.
+
+use eniflow_tests::{
+    cni::{pod_args, PodNode as Node},
+    lab::{emulator::Fault, LabSpec},
+    netns::Netns,
+    prometheus::{self, Prometheus},
+    require_root,
+};
+
+/// Pod addresses on the node's ENIs (not trunks), as EC2 has them: secondaries and /28s.
+fn addresses_in_ec2(node: &Node) -> f64 {
+    node.lab.emulator.view()["enis"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["instance_id"] == node.lab.node.id.as_str()
+                && e["interface_type"] != "trunk"
+                && !e["device_index"].is_null()
+        })
+        .map(|e| {
+            let secondaries = e["private_ips"]
+                .as_array()
+                .map_or(0, |a| a.len().saturating_sub(1));
+            let prefixes = e["prefixes"].as_array().map_or(0, Vec::len);
+            (secondaries + 16 * prefixes) as f64
+        })
+        .sum()
+}
+
+fn add(node: &Node, name: &str) -> (Netns, bool) {
+    let netns = Netns::new("pod");
+    let ok = node
+        .cni(
+            "ADD",
+            &format!("c-{name}"),
+            Some(&netns),
+            "eth0",
+            &pod_args(name),
+        )
+        .ok;
+    (netns, ok)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_cni_counts_and_the_pool_as_ec2_has_it() {
+    require_root();
+    let node = Node::start().await;
+    let node_ns = &node.lab.node.netns;
+    let prom = Prometheus::scraping_agent_in(node_ns);
+    let pods: Vec<_> = (0..3).map(|i| add(&node, &format!("m-{i}"))).collect();
+    assert!(pods.iter().all(|(_, ok)| *ok), "every ADD succeeded");
+    for (i, (netns, _)) in pods.iter().enumerate().take(2) {
+        let name = format!("m-{i}");
+        let del = node.cni(
+            "DEL",
+            &format!("c-{name}"),
+            Some(netns),
+            "eth0",
+            &pod_args(&name),
+        );
+        assert!(del.ok, "{}", del.json);
+    }
+
+    prom.wait_for("sum(eniflow_cni_add_duration_seconds_count)", || 3.0);
+    prom.wait_for(
+        r#"eniflow_cni_add_duration_seconds_count{result="ok",code="0"}"#,
+        || 3.0,
+    );
+    prom.wait_for("awscni_add_ip_req_count", || 3.0);
+    prom.wait_for("sum(eniflow_cni_del_duration_seconds_count)", || 2.0);
+    prom.wait_for(r#"awscni_del_ip_req_count{reason="PodDeleted"}"#, || 2.0);
+    // The pool as EC2 has it (the refill loop may still be moving it: both are read again
+    // until they agree).
+    prom.wait_for("awscni_total_ip_addresses", || addresses_in_ec2(&node));
+    prom.wait_for("awscni_assigned_ip_addresses", || 1.0);
+    prom.wait_for(r#"eniflow_pool_addresses{state="assigned"}"#, || 1.0);
+    prom.wait_for(r#"eniflow_pool_addresses{state="cooling"}"#, || 2.0);
+    prom.wait_for("sum(eniflow_pool_addresses)", || addresses_in_ec2(&node));
+    prom.wait_for("sum(eniflow_eni_addresses)", || addresses_in_ec2(&node));
+    prom.wait_for("awscni_eni_allocated", || {
+        node.lab.emulator.view()["enis"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                e["instance_id"] == node.lab.node.id.as_str() && !e["device_index"].is_null()
+            })
+            .count() as f64
+    });
+    // EC2 calls, counted by the agent, against the emulator's own count.
+    let described = node.lab.emulator.calls()["DescribeNetworkInterfaces"] as f64;
+    assert!(described > 0.0);
+    prom.wait_for(
+        r#"awscni_ec2api_req_count{fn="DescribeNetworkInterfaces"}"#,
+        || node.lab.emulator.calls()["DescribeNetworkInterfaces"] as f64,
+    );
+    prom.wait_for(
+        r#"eniflow_ec2_calls_total{action="DescribeInstanceTypes",outcome="ok"}"#,
+        || 1.0,
+    );
+    // Drops come from the kernel at scrape time: one series per hook and reason.
+    let drops = prom.query("eniflow_drops_total");
+    assert_eq!(drops.len(), 4 * 6, "{drops:?}");
+    assert!(drops.iter().all(|(_, v)| *v == 0.0), "{drops:?}");
+    assert!(prom.value("sum(eniflow_hook_packets_total)").unwrap_or(0.0) > 0.0);
+
+    // promtool parses the exposition; its only complaints are about VPC CNI's own names (kept
+    // as they are so dashboards carry over), none about eniflow's.
+    let exposition = prometheus::scrape_agent(node_ns);
+    let (code, said) = prometheus::promtool_check(&exposition);
+    assert!(
+        code == 0 || code == 3,
+        "promtool check metrics ({code}):\n{said}"
+    );
+    let complaints: Vec<&str> = said.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(
+        complaints.iter().all(|l| l.starts_with("awscni_")),
+        "promtool check metrics:\n{said}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_and_a_full_subnet_show_in_the_ec2_and_pool_counters() {
+    require_root();
+    // One spare address: the second ADD after the subnet fills finds the pool empty.
+    let node = Node::start_custom(
+        LabSpec::default(),
+        &[],
+        &[("WARM_IP_TARGET", "1"), ("WARM_ENI_TARGET", "0")],
+    )
+    .await;
+    let node_ns = &node.lab.node.netns;
+    let prom = Prometheus::scraping_agent_in(node_ns);
+
+    // Throttled through every SDK attempt: the call fails with EC2's code.
+    node.lab.emulator.fault(&Fault {
+        action: "AssignPrivateIpAddresses".into(),
+        code: Some("RequestLimitExceeded".into()),
+        status: 503,
+        count: 5,
+        latency_ms: 0,
+    });
+    let (_first, ok) = add(&node, "t-0");
+    assert!(ok, "the spare address serves the ADD while EC2 throttles");
+    prom.wait_for(
+        r#"eniflow_ec2_calls_total{action="AssignPrivateIpAddresses",outcome="RequestLimitExceeded"}"#,
+        || 1.0,
+    );
+    prom.wait_for(
+        r#"awscni_aws_api_error_count{api="AssignPrivateIpAddresses",error="RequestLimitExceeded"}"#,
+        || 1.0,
+    );
+    prom.wait_for(
+        r#"awscni_ec2api_error_count{fn="AssignPrivateIpAddresses"}"#,
+        || 1.0,
+    );
+    assert_eq!(prom.value("awscni_no_available_ip_addresses"), Some(0.0));
+
+    // The subnet full: EC2 gives no address and no ENI; the pool runs dry.
+    for action in ["AssignPrivateIpAddresses", "CreateNetworkInterface"] {
+        node.lab.emulator.fault(&Fault {
+            action: action.into(),
+            code: Some("InsufficientFreeAddressesInSubnet".into()),
+            status: 400,
+            count: 1000,
+            latency_ms: 0,
+        });
+    }
+    let mut refused = 0;
+    let mut pods = Vec::new();
+    for i in 1..6 {
+        let (netns, ok) = add(&node, &format!("t-{i}"));
+        if !ok {
+            refused += 1;
+        }
+        pods.push(netns);
+    }
+    assert!(refused > 0, "the pool never ran dry");
+    prom.wait_for("awscni_no_available_ip_addresses", || f64::from(refused));
+    prom.wait_for(
+        r#"eniflow_cni_add_duration_seconds_count{result="error",code="11"}"#,
+        || f64::from(refused),
+    );
+    node.lab.emulator.clear_faults();
+}
