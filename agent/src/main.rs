@@ -6,7 +6,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use eniflow_agent::{bpffs, cni, datapath, install, max_pods::MaxPodsArgs, netlink, snat};
+use eniflow_agent::{bpffs, cni, datapath, install, max_pods::MaxPodsArgs, netlink, snat, status};
 
 #[derive(Parser)]
 #[command(version, about = "eniflow's node agent")]
@@ -31,8 +31,17 @@ enum Command {
     /// Load the tc programs, attach them to the ENIs, and keep serving until SIGTERM/SIGINT.
     /// Attachments stay in place when the agent stops.
     Run(Box<run::RunArgs>),
-    /// Print what eniflow attached and the per-hook counters from the pinned maps.
-    Status,
+    /// Print a summary for on-call: the running agent's pool, EC2's answers, the last errors
+    /// and the top droppers (when it answers), then what the pinned maps hold (always).
+    Status {
+        /// Where the running agent serves metrics and introspection.
+        #[arg(
+            long,
+            env = "ENIFLOW_METRICS_ADDRESS",
+            default_value = eniflow_agent::metrics::listener::DEFAULT_ADDRESS
+        )]
+        agent: std::net::SocketAddr,
+    },
     /// Exit 0 when the running agent's CNI service answers SERVING on its socket (kubelet's
     /// liveness and readiness probes); otherwise say why and exit 1.
     Probe {
@@ -90,7 +99,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
     let pins = datapath::Pins::new(cli.bpffs_root);
     match cli.command {
         Command::Run(args) => run::run(pins, *args).await,
-        Command::Status => Ok(datapath::status::print(&pins)?),
+        Command::Status { agent } => Ok(status::print(&pins, agent).await?),
         Command::Install { cni_bin_dir } => {
             let shim = install::install_shim(&cni_bin_dir)?;
             install::set_node_sysctls()?;

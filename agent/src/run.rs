@@ -136,7 +136,7 @@ pub struct RunArgs {
     #[arg(
         long,
         env = "ENIFLOW_METRICS_ADDRESS",
-        default_value = "127.0.0.1:61678"
+        default_value = metrics::listener::DEFAULT_ADDRESS
     )]
     metrics_address: std::net::SocketAddr,
     /// No metrics listener (VPC CNI's DISABLE_METRICS).
@@ -195,10 +195,22 @@ pub async fn run(pins: Pins, args: RunArgs) -> Result<()> {
         dp.attach_eni(ifname).await?;
     }
     let pinned_under = dp.pins().versioned();
+    let branch_pods = match &ipam {
+        Some(_) => {
+            let path = args.checkpoint.with_file_name("branch-pods.json");
+            Some(Arc::new(cni::branch::BranchPods::open(
+                &path,
+                args.vlan_cooldown,
+            )?))
+        }
+        None => None,
+    };
     if !args.disable_metrics {
         let sources = metrics::listener::Sources {
             ipam: ipam.as_ref().map(|(ipam, _)| ipam.clone()),
+            branch_pods: branch_pods.clone(),
             pins: dp.pins().clone(),
+            settings: settings(&args),
         };
         let bound = metrics::listener::serve(args.metrics_address, sources)
             .await
@@ -210,7 +222,7 @@ pub async fn run(pins: Pins, args: RunArgs) -> Result<()> {
             })?;
         log::info!("metrics served on http://{bound}/metrics");
     }
-    if let Some((ipam, imds)) = &ipam {
+    if let (Some((ipam, imds)), Some(branch_pods)) = (&ipam, branch_pods) {
         let plane = Arc::new(Plane::new(dp)?);
         tokio::spawn(ipam.clone().run_refill());
         // The node's ENIs get their programs and table entries as they appear.
@@ -224,7 +236,7 @@ pub async fn run(pins: Pins, args: RunArgs) -> Result<()> {
         let pod_annotations = cluster
             .filter(|_| pod_eni)
             .map(|c| cni::branch::FromApi::new(c.kube, args.pod_eni_wait));
-        serve_cni(ipam.clone(), plane, &args, pod_annotations).await?;
+        serve_cni(ipam.clone(), plane, &args, branch_pods, pod_annotations).await?;
         let conflist = conflist::Conflist {
             socket: args.socket.clone(),
             log_file: args.cni_log_file.clone(),
@@ -261,18 +273,40 @@ pub async fn run(pins: Pins, args: RunArgs) -> Result<()> {
     Ok(())
 }
 
+/// The agent's settings in effect, for introspection (the pool's knobs are shown by the pool).
+fn settings(args: &RunArgs) -> serde_json::Value {
+    serde_json::json!({
+        "ipam": args.ipam,
+        "interfaces": args.interfaces,
+        "attach_mode": format!("{:?}", args.attach_mode).to_lowercase(),
+        "POD_SECURITY_GROUP_ENFORCING_MODE": match args.sg_mode {
+            SgMode::Strict => "strict",
+            SgMode::Standard => "standard",
+        },
+        "create_trunk": args.create_trunk,
+        "vlan_cooldown_s": args.vlan_cooldown.as_secs(),
+        "pod_eni_wait_s": args.pod_eni_wait.as_secs(),
+        "AWS_VPC_K8S_CNI_VETHPREFIX": args.veth_prefix,
+        "CLUSTER_NAME": args.cluster_name,
+        "socket": args.socket,
+        "checkpoint": args.checkpoint,
+        "cni_conflist": args.cni_conflist,
+        "cni_chain": args.cni_chain,
+        "metrics_address": args.metrics_address.to_string(),
+    })
+}
+
 /// Serves the CNI shim on the agent's socket; pods' traffic is forwarded by this namespace.
 async fn serve_cni(
     ipam: Arc<Ipam>,
     plane: Arc<Plane>,
     args: &RunArgs,
+    branches: Arc<cni::branch::BranchPods>,
     pod_annotations: Option<cni::branch::FromApi>,
 ) -> Result<()> {
     install::ensure_sysctl(install::IP_FORWARD, "1")
         .context("IPv4 forwarding (net.ipv4.ip_forward) for pod traffic")?;
     let host = eniflow_agent::netlink::connect().context("open a route netlink socket")?;
-    let branch_pods = args.checkpoint.with_file_name("branch-pods.json");
-    let branches = cni::branch::BranchPods::open(&branch_pods, args.vlan_cooldown)?;
     plane.set_sg_strict(args.sg_mode == SgMode::Strict)?;
     let sources = cni::seams::Sources::new(ipam, branches, pod_annotations);
     let pods = cni::lifecycle::Lifecycle::new(

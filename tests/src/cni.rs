@@ -86,6 +86,11 @@ impl PodNode {
         self.files.socket()
     }
 
+    /// A one-shot agent command (`status`, `uninstall`) on this node's namespace and pins.
+    pub fn agent_command(&self, args: &[&str]) -> std::process::Output {
+        agent::command(&self.lab.node.netns.path(), &self.root, args)
+    }
+
     /// One of the agent's pinned maps.
     pub fn map(&self, name: &str) -> std::path::PathBuf {
         self.root

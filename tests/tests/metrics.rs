@@ -1,6 +1,11 @@
-//! The agent's metrics as an operator's Prometheus sees them: a real Prometheus in the lab
+//! The agent's metrics as an operator's Prometheus sees them, and its introspection views: a real Prometheus in the lab
 //! node's namespace scrapes the agent, and its answers are checked against what the test did
 //! and against the emulator's view of the node.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, Instant},
+};
 
 use eniflow_tests::{
     cni::{pod_args, PodNode as Node},
@@ -9,6 +14,7 @@ use eniflow_tests::{
     prometheus::{self, Prometheus},
     require_root,
 };
+use serde_json::Value;
 
 /// Pod addresses on the node's ENIs (not trunks), as EC2 has them: secondaries and /28s.
 fn addresses_in_ec2(node: &Node) -> f64 {
@@ -186,4 +192,206 @@ async fn throttling_and_a_full_subnet_show_in_the_ec2_and_pool_counters() {
         || f64::from(refused),
     );
     node.lab.emulator.clear_faults();
+}
+
+/// The node's ENIs as EC2 has them: id → (device index, secondary addresses, prefixes).
+fn enis_in_ec2(node: &Node) -> BTreeMap<String, (u64, BTreeSet<String>, BTreeSet<String>)> {
+    node.lab.emulator.view()["enis"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["instance_id"] == node.lab.node.id.as_str() && !e["device_index"].is_null())
+        .map(|e| {
+            let strings = |v: &Value| -> Vec<String> {
+                v.as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|s| s.as_str().unwrap().to_owned())
+                    .collect()
+            };
+            let ips = strings(&e["private_ips"]);
+            (
+                e["id"].as_str().unwrap().to_owned(),
+                (
+                    e["device_index"].as_u64().unwrap(),
+                    ips.into_iter().skip(1).collect(),
+                    strings(&e["prefixes"]).into_iter().collect(),
+                ),
+            )
+        })
+        .collect()
+}
+
+fn view(node: &Node, path: &str) -> Value {
+    let (status, body) = prometheus::get(&node.lab.node.netns, prometheus::AGENT_METRICS, path)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {body}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection_matches_ec2_and_the_checkpoint_names_no_container_and_status_works_stopped()
+{
+    require_root();
+    let node = Node::start().await;
+    let (_a, ok_a) = add(&node, "intro-a");
+    let (_b, ok_b) = add(&node, "intro-b");
+    assert!(ok_a && ok_b);
+
+    // ENIs: what EC2 has, address for address; the pods' addresses are the assigned ones.
+    let checkpoint: Value =
+        serde_json::from_str(&std::fs::read_to_string(node.files.checkpoint()).unwrap()).unwrap();
+    let held: BTreeSet<String> = checkpoint["allocations"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no allocations in the checkpoint: {checkpoint}"))
+        .iter()
+        .map(|a| a["ipv4"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(held.len(), 2, "{checkpoint}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let enis = view(&node, "/v1/enis");
+        let mut seen = BTreeMap::new();
+        let mut assigned = BTreeSet::new();
+        for e in enis["enis"].as_array().unwrap() {
+            let addresses: Vec<&Value> = e["addresses"].as_array().unwrap().iter().collect();
+            let secondaries: BTreeSet<String> = addresses
+                .iter()
+                .map(|a| a["address"].as_str().unwrap().to_owned())
+                .filter(|a| {
+                    !e["prefixes"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|p| in_prefix(a, p))
+                })
+                .collect();
+            assigned.extend(
+                addresses
+                    .iter()
+                    .filter(|a| a["state"] == "assigned")
+                    .map(|a| a["address"].as_str().unwrap().to_owned()),
+            );
+            let prefixes = e["prefixes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_str().unwrap().to_owned())
+                .collect();
+            seen.insert(
+                e["id"].as_str().unwrap().to_owned(),
+                (e["device_index"].as_u64().unwrap(), secondaries, prefixes),
+            );
+        }
+        if seen == enis_in_ec2(&node) && assigned == held {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/v1/enis {seen:?} (assigned {assigned:?}) vs EC2 {:?} (checkpoint {held:?})",
+            enis_in_ec2(&node)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    // Pods: each one named, on the ENI EC2 put its address on, with its veth and counters.
+    let pods = view(&node, "/v1/pods");
+    let ec2 = enis_in_ec2(&node);
+    for name in ["intro-a", "intro-b"] {
+        let pod = pods["pods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not in /v1/pods: {pods}"));
+        let addr = pod["address"].as_str().unwrap();
+        assert!(held.contains(addr), "{pod}");
+        let eni = pod["eni"].as_str().unwrap();
+        assert!(
+            ec2[eni].1.contains(addr),
+            "{addr} is not on {eni} in EC2: {pod}"
+        );
+        assert!(
+            pod["host_veth"].as_str().unwrap().starts_with("eni"),
+            "{pod}"
+        );
+        assert_eq!(pod["counters"]["drops"]["spoofed_source"], 0, "{pod}");
+    }
+    let config = view(&node, "/v1/config");
+    assert_eq!(config["pool"]["knobs"]["WARM_ENI_TARGET"], 1, "{config}");
+    assert_eq!(
+        config["pool"]["knobs"]["IP_COOLDOWN_PERIOD"], 120,
+        "{config}"
+    );
+    let subnets = view(&node, "/v1/subnets");
+    assert!(
+        subnets["subnets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["id"] == node.lab.subnets[node.lab.spec.node_subnet].as_str()),
+        "{subnets}"
+    );
+
+    // Nothing served names a container: with one, a caller could forge a DEL.
+    for path in [
+        "/v1/enis",
+        "/v1/pods",
+        "/v1/subnets",
+        "/v1/config",
+        "/v1/status",
+        "/metrics",
+    ] {
+        let (_, body) = prometheus::get(&node.lab.node.netns, prometheus::AGENT_METRICS, path)
+            .unwrap_or_else(|e| panic!("{e}"));
+        for container in ["c-intro-a", "c-intro-b"] {
+            assert!(
+                !body.contains(container),
+                "{path} names {container}:\n{body}"
+            );
+        }
+    }
+
+    // status: the agent's view while it runs, the pinned maps once it has stopped.
+    let running = node.agent_command(&["status"]);
+    let said = String::from_utf8_lossy(&running.stdout).into_owned();
+    assert!(
+        running.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&running.stderr)
+    );
+    assert!(
+        said.contains("agent: answering") && said.contains("pool: "),
+        "{said}"
+    );
+    let mut node = node;
+    node.agent.take().unwrap().stop();
+    let stopped = node.agent_command(&["status"]);
+    let said = String::from_utf8_lossy(&stopped.stdout).into_owned();
+    assert!(
+        stopped.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&stopped.stderr)
+    );
+    assert!(said.contains("agent: not answering"), "{said}");
+    for addr in &held {
+        assert!(
+            said.contains(addr.as_str()),
+            "{addr} missing from status:\n{said}"
+        );
+    }
+}
+
+/// Whether address `a` lies in the /28 `prefix` ("10.0.1.16/28").
+fn in_prefix(a: &str, prefix: &Value) -> bool {
+    let base: std::net::Ipv4Addr = prefix
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let a: std::net::Ipv4Addr = a.parse().unwrap();
+    u32::from(a) & !15 == u32::from(base)
 }

@@ -77,10 +77,14 @@ pub struct Sources {
 }
 
 impl Sources {
-    pub fn new(ipam: Arc<Ipam>, branches: BranchPods, pod_annotations: Option<FromApi>) -> Self {
+    pub fn new(
+        ipam: Arc<Ipam>,
+        branches: Arc<BranchPods>,
+        pod_annotations: Option<FromApi>,
+    ) -> Self {
         Sources {
             ipam,
-            branches: Arc::new(branches),
+            branches,
             pod_annotations,
         }
     }

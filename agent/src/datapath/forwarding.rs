@@ -366,6 +366,23 @@ pub fn read_pod_stats(pins: &Pins) -> Result<Vec<(Ipv4Addr, PodStats)>, Datapath
     Ok(out)
 }
 
+/// The pods in the pinned map, by address (works while the agent is down).
+pub fn read_pods(pins: &Pins) -> Result<Vec<(Ipv4Addr, Pod)>, DatapathError> {
+    if !Path::new(&pins.map(maps::PODS)).exists() {
+        return Ok(Vec::new());
+    }
+    let pods: HashMap<MapData, [u8; 4], Pod> = open(pins, maps::PODS, Map::HashMap)?
+        .try_into()
+        .map_err(map_error(maps::PODS))?;
+    let mut out = Vec::new();
+    for entry in pods.iter() {
+        let (addr, pod) = entry.map_err(map_error(maps::PODS))?;
+        out.push((Ipv4Addr::from(addr), pod));
+    }
+    out.sort_by_key(|(a, _)| *a);
+    Ok(out)
+}
+
 /// Drops by hook (`HOOK_*` index), summed over CPUs, read from the pinned map (works while the
 /// agent is down).
 pub fn read_hook_drops(pins: &Pins) -> Result<Vec<(u32, Drops)>, DatapathError> {

@@ -21,7 +21,9 @@ use eniflow_common::{
 };
 
 pub use attach::{AttachMode, Outcome};
-pub use forwarding::{read_hook_drops, read_pod_stats, BranchLink, EniPort, Forwarding, PodPort};
+pub use forwarding::{
+    read_hook_drops, read_pod_stats, read_pods, BranchLink, EniPort, Forwarding, PodPort,
+};
 pub use pins::Pins;
 pub use pods::{KnownPod, Plane};
 pub use uninstall::uninstall;

@@ -88,6 +88,25 @@ impl Knobs {
         })
     }
 
+    /// The knobs in effect (defaults applied), by VPC CNI's variable names, as introspection
+    /// shows them; unset targets are null.
+    pub fn effective(&self) -> serde_json::Value {
+        serde_json::json!({
+            "ENABLE_PREFIX_DELEGATION": self.prefix_delegation,
+            "WARM_ENI_TARGET": self.warm_eni_target,
+            "WARM_IP_TARGET": self.warm_ip_target,
+            "MINIMUM_IP_TARGET": self.minimum_ip_target,
+            "WARM_PREFIX_TARGET": self.warm_prefix_target,
+            "MAX_ENI": self.max_eni,
+            "IP_COOLDOWN_PERIOD": self.ip_cooldown.as_secs(),
+            "ENABLE_SUBNET_DISCOVERY": self.subnet_discovery,
+            "ENABLE_POD_ENI": self.pod_eni,
+            "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG": self.custom_network,
+            "ENI_CONFIG_LABEL_DEF": self.eni_config_label,
+            "ENI_CONFIG_ANNOTATION_DEF": self.eni_config_annotation,
+        })
+    }
+
     /// Reads the knobs from name/value pairs (tests).
     #[cfg(test)]
     pub(crate) fn from_pairs(vars: &[(&str, &str)]) -> Result<Knobs, KnobError> {

@@ -12,7 +12,7 @@ pub mod subnets;
 pub mod warm;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     path::PathBuf,
     sync::{Mutex, MutexGuard},
@@ -23,7 +23,7 @@ pub use knobs::Knobs;
 pub use pool::{Allocation, Owner, PoolError};
 
 use crate::{
-    ec2::{Ec2, Ec2Error, Eni},
+    ec2::{Ec2, Ec2Error, Eni, Subnet},
     files::now_ms,
     instance::Instance,
     limits::{self, InstanceLimits, ADDRESSES_PER_PREFIX},
@@ -97,6 +97,18 @@ pub enum IpamError {
     Config(String),
 }
 
+/// A subnet as the pool last saw it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SubnetNote {
+    pub id: String,
+    /// From subnet discovery's last DescribeSubnets (None: not looked at since the start).
+    pub cidr: Option<String>,
+    pub free_addresses: Option<u32>,
+    /// Passed over for new ENIs: out of addresses, or of free /28s, this many seconds ago.
+    pub full_for_s: Option<u64>,
+    pub fragmented_for_s: Option<u64>,
+}
+
 /// The node's address pool.
 pub struct Ipam {
     ec2: Ec2,
@@ -111,6 +123,8 @@ pub struct Ipam {
     /// Subnets out of addresses, and subnets out of free /28s, since when.
     full_subnets: Mutex<BTreeMap<String, Instant>>,
     fragmented_subnets: Mutex<BTreeMap<String, Instant>>,
+    /// The zone's subnets as subnet discovery last read them (for introspection).
+    seen_subnets: Mutex<Vec<Subnet>>,
     wake: tokio::sync::Notify,
     /// Set once the refill loop has finished its first pass (whatever its outcome).
     refilled: tokio::sync::watch::Sender<bool>,
@@ -215,6 +229,7 @@ impl Ipam {
             last_release: Mutex::new(None),
             full_subnets: Mutex::default(),
             fragmented_subnets: Mutex::default(),
+            seen_subnets: Mutex::default(),
             wake: tokio::sync::Notify::new(),
             refilled: tokio::sync::watch::Sender::new(false),
         };
@@ -315,6 +330,42 @@ impl Ipam {
         let mut pool = self.lock();
         pool.expire_cooling(now_ms(), self.config.knobs.ip_cooldown);
         pool.shares()
+    }
+
+    /// What the pool knows of each subnet it uses or has looked at.
+    pub fn subnets(&self) -> Vec<SubnetNote> {
+        let since = |which: &Mutex<BTreeMap<String, Instant>>, id: &str| {
+            which
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(id)
+                .filter(|at| at.elapsed() < self.config.subnet_pause)
+                .map(|at| at.elapsed().as_secs())
+        };
+        let seen = self
+            .seen_subnets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut ids: BTreeSet<String> = seen.iter().map(|s| s.id.clone()).collect();
+        ids.extend(self.enis().into_iter().map(|e| e.subnet_id));
+        ids.into_iter()
+            .map(|id| {
+                let last = seen.iter().find(|s| s.id == id);
+                SubnetNote {
+                    cidr: last.map(|s| s.cidr.clone()),
+                    free_addresses: last.map(|s| s.available),
+                    full_for_s: since(&self.full_subnets, &id),
+                    fragmented_for_s: since(&self.fragmented_subnets, &id),
+                    id,
+                }
+            })
+            .collect()
+    }
+
+    /// The pool's settings in effect.
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     /// ENIs the node may have on its default card (MAX_ENI and the instance's limit).

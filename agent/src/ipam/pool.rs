@@ -75,6 +75,20 @@ fn prefix_of(ip: Ipv4Addr) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(ip) & !(ADDRESSES_PER_PREFIX - 1))
 }
 
+/// Where a pod address of the pool stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AddressState {
+    /// Held by a pod.
+    Assigned,
+    /// Free to hand out.
+    Warm,
+    /// Released, resting for IP_COOLDOWN_PERIOD.
+    Cooling,
+    /// Being given back to EC2.
+    Leaving,
+}
+
 /// One ENI's addresses as the pool holds them.
 #[derive(Clone, Debug)]
 pub struct EniShare {
@@ -83,10 +97,15 @@ pub struct EniShare {
     pub for_pods: bool,
     /// Being detached.
     pub draining: bool,
-    /// Addresses a pod could get from it (secondaries and prefixes' addresses).
-    pub total: u32,
-    pub assigned: u32,
-    pub cooling: u32,
+    /// Every address a pod could get from it (secondaries, then prefixes' addresses).
+    pub addresses: Vec<(Ipv4Addr, AddressState)>,
+}
+
+impl EniShare {
+    /// Its addresses in `state`.
+    pub fn count(&self, state: AddressState) -> u32 {
+        self.addresses.iter().filter(|(_, s)| *s == state).count() as u32
+    }
 }
 
 #[derive(Debug, Default)]
@@ -133,25 +152,27 @@ impl Pool {
         let mut shares: Vec<EniShare> = self
             .enis
             .values()
-            .map(|e| {
-                let (mut assigned, mut cooling, mut total) = (0, 0, 0);
-                for ip in e.pod_addresses() {
-                    total += 1;
-                    assigned += u32::from(self.held.contains_key(&ip));
-                    cooling += u32::from(self.cooling.contains_key(&ip));
-                }
-                EniShare {
-                    eni: e.eni.clone(),
-                    for_pods: e.for_pods,
-                    draining: e.draining,
-                    total,
-                    assigned,
-                    cooling,
-                }
+            .map(|e| EniShare {
+                eni: e.eni.clone(),
+                for_pods: e.for_pods,
+                draining: e.draining,
+                addresses: e.pod_addresses().map(|ip| (ip, self.state(ip))).collect(),
             })
             .collect();
         shares.sort_by_key(|s| (s.eni.network_card, s.eni.device_index));
         shares
+    }
+
+    fn state(&self, ip: Ipv4Addr) -> AddressState {
+        if self.held.contains_key(&ip) {
+            AddressState::Assigned
+        } else if self.cooling.contains_key(&ip) {
+            AddressState::Cooling
+        } else if self.leaving.contains(&ip) || self.leaving.contains(&prefix_of(ip)) {
+            AddressState::Leaving
+        } else {
+            AddressState::Warm
+        }
     }
 
     pub fn has_trunk(&self) -> bool {

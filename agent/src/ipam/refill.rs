@@ -78,7 +78,7 @@ impl Ipam {
                 match self.reconcile().await {
                     Ok(lost) => crate::metrics::get().force_removed(lost.len()),
                     Err(e) => {
-                        crate::metrics::get().ipam_error("nodeIPPoolReconcile");
+                        crate::metrics::get().ipam_error("nodeIPPoolReconcile", &e);
                         log::warn!("reconcile: {e}");
                     }
                 }
@@ -97,8 +97,8 @@ impl Ipam {
                 }
             }
             let refilled = self.refill().await;
-            if refilled.is_err() {
-                crate::metrics::get().ipam_error("refill");
+            if let Err(e) = &refilled {
+                crate::metrics::get().ipam_error("refill", e);
             }
             match refilled {
                 Ok(_) => {}
@@ -262,6 +262,7 @@ impl Ipam {
                 .ec2
                 .subnets(&self.instance.vpc_id, &self.instance.availability_zone)
                 .await?;
+            *self.seen_subnets.lock().unwrap_or_else(|e| e.into_inner()) = found.clone();
             subnets::eligible(
                 &found,
                 &self.instance.subnet_id,

@@ -1,4 +1,5 @@
-//! The HTTP listener for Prometheus (`GET /metrics`), on localhost unless told otherwise.
+//! The HTTP listener, on localhost unless told otherwise: Prometheus's `GET /metrics`, and the
+//! introspection views (`GET /v1/enis`, `/v1/pods`, `/v1/subnets`, `/v1/config`, `/v1/status`).
 
 use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
@@ -12,13 +13,73 @@ use hyper::{
 use hyper_util::rt::TokioIo;
 use prometheus::TEXT_FORMAT;
 
-use crate::{datapath::Pins, ipam::Ipam};
+use crate::{cni::branch::BranchPods, datapath::Pins, introspection, ipam::Ipam};
 
-/// What a scrape reads.
+/// The listener's address unless told otherwise: localhost, VPC CNI's metrics port.
+pub const DEFAULT_ADDRESS: &str = "127.0.0.1:61678";
+
+/// What a scrape or a view reads.
 pub struct Sources {
     /// None when the agent runs without a pool (--ipam=false).
     pub ipam: Option<Arc<Ipam>>,
+    pub branch_pods: Option<Arc<BranchPods>>,
     pub pins: Pins,
+    /// The agent's settings in effect.
+    pub settings: serde_json::Value,
+}
+
+impl Sources {
+    fn node(&self) -> introspection::Node<'_> {
+        introspection::Node {
+            ipam: self.ipam.as_deref(),
+            branch_pods: self.branch_pods.as_deref(),
+            pins: &self.pins,
+            settings: &self.settings,
+        }
+    }
+}
+
+/// The paths served, and what each answers.
+const PATHS: &str = "/metrics, /v1/enis, /v1/pods, /v1/subnets, /v1/config, /v1/status";
+
+/// The body of `path`: (status, content type, text). Reads the pinned maps: a few syscalls per
+/// entry, so it runs off the runtime's threads.
+fn render(sources: &Sources, path: &str) -> (StatusCode, &'static str, String) {
+    let node = sources.node();
+    let json = |view: Result<serde_json::Value, String>| match view {
+        Ok(v) => (
+            StatusCode::OK,
+            "application/json",
+            serde_json::to_string_pretty(&v).unwrap_or_default() + "\n",
+        ),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "application/json",
+            serde_json::json!({ "error": e }).to_string() + "\n",
+        ),
+    };
+    let pool = |view: fn(&Ipam) -> serde_json::Value| {
+        node.ipam
+            .map(view)
+            .ok_or_else(|| "the agent keeps no pool here (--ipam=false)".to_owned())
+    };
+    match path {
+        "/metrics" => (
+            StatusCode::OK,
+            TEXT_FORMAT,
+            crate::metrics::get().render(node.ipam, node.pins),
+        ),
+        "/v1/enis" => json(pool(introspection::enis)),
+        "/v1/subnets" => json(pool(introspection::subnets)),
+        "/v1/pods" => json(introspection::pods(&node).map_err(|e| e.to_string())),
+        "/v1/config" => json(Ok(introspection::config(&node))),
+        "/v1/status" => json(introspection::status(&node).map_err(|e| e.to_string())),
+        other => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            format!("{other}: not served here ({PATHS})\n"),
+        ),
+    }
 }
 
 /// Listens on `address` and serves every connection in a task of its own; returns the address
@@ -77,26 +138,14 @@ async fn answer(
             ),
         ));
     }
-    match request.uri().path() {
-        "/metrics" => {
-            // Reading the pinned maps is a few syscalls per entry: off the runtime's threads.
-            let rendered = tokio::task::spawn_blocking(move || {
-                crate::metrics::get().render(sources.ipam.as_deref(), &sources.pins)
-            })
-            .await;
-            Ok(match rendered {
-                Ok(text) => respond(StatusCode::OK, TEXT_FORMAT, text),
-                Err(e) => respond(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "text/plain",
-                    format!("rendering the metrics failed: {e}\n"),
-                ),
-            })
-        }
-        path => Ok(respond(
-            StatusCode::NOT_FOUND,
+    let path = request.uri().path().to_owned();
+    let rendered = tokio::task::spawn_blocking(move || render(&sources, &path)).await;
+    Ok(match rendered {
+        Ok((status, content_type, body)) => respond(status, content_type, body),
+        Err(e) => respond(
+            StatusCode::INTERNAL_SERVER_ERROR,
             "text/plain",
-            format!("{path}: not served here (try /metrics)\n"),
-        )),
-    }
+            format!("{}: rendering failed: {e}\n", request.uri().path()),
+        ),
+    })
 }

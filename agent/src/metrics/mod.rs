@@ -5,7 +5,11 @@
 
 pub mod listener;
 
-use std::{sync::LazyLock, time::Duration};
+use std::{
+    collections::VecDeque,
+    sync::{LazyLock, Mutex},
+    time::Duration,
+};
 
 use eniflow_common::{DropReason, DIRECTION_INGRESS, HOOK_NAMES};
 use prometheus::{
@@ -15,7 +19,7 @@ use prometheus::{
 
 use crate::{
     datapath::{self, Pins},
-    ipam::Ipam,
+    ipam::{pool::AddressState, Ipam},
 };
 
 /// CNI commands timed (ADD, DEL, CHECK), as `eniflow_cni_<verb>_duration_seconds`.
@@ -51,7 +55,20 @@ pub struct Metrics {
     ec2_calls: IntCounterVec,
     pool_addresses: IntGaugeVec,
     eni_addresses: IntGaugeVec,
+    /// The last errors of EC2 and of the pool's upkeep, newest last (for `status`).
+    last_errors: Mutex<VecDeque<serde_json::Value>>,
 }
+
+/// Errors `status` shows.
+const LAST_ERRORS: usize = 10;
+
+/// The pool's address states, as label values.
+const STATES: [(AddressState, &str); 4] = [
+    (AddressState::Assigned, "assigned"),
+    (AddressState::Warm, "warm"),
+    (AddressState::Cooling, "cooling"),
+    (AddressState::Leaving, "leaving"),
+];
 
 /// Latency buckets of a CNI command, in seconds (an ADD is tens of milliseconds).
 const CNI_BUCKETS: &[f64] = &[
@@ -244,15 +261,16 @@ impl Metrics {
             pool_addresses: gauges(
                 &r,
                 "eniflow_pool_addresses",
-                "The pool's pod addresses by state (assigned, warm: free to hand out, cooling: released, resting)",
+                "The pool's pod addresses by state (assigned, warm: free to hand out, cooling: released, resting, leaving: being given back)",
                 &["state"],
             ),
             eni_addresses: gauges(
                 &r,
                 "eniflow_eni_addresses",
-                "Pod addresses per ENI and subnet by state (assigned, warm, cooling)",
+                "Pod addresses per ENI and subnet by state (assigned, warm, cooling, leaving)",
                 &["eni", "subnet", "state"],
             ),
+            last_errors: Mutex::default(),
             registry: r,
         }
     }
@@ -282,6 +300,7 @@ impl Metrics {
         self.ec2api_req.with_label_values(&[action]).inc();
         let status = status.map_or_else(String::new, |s| s.to_string());
         if let Some(code) = code {
+            self.note_error(format!("EC2 {action}: {code}"));
             self.ec2api_err.with_label_values(&[action]).inc();
             self.aws_api_err.with_label_values(&[action, code]).inc();
         }
@@ -299,8 +318,23 @@ impl Metrics {
     }
 
     /// A failed step of the pool's upkeep.
-    pub fn ipam_error(&self, step: &str) {
+    pub fn ipam_error(&self, step: &str, error: &dyn std::fmt::Display) {
+        self.note_error(format!("{step}: {error}"));
         self.ipamd_err.with_label_values(&[step]).inc();
+    }
+
+    fn note_error(&self, what: String) {
+        let mut last = self.last_errors.lock().unwrap_or_else(|e| e.into_inner());
+        if last.len() == LAST_ERRORS {
+            last.pop_front();
+        }
+        last.push_back(serde_json::json!({ "at_ms": crate::files::now_ms(), "error": what }));
+    }
+
+    /// The last errors noted, oldest first.
+    pub fn last_errors(&self) -> Vec<serde_json::Value> {
+        let last = self.last_errors.lock().unwrap_or_else(|e| e.into_inner());
+        last.iter().cloned().collect()
     }
 
     /// Addresses of pods taken back because EC2 no longer has them.
@@ -341,13 +375,10 @@ impl Metrics {
             .set(i64::from(ipam.max_enis()) * i64::from(capacity.per_eni));
         let pods: Vec<_> = shares.iter().filter(|s| s.for_pods).collect();
         self.eni_allocated.set(pods.len() as i64);
-        let sum = |f: fn(&&crate::ipam::pool::EniShare) -> u32| -> i64 {
-            pods.iter().map(f).map(i64::from).sum()
-        };
-        let (total, assigned, cooling) =
-            (sum(|s| s.total), sum(|s| s.assigned), sum(|s| s.cooling));
-        self.total_ips.set(total);
-        self.assigned_ips.set(assigned);
+        let sum = |state| -> i64 { pods.iter().map(|s| i64::from(s.count(state))).sum() };
+        self.total_ips
+            .set(pods.iter().map(|s| s.addresses.len() as i64).sum());
+        self.assigned_ips.set(sum(AddressState::Assigned));
         self.total_prefixes
             .set(pods.iter().map(|s| s.eni.prefixes.len() as i64).sum());
         // ENIs come and go: the per-ENI series are rebuilt from what the pool holds now.
@@ -356,24 +387,17 @@ impl Metrics {
         for s in &pods {
             self.assigned_per_eni
                 .with_label_values(&[s.eni.id.as_str()])
-                .set(i64::from(s.assigned));
-            let warm = s.total.saturating_sub(s.assigned + s.cooling);
-            for (state, n) in [
-                ("assigned", s.assigned),
-                ("warm", warm),
-                ("cooling", s.cooling),
-            ] {
+                .set(i64::from(s.count(AddressState::Assigned)));
+            for (state, name) in STATES {
                 self.eni_addresses
-                    .with_label_values(&[s.eni.id.as_str(), s.eni.subnet_id.as_str(), state])
-                    .set(i64::from(n));
+                    .with_label_values(&[s.eni.id.as_str(), s.eni.subnet_id.as_str(), name])
+                    .set(i64::from(s.count(state)));
             }
         }
-        for (state, n) in [
-            ("assigned", assigned),
-            ("warm", (total - assigned - cooling).max(0)),
-            ("cooling", cooling),
-        ] {
-            self.pool_addresses.with_label_values(&[state]).set(n);
+        for (state, name) in STATES {
+            self.pool_addresses
+                .with_label_values(&[name])
+                .set(sum(state));
         }
     }
 }

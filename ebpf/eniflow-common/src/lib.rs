@@ -180,6 +180,15 @@ impl Drops {
         *counter += 1;
     }
 
+    /// Drops for every reason together.
+    pub fn total(&self) -> u64 {
+        let mut sum = 0;
+        for reason in DropReason::ALL {
+            sum += self.get(reason);
+        }
+        sum
+    }
+
     /// The sum of two sets of counters (per-CPU values into one).
     pub fn plus(&self, other: &Drops) -> Drops {
         Drops {
