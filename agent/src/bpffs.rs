@@ -79,6 +79,6 @@ fn mount_default() -> Result<(), BpffsError> {
     if rc != 0 {
         return Err(BpffsError::Mount(io::Error::last_os_error()));
     }
-    log::info!("mounted bpffs at {DEFAULT_MOUNT}");
+    tracing::info!("mounted bpffs at {DEFAULT_MOUNT}");
     Ok(())
 }

@@ -19,6 +19,8 @@ use aws_sdk_ec2::{
     Client,
 };
 
+use tracing::Instrument;
+
 use crate::limits::{Hypervisor, InstanceLimits};
 
 /// EC2 error codes the agent treats specially (names as EC2 spells them).
@@ -183,7 +185,8 @@ impl Ec2 {
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
         let started = std::time::Instant::now();
-        let result = request.await;
+        let span = tracing::debug_span!("ec2", action, outcome = tracing::field::Empty);
+        let result = request.instrument(span.clone()).await;
         let (code, status) = match &result {
             Ok(_) => (None, Some(200)),
             Err(e) => (
@@ -191,6 +194,7 @@ impl Ec2 {
                 e.raw_response().map(|r| r.status().as_u16()),
             ),
         };
+        span.record("outcome", code.unwrap_or("ok"));
         crate::metrics::get().ec2_call(action, code, status, started.elapsed());
         *self
             .calls

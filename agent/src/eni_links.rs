@@ -146,7 +146,7 @@ pub async fn watch(plane: Arc<Plane>, imds: imds::Client, ipam: Arc<Ipam>, mut s
     let nl = match crate::netlink::connect() {
         Ok(nl) => nl,
         Err(e) => {
-            log::error!("ENI watcher: cannot open a route netlink socket: {e}");
+            tracing::error!("ENI watcher: cannot open a route netlink socket: {e}");
             return;
         }
     };
@@ -169,7 +169,7 @@ pub async fn watch(plane: Arc<Plane>, imds: imds::Client, ipam: Arc<Ipam>, mut s
                 Ok(true) => Some((pool, Instant::now())),
                 Ok(false) => None,
                 Err(e) => {
-                    log::warn!("ENI watcher: {e}");
+                    tracing::warn!("ENI watcher: {e}");
                     None
                 }
             };

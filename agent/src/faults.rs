@@ -35,7 +35,7 @@ pub fn inject(step: &'static str) -> Result<(), Injected> {
             .collect()
     });
     if armed.remove(step) {
-        log::warn!("fault injection: failing step {step} once");
+        tracing::warn!("fault injection: failing step {step} once");
         return Err(Injected(step));
     }
     Ok(())

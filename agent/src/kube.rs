@@ -238,7 +238,7 @@ impl Cluster {
                 )
             })?;
         let kube = Kube::new(&server, args.kube_token_file.clone(), &args.kube_ca_file)?;
-        log::info!("node {node} of the cluster at {server}");
+        tracing::info!("node {node} of the cluster at {server}");
         Ok(Some(Cluster { kube, node }))
     }
 
@@ -275,10 +275,10 @@ impl Cluster {
             loop {
                 match kube.merge_patch(&path, &patch).await {
                     Ok(_) => {
-                        log::info!("max pods {max_pods} annotated on node {node}");
+                        tracing::info!("max pods {max_pods} annotated on node {node}");
                         return;
                     }
-                    Err(e) => log::warn!(
+                    Err(e) => tracing::warn!(
                         "cannot annotate node {node} with max pods yet (again in {wait:?}): {e}"
                     ),
                 }

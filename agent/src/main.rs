@@ -11,7 +11,7 @@ use eniflow_agent::{bpffs, cni, datapath, install, max_pods::MaxPodsArgs, netlin
 #[derive(Parser)]
 #[command(version, about = "eniflow's node agent")]
 struct Cli {
-    /// eniflow's directory on bpffs; objects are pinned under <dir>/v1/.
+    /// eniflow's directory on bpffs; objects are pinned under <dir>/v2/.
     #[arg(
         long,
         env = "ENIFLOW_BPFFS_ROOT",
@@ -22,8 +22,39 @@ struct Cli {
     /// Run inside this network namespace (e.g. /run/netns/node) instead of the current one.
     #[arg(long, env = "ENIFLOW_NETNS", global = true)]
     netns: Option<PathBuf>,
+    /// Logs on stderr: text, or json (one object a line, for log shippers). Levels per module
+    /// through RUST_LOG (default info).
+    #[arg(
+        long,
+        env = "ENIFLOW_LOG_FORMAT",
+        default_value = "text",
+        global = true
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs go to stderr through `tracing`; the `log` records of dependencies join them.
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A span's close line carries its fields as finally recorded: one line per CNI request
+    // with its result (refill rounds and EC2 calls are debug-level spans).
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
 }
 
 #[derive(Subcommand)]
@@ -66,8 +97,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
+    init_logs(cli.log_format);
     // Before any thread exists, so every runtime thread lives in the namespace too.
     if let Some(ns) = &cli.netns {
         if let Err(e) = netlink::enter(ns) {

@@ -169,7 +169,7 @@ pub async fn run(pins: Pins, args: RunArgs) -> Result<()> {
     let started = std::time::Instant::now();
     if let Some(dir) = &args.install_shim {
         let shim = install::install_shim(dir)?;
-        log::info!("installed {}", shim.display());
+        tracing::info!("installed {}", shim.display());
     }
     // Knobs and interface names are checked before anything is loaded or attached: a typo
     // attaches nothing.
@@ -220,7 +220,7 @@ pub async fn run(pins: Pins, args: RunArgs) -> Result<()> {
                     args.metrics_address
                 )
             })?;
-        log::info!("metrics served on http://{bound}/metrics");
+        tracing::info!("metrics served on http://{bound}/metrics");
     }
     if let (Some((ipam, imds)), Some(branch_pods)) = (&ipam, branch_pods) {
         let plane = Arc::new(Plane::new(dp)?);
@@ -246,7 +246,7 @@ pub async fn run(pins: Pins, args: RunArgs) -> Result<()> {
         conflist
             .write(&args.cni_conflist)
             .with_context(|| format!("write {}", args.cni_conflist.display()))?;
-        log::info!("node network-ready: wrote {}", args.cni_conflist.display());
+        tracing::info!("node network-ready: wrote {}", args.cni_conflist.display());
         metrics::get().started(started.elapsed(), with_api_server);
     }
     if let Some(path) = &args.ready_file {
@@ -256,7 +256,7 @@ pub async fn run(pins: Pins, args: RunArgs) -> Result<()> {
         }
         std::fs::write(path, b"ready\n").with_context(|| format!("write {}", path.display()))?;
     }
-    log::info!(
+    tracing::info!(
         "serving {} interface(s); pinned under {}",
         args.interfaces.len(),
         pinned_under.display()
@@ -269,7 +269,7 @@ pub async fn run(pins: Pins, args: RunArgs) -> Result<()> {
     if ipam.is_some() && args.remove_conflist_on_exit {
         let _ = std::fs::remove_file(&args.cni_conflist);
     }
-    log::info!("stopping; attachments stay pinned (`eniflow-agent uninstall` removes them)");
+    tracing::info!("stopping; attachments stay pinned (`eniflow-agent uninstall` removes them)");
     Ok(())
 }
 
@@ -317,16 +317,16 @@ async fn serve_cni(
     );
     let released = pods.release_unwired().await;
     if released > 0 {
-        log::info!("released {released} address(es) of pods deleted while the agent was away");
+        tracing::info!("released {released} address(es) of pods deleted while the agent was away");
     }
     let adopted = pods.restore_data_plane().await;
     if adopted > 0 {
-        log::info!("re-adopted the data plane of {adopted} pod(s)");
+        tracing::info!("re-adopted the data plane of {adopted} pod(s)");
     }
     let socket = cni::server::serve(&args.socket, cni::server::Service::new(pods))
         .await
         .with_context(|| format!("serve the CNI socket {}", args.socket.display()))?;
-    log::info!("CNI requests served on {}", socket.display());
+    tracing::info!("CNI requests served on {}", socket.display());
     Ok(())
 }
 
@@ -357,7 +357,7 @@ async fn start_pool(
     config.create_trunk = args.create_trunk;
     config.vpc_cni_checkpoint = Some(args.vpc_cni_checkpoint.clone());
     config.cluster_name = args.cluster_name.clone();
-    log::info!(
+    tracing::info!(
         "instance {} ({}, {}); pool checkpoint {}",
         node.id,
         node.instance_type,
@@ -369,7 +369,7 @@ async fn start_pool(
     // Readers (kubelet's tooling) see the old figure or the new, never a torn one.
     files::write_atomically(&args.max_pods_file, format!("{max_pods}\n").as_bytes())
         .with_context(|| format!("write {}", args.max_pods_file.display()))?;
-    log::info!(
+    tracing::info!(
         "max pods {max_pods} (written to {})",
         args.max_pods_file.display()
     );

@@ -90,7 +90,7 @@ impl Snat {
         if iptables(&jump("-C")).is_err() {
             iptables(&jump("-A"))?;
         }
-        log::info!("off-VPC pod traffic SNATed to {primary} (chain {CHAIN})");
+        tracing::info!("off-VPC pod traffic SNATed to {primary} (chain {CHAIN})");
         self.applied = Some(wanted);
         Ok(())
     }

@@ -79,6 +79,17 @@ impl Agent {
     /// Starts `eniflow-agent run <args>` in `netns` with extra environment `env`, and waits until
     /// it is ready.
     pub fn start_with(netns: &str, bpffs_root: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_logging(netns, bpffs_root, args, env, Stdio::inherit())
+    }
+
+    /// The same, with the agent's stderr (its logs) going to `logs`.
+    pub fn start_logging(
+        netns: &str,
+        bpffs_root: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        logs: Stdio,
+    ) -> Self {
         let ready = std::env::temp_dir().join(format!("{}.ready", crate::unique_name("agent")));
         let _ = std::fs::remove_file(&ready);
         let mut child = Command::new(binary("eniflow-agent"))
@@ -92,6 +103,7 @@ impl Agent {
             .arg(&ready)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
+            .stderr(logs)
             .spawn()
             .expect("start eniflow-agent");
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -73,13 +73,19 @@ impl PodNode {
     }
 
     pub fn start_agent(&mut self) {
+        self.start_agent_logging(&[], Stdio::inherit());
+    }
+
+    /// Starts the agent with more environment, its stderr (its logs) going to `logs`.
+    pub fn start_agent_logging(&mut self, more_env: &[(&str, &str)], logs: Stdio) {
         let mut args = self.files.args();
         args.extend(self.extra.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let netns = self.lab.node.netns.path();
         let mut env: Vec<(&str, &str)> = LAB_NODE_ENV.to_vec();
         env.extend(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        self.agent = Some(Agent::start_with(&netns, &self.root, &args, &env));
+        env.extend_from_slice(more_env);
+        self.agent = Some(Agent::start_logging(&netns, &self.root, &args, &env, logs));
     }
 
     pub fn socket(&self) -> String {

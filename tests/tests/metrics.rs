@@ -395,3 +395,71 @@ fn in_prefix(a: &str, prefix: &Value) -> bool {
     let a: std::net::Ipv4Addr = a.parse().unwrap();
     u32::from(a) & !15 == u32::from(base)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_a_line_with_a_span_per_cni_request() {
+    require_root();
+    let mut node = Node::start().await;
+    node.agent.take().unwrap().stop();
+    let log_path = std::path::PathBuf::from(node.files.path("agent.log"));
+    let log = std::fs::File::create(&log_path).unwrap();
+    node.start_agent_logging(
+        &[("ENIFLOW_LOG_FORMAT", "json"), ("RUST_LOG", "info")],
+        log.into(),
+    );
+    let (netns, ok) = add(&node, "logged");
+    assert!(ok);
+    // A namespace path that is a plain file: the shim passes it on, the agent refuses it.
+    let not_a_netns = node.files.path("not-a-netns");
+    std::fs::write(&not_a_netns, b"").unwrap();
+    let refused = node.cni_with(
+        "ADD",
+        "c-logged-2",
+        not_a_netns,
+        "eth0",
+        &pod_args("logged-2"),
+        &node.config(),
+    );
+    assert!(!refused.ok, "{}", refused.json);
+    drop(netns);
+    node.agent.take().unwrap().stop();
+
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not one JSON object ({e}): {l}"))
+        })
+        .collect();
+    assert!(lines.len() > 3, "{text}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["level"].is_string() && l["timestamp"].is_string()),
+        "{text}"
+    );
+    // Each request's span closes with what it was and how it ended.
+    let closed = |container: &str| {
+        lines
+            .iter()
+            .find(|l| {
+                l["span"]["name"] == "cni"
+                    && l["span"]["container"] == container
+                    && l["fields"]["message"] == "close"
+            })
+            .unwrap_or_else(|| panic!("no closed span of {container}:\n{text}"))
+            .clone()
+    };
+    let ok_span = closed("c-logged")["span"].clone();
+    assert_eq!(ok_span["command"], "Add", "{ok_span}");
+    assert_eq!(ok_span["pod"], "default/logged", "{ok_span}");
+    assert_eq!(ok_span["result"], "ok", "{ok_span}");
+    let refused_span = closed("c-logged-2")["span"].clone();
+    assert!(
+        refused_span["result"]
+            .as_str()
+            .unwrap()
+            .starts_with("error "),
+        "{refused_span}"
+    );
+}

@@ -120,7 +120,7 @@ impl<A: Addresses, W: Wiring, D: DataPlane> Lifecycle<A, W, D> {
             }
         };
         let pod = self.pod(r, &hold);
-        log::info!(
+        tracing::info!(
             "ADD {} {}/{}: {hold}, veth {}",
             r.container_id,
             r.pod_namespace,
@@ -260,7 +260,7 @@ impl<A: Addresses, W: Wiring, D: DataPlane> Lifecycle<A, W, D> {
             .filter_map(|key| r.config.get(*key)?.as_array())
             .collect();
         if lists.is_empty() {
-            log::warn!(
+            tracing::warn!(
                 "GC of network {}: no cni.dev/valid-attachments in the request, so every pod counts as attached; nothing unwired",
                 r.network
             );
@@ -282,7 +282,7 @@ impl<A: Addresses, W: Wiring, D: DataPlane> Lifecycle<A, W, D> {
             if owner.network != r.network || valid.contains(&key) {
                 continue;
             }
-            log::info!("GC {}: {hold} is no longer attached", owner.container_id);
+            tracing::info!("GC {}: {hold} is no longer attached", owner.container_id);
             self.unwire(Some(&hold), &BTreeSet::from([self.veth(&hold)]))
                 .await?;
         }
@@ -303,7 +303,7 @@ impl<A: Addresses, W: Wiring, D: DataPlane> Lifecycle<A, W, D> {
                 .await
                 .is_ok()
             {
-                log::info!(
+                tracing::info!(
                     "{hold} of {}: its veth {veth} is gone; released",
                     hold.owner().container_id
                 );

@@ -18,6 +18,7 @@ use eniflow_api::{
 };
 use serde_json::Value;
 use tonic::{Request as GrpcRequest, Response, Status};
+use tracing::Instrument;
 
 use super::{
     error::CniError,
@@ -78,7 +79,16 @@ where
     async fn run(&self, request: CniRequest, command: Command) -> Response<CniReply> {
         let pods = self.pods.clone();
         let version = cni_version(&request);
-        let task = tokio::spawn(async move { answer(&pods, request, command).await });
+        // One span per request: its close line carries the command, container, pod and result.
+        let span = tracing::info_span!(
+            "cni",
+            command = ?command,
+            container = %request.container_id,
+            pod = tracing::field::Empty,
+            result = tracing::field::Empty,
+        );
+        let task =
+            tokio::spawn(async move { answer(&pods, request, command).await }.instrument(span));
         task.await.unwrap_or_else(|e| {
             let e = CniError::new(
                 cni_errors::IO_FAILURE,
@@ -119,15 +129,26 @@ async fn answer<A: Addresses, W: Wiring, D: DataPlane>(
     let needs_container = matches!(command, Command::Add | Command::Del | Command::Check);
     let started = Instant::now();
     let outcome = match request::parse(&request, needs_container) {
-        Ok(r) => match command {
-            Command::Add => pods.add(&r).await.map(Some),
-            Command::Del => pods.del(&r).await.map(|()| None),
-            Command::Check => pods.check(&r).await.map(|()| None),
-            Command::Status => pods.status().map(|()| None),
-            Command::Gc => pods.gc(&r).await.map(|()| None),
-        },
+        Ok(r) => {
+            if !r.pod_name.is_empty() {
+                let pod = format!("{}/{}", r.pod_namespace, r.pod_name);
+                tracing::Span::current().record("pod", pod.as_str());
+            }
+            match command {
+                Command::Add => pods.add(&r).await.map(Some),
+                Command::Del => pods.del(&r).await.map(|()| None),
+                Command::Check => pods.check(&r).await.map(|()| None),
+                Command::Status => pods.status().map(|()| None),
+                Command::Gc => pods.gc(&r).await.map(|()| None),
+            }
+        }
         Err(e) => Err(e),
     };
+    let result = match &outcome {
+        Ok(_) => "ok".to_owned(),
+        Err(e) => format!("error {}", e.code),
+    };
+    tracing::Span::current().record("result", result.as_str());
     let timed = match command {
         Command::Add => Some(Verb::Add),
         Command::Del => Some(Verb::Del),
@@ -141,7 +162,7 @@ async fn answer<A: Addresses, W: Wiring, D: DataPlane>(
     match outcome {
         Ok(output) => reply(output, false),
         Err(e) => {
-            log::warn!("{command:?} {}: {}", request.container_id, e.msg);
+            tracing::warn!("{command:?} {}: {}", request.container_id, e.msg);
             reply(Some(result::error(&version, &e)), true)
         }
     }
@@ -200,7 +221,7 @@ pub async fn serve(socket: &Path, service: NodeService) -> std::io::Result<PathB
             .serve_with_incoming(incoming)
             .await;
         if let Err(e) = served {
-            log::error!("the CNI service stopped: {e}");
+            tracing::error!("the CNI service stopped: {e}");
         }
     });
     Ok(socket.to_owned())

@@ -76,7 +76,7 @@ pub async fn ensure(dp: &mut Datapath, hook: &Hook) -> Result<Outcome, DatapathE
         AttachMode::Auto => match attach_tcx(dp, hook) {
             Ok(outcome) => Ok(outcome),
             Err(tcx) => {
-                log::info!("{hook}: tcx unavailable ({tcx}); using clsact");
+                tracing::info!("{hook}: tcx unavailable ({tcx}); using clsact");
                 attach_clsact(dp, hook, inherited_flags).await
             }
         },

@@ -215,7 +215,7 @@ impl Datapath {
         for direction in Direction::BOTH {
             let hook = Hook::eni(ifname, direction)?;
             let outcome = attach::ensure(self, &hook).await?;
-            log::info!("{hook}: {outcome}");
+            tracing::info!("{hook}: {outcome}");
             done.push((hook, outcome));
         }
         Ok(done)

@@ -89,7 +89,7 @@ impl Plane {
         // pins go too (an interface that is still there keeps what is attached to it).
         for ifindex in gone {
             if crate::netlink::ifname(ifindex).is_none() {
-                log::info!("ENI ifindex {ifindex} is gone; its attachments are forgotten");
+                tracing::info!("ENI ifindex {ifindex} is gone; its attachments are forgotten");
                 self.forget_interface(ifindex).await;
             }
         }
@@ -152,7 +152,7 @@ impl Plane {
             };
             match self.add_pod(&pod.host_veth, port).await {
                 Ok(()) => adopted += 1,
-                Err(e) => log::warn!("pod {}: cannot re-adopt its data plane: {e}", pod.addr),
+                Err(e) => tracing::warn!("pod {}: cannot re-adopt its data plane: {e}", pod.addr),
             }
         }
         let stale: Vec<(Ipv4Addr, u32)> = {

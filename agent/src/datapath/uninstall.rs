@@ -38,7 +38,7 @@ pub async fn uninstall(pins: &Pins) -> Result<(), LeftBehind> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             // Not empty: something that is not eniflow's lives there; leave it.
             Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
-                log::warn!(
+                tracing::warn!(
                     "kept {}: it holds objects eniflow did not create",
                     dir.display()
                 );
@@ -131,7 +131,7 @@ async fn remove_clsact_if_empty(nl: &rtnetlink::Handle, ifindex: u32, errors: &m
         match tc::bpf_filters(nl, ifindex, direction).await {
             Ok(filters) if filters.is_empty() => {}
             Ok(_) => {
-                log::warn!("kept the clsact qdisc on ifindex {ifindex}: other filters use it");
+                tracing::warn!("kept the clsact qdisc on ifindex {ifindex}: other filters use it");
                 return;
             }
             Err(e) if gone(&e) => return,

@@ -213,7 +213,7 @@ pub async fn for_node(
         (None, Some(cluster)) => from_api(&cluster.kube, &name).await?,
         (None, None) => return Err(EniConfigError("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG=true needs the ENIConfigs: the Kubernetes API in a cluster, else --eni-configs (ENIFLOW_ENI_CONFIGS)".into())),
     };
-    log::info!(
+    tracing::info!(
         "custom networking: ENIConfig {} (subnet {})",
         config.name,
         config.subnet

@@ -27,7 +27,7 @@ pub async fn sweep(
         }
         match ec2.delete(&eni.id).await {
             Ok(()) => {
-                log::info!("leak sweep: deleted {}", eni.id);
+                tracing::info!("leak sweep: deleted {}", eni.id);
                 deleted.push(eni.id);
             }
             // Another node's sweep, or an attach that won the race: not ours to fight over.

@@ -144,7 +144,7 @@ impl Ipam {
                         instance.instance_type
                     ))
                 })?;
-                log::warn!("DescribeInstanceTypes failed ({e}); using the bundled limits");
+                tracing::warn!("DescribeInstanceTypes failed ({e}); using the bundled limits");
                 bundled
             }
         };
@@ -199,7 +199,7 @@ impl Ipam {
             None => match &config.vpc_cni_checkpoint {
                 Some(path) => match checkpoint::import_vpc_cni(path)? {
                     Some(imported) => {
-                        log::info!(
+                        tracing::info!(
                             "imported {} allocation(s) from VPC CNI's {}",
                             imported.len(),
                             path.display()
@@ -212,7 +212,7 @@ impl Ipam {
             },
         };
         for gone in pool.restore(allocations, cooling) {
-            log::warn!(
+            tracing::warn!(
                 "dropping the allocation of {} for {:?}: the address is on none of the node's ENIs",
                 gone.ipv4,
                 gone.owner

@@ -9,6 +9,8 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use tracing::Instrument;
+
 use super::{subnets, warm::Plan, Allocation, Ipam, IpamError};
 use crate::{
     ec2::{codes, Ec2Error, Eni, NewEni},
@@ -79,7 +81,7 @@ impl Ipam {
                     Ok(lost) => crate::metrics::get().force_removed(lost.len()),
                     Err(e) => {
                         crate::metrics::get().ipam_error("nodeIPPoolReconcile", &e);
-                        log::warn!("reconcile: {e}");
+                        tracing::warn!("reconcile: {e}");
                     }
                 }
             }
@@ -92,20 +94,23 @@ impl Ipam {
                         super::leaks::sweep(&self.ec2, cluster, super::leaks::DEFAULT_MIN_AGE, now)
                             .await
                     {
-                        log::warn!("leak sweep: {e}");
+                        tracing::warn!("leak sweep: {e}");
                     }
                 }
             }
-            let refilled = self.refill().await;
+            let refilled = self
+                .refill()
+                .instrument(tracing::debug_span!("refill"))
+                .await;
             if let Err(e) = &refilled {
                 crate::metrics::get().ipam_error("refill", e);
             }
             match refilled {
                 Ok(_) => {}
-                Err(IpamError::Ec2(e)) if e.is_authorization() => log::error!(
+                Err(IpamError::Ec2(e)) if e.is_authorization() => tracing::error!(
                     "refill: EC2 refused for lack of permission ({e}); check the node role's IAM policy"
                 ),
-                Err(e) => log::warn!("refill: {e}"),
+                Err(e) => tracing::warn!("refill: {e}"),
             }
             self.refilled.send_replace(true);
             let _ = tokio::time::timeout(self.config.refill_period, self.wake.notified()).await;
@@ -140,7 +145,7 @@ impl Ipam {
     }
 
     fn pause(&self, which: &Mutex<BTreeMap<String, Instant>>, subnet: &str, why: &Ec2Error) {
-        log::warn!(
+        tracing::warn!(
             "refill: passing over {subnet} for {:?}: {why}",
             self.config.subnet_pause
         );
@@ -200,7 +205,9 @@ impl Ipam {
                 }
                 // Someone else used slots on it: learn EC2's view; the next step uses it.
                 Err(e) if e.is(codes::PRIVATE_IP_ADDRESS_LIMIT_EXCEEDED) => {
-                    log::warn!("refill: {eni} is fuller than eniflow knew ({e}); re-reading it");
+                    tracing::warn!(
+                        "refill: {eni} is fuller than eniflow knew ({e}); re-reading it"
+                    );
                     if let Some(fresh) = self.ec2.eni(&eni).await? {
                         self.lock().add_eni(fresh, true);
                     }
@@ -282,7 +289,7 @@ impl Ipam {
     /// deleted again.
     async fn add_eni(&self, left: u32) -> Result<(), IpamError> {
         let Some(device_index) = self.free_device_index(true) else {
-            log::debug!("refill: the node has its {} ENIs; no more", self.max_enis);
+            tracing::debug!("refill: the node has its {} ENIs; no more", self.max_enis);
             return Ok(());
         };
         let per_eni = self.limits.ipv4_per_eni.saturating_sub(1);
@@ -320,7 +327,7 @@ impl Ipam {
                 }
             }
         }
-        log::warn!("refill: no eligible subnet has free addresses for a new ENI");
+        tracing::warn!("refill: no eligible subnet has free addresses for a new ENI");
         Ok(())
     }
 
@@ -383,7 +390,7 @@ impl Ipam {
                     status: "in-use".into(),
                     ..created
                 };
-                log::info!(
+                tracing::info!(
                     "refill: attached {} ({}) at device index {device_index} with {} address(es) and {} prefix(es)",
                     eni.id,
                     eni.subnet_id,
@@ -396,7 +403,7 @@ impl Ipam {
             Err(e) => {
                 // Not attached, so not the node's: give it back now rather than leak it.
                 if let Err(d) = self.ec2.delete(&created.id).await {
-                    log::warn!(
+                    tracing::warn!(
                         "refill: {} could not be deleted after a failed attach ({d}); the leak sweep will",
                         created.id
                     );
@@ -425,7 +432,7 @@ impl Ipam {
         let mut pool = self.lock();
         let lost = pool.reconcile(attached, now_ms(), self.config.lost_grace);
         for a in &lost {
-            log::error!(
+            tracing::error!(
                 "reconcile: {} of pod {}/{} ({}) is no longer on the node (detached or unassigned outside eniflow)",
                 a.ipv4,
                 a.pod_namespace,
@@ -482,7 +489,7 @@ impl Ipam {
             // Detached (or detaching): it no longer serves pods either way.
             self.lock().remove_eni(&eni.id);
             self.delete_when_detached(&eni.id).await?;
-            log::info!("refill: detached and deleted {}", eni.id);
+            tracing::info!("refill: detached and deleted {}", eni.id);
         }
         Ok(())
     }
@@ -494,7 +501,9 @@ impl Ipam {
                 None => return Ok(()),
                 Some(e) if e.status == "available" => break,
                 Some(_) if Instant::now() >= deadline => {
-                    log::warn!("refill: {id} is still detaching; the leak sweep will delete it");
+                    tracing::warn!(
+                        "refill: {id} is still detaching; the leak sweep will delete it"
+                    );
                     return Ok(());
                 }
                 Some(_) => tokio::time::sleep(Duration::from_millis(500)).await,

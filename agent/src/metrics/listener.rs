@@ -93,7 +93,7 @@ pub async fn serve(address: SocketAddr, sources: Sources) -> std::io::Result<Soc
             let (stream, _) = match listener.accept().await {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    log::warn!("metrics listener: accept: {e}");
+                    tracing::warn!("metrics listener: accept: {e}");
                     continue;
                 }
             };
@@ -104,7 +104,7 @@ pub async fn serve(address: SocketAddr, sources: Sources) -> std::io::Result<Soc
                     .serve_connection(TokioIo::new(stream), service)
                     .await
                 {
-                    log::debug!("metrics listener: connection: {e}");
+                    tracing::debug!("metrics listener: connection: {e}");
                 }
             });
         }

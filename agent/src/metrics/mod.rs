@@ -358,11 +358,11 @@ impl Metrics {
         let mut families = self.registry.gather();
         match kernel_families(pins) {
             Ok(kernel) => families.extend(kernel),
-            Err(e) => log::warn!("metrics: the kernel's counters: {e}"),
+            Err(e) => tracing::warn!("metrics: the kernel's counters: {e}"),
         }
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
-            log::warn!("metrics: encoding: {e}");
+            tracing::warn!("metrics: encoding: {e}");
         }
         String::from_utf8(out).unwrap_or_default()
     }
