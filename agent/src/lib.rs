@@ -17,6 +17,7 @@ pub mod kube;
 pub mod limits;
 pub mod max_pods;
 pub mod metrics;
+pub mod monitor;
 pub mod netlink;
 pub mod snat;
 pub mod status;

@@ -6,7 +6,9 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use eniflow_agent::{bpffs, cni, datapath, install, max_pods::MaxPodsArgs, netlink, snat, status};
+use eniflow_agent::{
+    bpffs, cni, datapath, install, max_pods::MaxPodsArgs, monitor, netlink, snat, status,
+};
 
 #[derive(Parser)]
 #[command(version, about = "eniflow's node agent")]
@@ -82,6 +84,16 @@ enum Command {
         #[arg(long, default_value = "5", value_parser = run::seconds)]
         timeout: std::time::Duration,
     },
+    /// Print packets eniflow's programs drop, as they happen (reason, hook, pod, addresses,
+    /// ports), from the pinned ring buffer; rate-limited in the kernel, so a flood shows a
+    /// sample while the counters keep every drop.
+    Monitor {
+        #[arg(long, default_value = "text")]
+        format: monitor::Format,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<u64>,
+    },
     /// Detach and unpin everything eniflow made, and nothing else.
     Uninstall,
     /// Prepare the node (privileged, before `run`; the DaemonSet's init container): put the CNI
@@ -131,6 +143,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(args) => run::run(pins, *args).await,
         Command::Status { agent } => Ok(status::print(&pins, agent).await?),
+        Command::Monitor { format, count } => Ok(monitor::run(&pins, format, count).await?),
         Command::Install { cni_bin_dir } => {
             let shim = install::install_shim(&cni_bin_dir)?;
             install::set_node_sysctls()?;

@@ -149,6 +149,21 @@ impl Drop for Agent {
     }
 }
 
+/// Starts a long-running agent command (`monitor`) with its stdout piped; the caller waits for
+/// it or kills it (by its PID).
+pub fn spawn(netns: &str, bpffs_root: &Path, args: &[&str]) -> std::process::Child {
+    Command::new(binary("eniflow-agent"))
+        .arg("--netns")
+        .arg(netns)
+        .arg("--bpffs-root")
+        .arg(bpffs_root)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run eniflow-agent")
+}
+
 /// Runs a one-shot agent command (`status`, `uninstall`) and returns its output.
 pub fn command(netns: &str, bpffs_root: &Path, args: &[&str]) -> Output {
     Command::new(binary("eniflow-agent"))

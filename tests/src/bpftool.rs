@@ -16,6 +16,15 @@ pub fn dump(path: &Path) -> Vec<Value> {
     }
 }
 
+/// `bpftool -j map show pinned <path>`: the map's type, sizes and BTF id.
+pub fn show(path: &Path) -> Value {
+    let out = crate::sh::run(
+        "bpftool",
+        &["-j", "map", "show", "pinned", &path.to_string_lossy()],
+    );
+    serde_json::from_str(&out).expect("bpftool -j prints JSON")
+}
+
 /// `bpftool map delete pinned <path> key hex …`: removes one entry, as an operator would.
 pub fn delete(path: &Path, key: &[u8]) {
     change(path, "delete", &[("key", key)]);

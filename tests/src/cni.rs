@@ -92,6 +92,11 @@ impl PodNode {
         self.files.socket()
     }
 
+    /// A long-running agent command (`monitor`) on this node's namespace and pins.
+    pub fn agent_spawn(&self, args: &[&str]) -> std::process::Child {
+        agent::spawn(&self.lab.node.netns.path(), &self.root, args)
+    }
+
     /// A one-shot agent command (`status`, `uninstall`) on this node's namespace and pins.
     pub fn agent_command(&self, args: &[&str]) -> std::process::Output {
         agent::command(&self.lab.node.netns.path(), &self.root, args)

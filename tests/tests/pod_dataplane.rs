@@ -215,6 +215,8 @@ async fn a_pod_sending_from_another_pods_address_is_dropped_and_counted() {
     assert!(enis.len() >= 2, "the node's ENIs: {enis:?}");
     let enis: Vec<&str> = enis.iter().map(String::as_str).collect();
     let (pods_before, hooks_before) = (node.pod_drops(), node.hook_drops());
+    // The on-call view: the monitor prints the drops as they happen.
+    let monitor = node.agent_spawn(&["monitor", "--format", "json", "--count", "1"]);
     let leaked = capture_on(
         node_ns,
         &enis,
@@ -257,6 +259,31 @@ async fn a_pod_sending_from_another_pods_address_is_dropped_and_counted() {
         [&("pod_egress".to_owned(), "spoofed_source")],
         "{by_hook:?}"
     );
+    let event = first_event(monitor);
+    assert_eq!(event["reason"], "spoofed_source", "{event}");
+    assert_eq!(event["hook"], "pod_egress", "{event}");
+    assert_eq!(event["pod"], spoofer.ip.as_str(), "{event}");
+    assert_eq!(event["source"], victim.ip.as_str(), "{event}");
+    assert_eq!(event["destination"], host.as_str(), "{event}");
+    assert_eq!(event["protocol"], "icmp", "{event}");
+}
+
+/// The first event a `monitor --count 1` printed (it is killed if none came within 10 s).
+fn first_event(mut monitor: std::process::Child) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while monitor.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = monitor.kill();
+            let _ = monitor.wait();
+            panic!("the monitor printed no drop event within 10 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = monitor.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "monitor: {text}");
+    serde_json::from_str(text.lines().next().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("monitor printed no JSON event ({e}): {text}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,6 +42,11 @@ pub mod maps {
     pub const CONFIG: &str = "config";
     /// Drops by hook, per CPU (`HOOK_*` index → `Drops`), whether or not a pod is known.
     pub const HOOK_DROPS: &str = "hook_drops";
+    /// Dropped packets as they happen (a ring buffer of `DropEvent`s, rate-limited per CPU):
+    /// what `eniflow-agent monitor` reads.
+    pub const DROP_EVENTS: &str = "drop_events";
+    /// When each CPU last reported a drop event (index 0 → `EventClock`, per CPU).
+    pub const DROP_EVENT_CLOCK: &str = "drop_event_clock";
     /// Every map the object declares; each is pinned by the agent.
     pub const ALL: &[&str] = &[
         IFACE_STATS,
@@ -55,6 +60,8 @@ pub mod maps {
         BRANCHES,
         CONFIG,
         HOOK_DROPS,
+        DROP_EVENTS,
+        DROP_EVENT_CLOCK,
     ];
 }
 
@@ -200,6 +207,41 @@ impl Drops {
             redirect_failed: self.redirect_failed + other.redirect_failed,
         }
     }
+}
+
+/// A CPU reports at most one drop event per this many nanoseconds: a flood of drops costs the
+/// ring buffer a thousand events a second per CPU, and forwarding nothing more.
+pub const DROP_EVENT_INTERVAL_NS: u64 = 1_000_000;
+
+/// One dropped packet, as the programs report it on `drop_events`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropEvent {
+    /// `bpf_ktime_get_ns` when it was dropped.
+    pub ktime_ns: u64,
+    /// `DropReason` code.
+    pub reason: u32,
+    /// `HOOK_*`.
+    pub hook: u32,
+    /// The interface the hook is on.
+    pub ifindex: u32,
+    /// The pod it was counted against.
+    pub pod_addr: [u8; 4],
+    pub saddr: [u8; 4],
+    pub daddr: [u8; 4],
+    /// Host order; 0 where the protocol has none.
+    pub sport: u16,
+    pub dport: u16,
+    /// IP protocol number.
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+
+/// When a CPU last reported a drop event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventClock {
+    pub last_ns: u64,
 }
 
 /// `IfaceKey::direction` for tc ingress.
@@ -379,6 +421,8 @@ mod user {
     unsafe impl aya::Pod for super::Destination {}
     unsafe impl aya::Pod for super::PodStats {}
     unsafe impl aya::Pod for super::Drops {}
+    unsafe impl aya::Pod for super::DropEvent {}
+    unsafe impl aya::Pod for super::EventClock {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::TrunkVlan {}
     unsafe impl aya::Pod for super::BranchPort {}

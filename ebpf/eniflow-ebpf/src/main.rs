@@ -25,6 +25,7 @@ use eniflow_common::{
     HOOK_ENI_INGRESS, HOOK_POD_EGRESS, SG_POD_MARK,
 };
 use packet::Ipv4;
+use state::Site;
 
 const AF_INET: u32 = 2;
 const ETH_P_8021Q: u16 = 0x8100;
@@ -33,17 +34,23 @@ const PACKET_HOST: u32 = 0;
 /// tc ingress of a pod's host veth: what the pod sends.
 #[classifier]
 pub fn pod_egress(mut ctx: TcContext) -> i32 {
-    let Some(veth) = state::veth(ifindex(&ctx)) else {
+    let here = ifindex(&ctx);
+    let Some(veth) = state::veth(here) else {
         return TC_ACT_UNSPEC;
     };
     let Some(ip) = packet::ipv4(&ctx) else {
         return TC_ACT_UNSPEC;
     };
+    let site = Site {
+        hook: HOOK_POD_EGRESS,
+        ifindex: here,
+        ip,
+    };
     let len = u64::from(ctx.len());
     // Anti-spoofing: EC2 would drop it at the ENI; dropping here names the pod that sent it.
     let own = u32::from_ne_bytes(veth.pod_addr);
     if ip.saddr != own {
-        return state::drop(HOOK_POD_EGRESS, own, DropReason::SpoofedSource);
+        return state::drop(&site, own, DropReason::SpoofedSource);
     }
     state::count(ip.saddr, |s| {
         s.sent_packets += 1;
@@ -62,11 +69,11 @@ pub fn pod_egress(mut ctx: TcContext) -> i32 {
             // of its VPC traffic leaves through its branch ENI, on its VLAN of the trunk.
             if !strict {
                 if let Some(peer) = peer {
-                    return deliver(&mut ctx, HOOK_POD_EGRESS, &peer, ip.daddr, len);
+                    return deliver(&mut ctx, &site, &peer, ip.daddr, len);
                 }
             }
             if kind == DEST_VPC || (strict && kind == DEST_NODE) {
-                return out_of_branch(&ctx, HOOK_POD_EGRESS, &own, ip.saddr);
+                return out_of_branch(&ctx, &site, &own, ip.saddr);
             }
             // Services and off-VPC: the stack (DNAT) first, then out by the branch ENI, never
             // SNATed to the node (the ENI egress program moves it onto the pod's VLAN).
@@ -76,11 +83,11 @@ pub fn pod_egress(mut ctx: TcContext) -> i32 {
         _ => {
             // In strict mode a security-group pod is reached through the VPC only.
             if let Some(peer) = peer.filter(|p| p.vlan == 0 || !strict) {
-                return deliver(&mut ctx, HOOK_POD_EGRESS, &peer, ip.daddr, len);
+                return deliver(&mut ctx, &site, &peer, ip.daddr, len);
             }
             if kind == DEST_VPC {
                 if let Some(own) = own.filter(|p| p.eni_ifindex != 0) {
-                    return out_of_eni(HOOK_POD_EGRESS, own.eni_ifindex, ip.saddr);
+                    return out_of_eni(&site, own.eni_ifindex, ip.saddr);
                 }
             }
         }
@@ -122,8 +129,13 @@ pub fn eni_ingress(mut ctx: TcContext) -> i32 {
     let Some(ip) = packet::ipv4(&ctx) else {
         return TC_ACT_UNSPEC;
     };
+    let site = Site {
+        hook: HOOK_ENI_INGRESS,
+        ifindex: ifindex(&ctx),
+        ip,
+    };
     if let Some(vlan) = vlan_of(&ctx) {
-        return branch_ingress(&mut ctx, vlan, &ip);
+        return branch_ingress(&mut ctx, vlan, &site);
     }
     let Some(pod) = state::pod(ip.daddr) else {
         return TC_ACT_UNSPEC;
@@ -132,7 +144,7 @@ pub fn eni_ingress(mut ctx: TcContext) -> i32 {
         return TC_ACT_UNSPEC;
     }
     let len = u64::from(ctx.len());
-    deliver(&mut ctx, HOOK_ENI_INGRESS, &pod, ip.daddr, len)
+    deliver(&mut ctx, &site, &pod, ip.daddr, len)
 }
 
 /// tc egress of an ENI: a pod's packet the stack sent out of an ENI that does not own the
@@ -147,6 +159,11 @@ pub fn eni_egress(ctx: TcContext) -> i32 {
         return TC_ACT_UNSPEC;
     };
     let here = ifindex(&ctx);
+    let site = Site {
+        hook: HOOK_ENI_EGRESS,
+        ifindex: here,
+        ip,
+    };
     if pod.vlan != 0 && pod.eni_ifindex == here {
         // A security-group pod's frame on its trunk: it carries the branch ENI's MAC.
         if let Some(vlan) = vlan_of(&ctx) {
@@ -154,11 +171,7 @@ pub fn eni_egress(ctx: TcContext) -> i32 {
                 if branch.pod_addr == ip.saddr.to_ne_bytes() {
                     let mut ctx = ctx;
                     if !packet::set_source_mac(&mut ctx, &branch.mac) {
-                        return state::drop(
-                            HOOK_ENI_EGRESS,
-                            ip.saddr,
-                            DropReason::HeaderRewriteFailed,
-                        );
+                        return state::drop(&site, ip.saddr, DropReason::HeaderRewriteFailed);
                     }
                 }
             }
@@ -169,9 +182,9 @@ pub fn eni_egress(ctx: TcContext) -> i32 {
         return TC_ACT_UNSPEC;
     }
     if pod.vlan != 0 {
-        return out_of_branch(&ctx, HOOK_ENI_EGRESS, &pod, ip.saddr);
+        return out_of_branch(&ctx, &site, &pod, ip.saddr);
     }
-    out_of_eni(HOOK_ENI_EGRESS, pod.eni_ifindex, ip.saddr)
+    out_of_eni(&site, pod.eni_ifindex, ip.saddr)
 }
 
 /// The VLAN id of a tagged frame (tag in skb metadata).
@@ -183,8 +196,9 @@ fn vlan_of(ctx: &TcContext) -> Option<u16> {
 
 /// A frame on VLAN `vlan` of a trunk: into the security-group pod on it, untagged.
 #[inline(always)]
-fn branch_ingress(ctx: &mut TcContext, vlan: u16, ip: &Ipv4) -> i32 {
-    let trunk = ifindex(ctx);
+fn branch_ingress(ctx: &mut TcContext, vlan: u16, site: &Site) -> i32 {
+    let ip = &site.ip;
+    let trunk = site.ifindex;
     let Some(branch) = state::branch(trunk, vlan) else {
         return TC_ACT_UNSPEC;
     };
@@ -196,38 +210,38 @@ fn branch_ingress(ctx: &mut TcContext, vlan: u16, ip: &Ipv4) -> i32 {
     };
     // SAFETY: the program's own skb.
     if unsafe { bpf_skb_vlan_pop(ctx.skb.skb) } != 0 {
-        return state::drop(HOOK_ENI_INGRESS, ip.daddr, DropReason::VlanTagFailed);
+        return state::drop(site, ip.daddr, DropReason::VlanTagFailed);
     }
     if ip.stack_only || state::is_stack_flow(ip.daddr, ip.protocol, ip.dport) {
         // The stack must see it (its NAT): addressed to the trunk itself, as if untagged.
         let Some(eni) = state::eni(trunk) else {
-            return state::drop(HOOK_ENI_INGRESS, ip.daddr, DropReason::NoTrunkEni);
+            return state::drop(site, ip.daddr, DropReason::NoTrunkEni);
         };
         if !packet::set_dest_mac(ctx, &eni.mac) {
-            return state::drop(HOOK_ENI_INGRESS, ip.daddr, DropReason::HeaderRewriteFailed);
+            return state::drop(site, ip.daddr, DropReason::HeaderRewriteFailed);
         }
         // SAFETY: the program's own skb.
         unsafe { bpf_skb_change_type(ctx.skb.skb, PACKET_HOST) };
         return TC_ACT_UNSPEC;
     }
     let len = u64::from(ctx.len());
-    deliver(ctx, HOOK_ENI_INGRESS, &pod, ip.daddr, len)
+    deliver(ctx, site, &pod, ip.daddr, len)
 }
 
 /// Out of the trunk on the security-group pod's VLAN, toward its branch ENI's subnet router
 /// (the trunk's egress program then puts the branch ENI's MAC on it).
 #[inline(always)]
-fn out_of_branch(ctx: &TcContext, hook: u32, pod: &Pod, pod_addr: u32) -> i32 {
+fn out_of_branch(ctx: &TcContext, site: &Site, pod: &Pod, pod_addr: u32) -> i32 {
     let Some(branch) = state::branch(pod.eni_ifindex, pod.vlan) else {
         // The branch ENI is not known yet: no way out that EC2 would accept.
-        return state::drop(hook, pod_addr, DropReason::NoBranchEni);
+        return state::drop(site, pod_addr, DropReason::NoBranchEni);
     };
     // SAFETY: the program's own skb.
     if unsafe { bpf_skb_vlan_push(ctx.skb.skb, ETH_P_8021Q.to_be(), pod.vlan) } != 0 {
-        return state::drop(hook, pod_addr, DropReason::VlanTagFailed);
+        return state::drop(site, pod_addr, DropReason::VlanTagFailed);
     }
     redirect_via(
-        hook,
+        site,
         pod.eni_ifindex,
         u32::from_ne_bytes(branch.gateway),
         pod_addr,
@@ -247,14 +261,14 @@ fn to_stack(ip: &Ipv4) -> i32 {
 
 /// Into `pod`, whose address is `addr`, as if its host veth had sent it.
 #[inline(always)]
-fn deliver(ctx: &mut TcContext, hook: u32, pod: &Pod, addr: u32, len: u64) -> i32 {
+fn deliver(ctx: &mut TcContext, site: &Site, pod: &Pod, addr: u32, len: u64) -> i32 {
     if !packet::set_macs(ctx, &pod.pod_mac, &pod.host_mac) {
-        return state::drop(hook, addr, DropReason::HeaderRewriteFailed);
+        return state::drop(site, addr, DropReason::HeaderRewriteFailed);
     }
     // SAFETY: a helper call with plain arguments.
     let verdict = unsafe { bpf_redirect_peer(pod.host_ifindex, 0) } as i32;
     if verdict != TC_ACT_REDIRECT as i32 {
-        state::count_drop(hook, addr, DropReason::RedirectFailed);
+        state::count_drop(site, addr, DropReason::RedirectFailed);
         return verdict;
     }
     state::count(addr, |s| {
@@ -266,17 +280,17 @@ fn deliver(ctx: &mut TcContext, hook: u32, pod: &Pod, addr: u32, len: u64) -> i3
 
 /// Out of the ENI `eni_ifindex` toward its subnet's router: per-pod source routing.
 #[inline(always)]
-fn out_of_eni(hook: u32, eni_ifindex: u32, pod_addr: u32) -> i32 {
+fn out_of_eni(site: &Site, eni_ifindex: u32, pod_addr: u32) -> i32 {
     let Some(eni) = state::eni(eni_ifindex) else {
         // Not known yet: the stack's route is the best there is.
         return TC_ACT_UNSPEC;
     };
-    redirect_via(hook, eni_ifindex, u32::from_ne_bytes(eni.gateway), pod_addr)
+    redirect_via(site, eni_ifindex, u32::from_ne_bytes(eni.gateway), pod_addr)
 }
 
 /// Out of `ifindex` to the next hop `gateway` (network order), L2 filled in by the kernel.
 #[inline(always)]
-fn redirect_via(hook: u32, ifindex: u32, gateway: u32, pod_addr: u32) -> i32 {
+fn redirect_via(site: &Site, ifindex: u32, gateway: u32, pod_addr: u32) -> i32 {
     let mut next_hop = bpf_redir_neigh {
         nh_family: AF_INET,
         __bindgen_anon_1: bpf_redir_neigh__bindgen_ty_1 { ipv4_nh: gateway },
@@ -291,7 +305,7 @@ fn redirect_via(hook: u32, ifindex: u32, gateway: u32, pod_addr: u32) -> i32 {
         )
     } as i32;
     if verdict != TC_ACT_REDIRECT as i32 {
-        state::count_drop(hook, pod_addr, DropReason::RedirectFailed);
+        state::count_drop(site, pod_addr, DropReason::RedirectFailed);
     }
     verdict
 }

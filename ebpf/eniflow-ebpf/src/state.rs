@@ -3,14 +3,18 @@
 
 use aya_ebpf::{
     bindings::TC_ACT_SHOT,
-    btf_maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
+    btf_maps::{
+        lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf,
+    },
     helpers::bpf_ktime_get_ns,
     macros::btf_map,
 };
 use eniflow_common::{
-    BranchPort, Config, Destination, DropReason, Drops, Eni, FlowKey, Pod, PodStats, TrunkVlan,
-    Veth, CONFIG_SG_STRICT, HOOKS,
+    BranchPort, Config, Destination, DropEvent, DropReason, Drops, Eni, EventClock, FlowKey, Pod,
+    PodStats, TrunkVlan, Veth, CONFIG_SG_STRICT, DROP_EVENT_INTERVAL_NS, HOOKS,
 };
+
+use crate::packet::Ipv4;
 
 const MAX_PODS: usize = eniflow_common::MAX_PODS as usize;
 const MAX_ENIS: usize = eniflow_common::MAX_ENIS as usize;
@@ -44,6 +48,14 @@ pub static BRANCHES: HashMap<TrunkVlan, BranchPort, MAX_PODS> = HashMap::new();
 /// Every drop, by hook: counted even when the pod's own counters do not exist (yet).
 #[btf_map(name = "hook_drops")]
 pub static HOOK_DROPS: PerCpuArray<Drops, { HOOKS as usize }> = PerCpuArray::new();
+
+/// 256 KiB: a few thousand events waiting for the monitor; when it is full, events are lost,
+/// never packets.
+#[btf_map(name = "drop_events")]
+pub static DROP_EVENTS: RingBuf<DropEvent, { 256 * 1024 }> = RingBuf::new();
+
+#[btf_map(name = "drop_event_clock")]
+pub static DROP_EVENT_CLOCK: PerCpuArray<EventClock, 1> = PerCpuArray::new();
 
 #[btf_map(name = "config")]
 pub static CONFIG: Array<Config, 1> = Array::new();
@@ -102,21 +114,57 @@ pub fn count(addr: u32, update: impl FnOnce(&mut PodStats)) {
     }
 }
 
-/// Counts a drop of a packet of the pod at `addr` on `hook` (`HOOK_*`), in the hook's and the
-/// pod's counters.
+/// Where a program is deciding on a packet: its hook (`HOOK_*`), the hook's interface, and the
+/// packet.
+#[derive(Clone, Copy)]
+pub struct Site {
+    pub hook: u32,
+    pub ifindex: u32,
+    pub ip: Ipv4,
+}
+
+/// Counts a drop of a packet of the pod at `addr` at `site`, in the hook's and the pod's
+/// counters, and reports it to the monitor unless this CPU reported one less than
+/// `DROP_EVENT_INTERVAL_NS` ago.
 #[inline(always)]
-pub fn count_drop(hook: u32, addr: u32, reason: DropReason) {
-    if let Some(drops) = HOOK_DROPS.get_ptr_mut(hook) {
+pub fn count_drop(site: &Site, addr: u32, reason: DropReason) {
+    if let Some(drops) = HOOK_DROPS.get_ptr_mut(site.hook) {
         // SAFETY: this CPU's slot, touched by nothing else until this program returns.
         unsafe { (*drops).count(reason) };
     }
     count(addr, |s| s.drops.count(reason));
+    // SAFETY: a plain helper call with no arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(clock) = DROP_EVENT_CLOCK.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's slot, as above.
+    let clock = unsafe { &mut *clock };
+    if now.wrapping_sub(clock.last_ns) < DROP_EVENT_INTERVAL_NS {
+        return;
+    }
+    clock.last_ns = now;
+    let event = DropEvent {
+        ktime_ns: now,
+        reason: reason as u32,
+        hook: site.hook,
+        ifindex: site.ifindex,
+        pod_addr: addr.to_ne_bytes(),
+        saddr: site.ip.saddr.to_ne_bytes(),
+        daddr: site.ip.daddr.to_ne_bytes(),
+        sport: site.ip.sport,
+        dport: site.ip.dport,
+        protocol: site.ip.protocol,
+        _pad: [0; 3],
+    };
+    // A full ring loses the event, never the count.
+    let _ = DROP_EVENTS.output(&event, 0);
 }
 
-/// Drops the packet: counted, then `TC_ACT_SHOT`. No program drops any other way.
+/// Drops the packet: counted and reported, then `TC_ACT_SHOT`. No program drops any other way.
 #[inline(always)]
-pub fn drop(hook: u32, addr: u32, reason: DropReason) -> i32 {
-    count_drop(hook, addr, reason);
+pub fn drop(site: &Site, addr: u32, reason: DropReason) -> i32 {
+    count_drop(site, addr, reason);
     TC_ACT_SHOT as i32
 }
 
