@@ -15,6 +15,7 @@ pub mod lab;
 pub mod netns;
 pub mod prometheus;
 pub mod raw;
+pub mod report;
 pub mod sh;
 
 /// Fails the test unless it runs as root: these tests create namespaces and attach programs,

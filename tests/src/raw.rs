@@ -55,6 +55,11 @@ fn checksum(header: &[u8]) -> u16 {
 
 /// Sends `frame` out of `ifindex` of the calling thread's network namespace.
 pub fn send(ifindex: u32, frame: &[u8]) {
+    send_many(ifindex, frame, 1);
+}
+
+/// Sends `frame` `count` times out of `ifindex`, through one socket (a flood).
+pub fn send_many(ifindex: u32, frame: &[u8], count: usize) {
     // SAFETY: plain socket syscalls on a descriptor this function owns and closes.
     unsafe {
         let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
@@ -68,21 +73,22 @@ pub fn send(ifindex: u32, frame: &[u8]) {
         to.sll_ifindex = ifindex as i32;
         to.sll_halen = 6;
         to.sll_addr[..6].copy_from_slice(&frame[..6]);
-        let sent = libc::sendto(
-            fd,
-            frame.as_ptr().cast(),
-            frame.len(),
-            0,
-            (&to as *const libc::sockaddr_ll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        );
-        let err = std::io::Error::last_os_error();
+        for _ in 0..count {
+            let sent = libc::sendto(
+                fd,
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&to as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            if sent != frame.len() as isize {
+                let err = std::io::Error::last_os_error();
+                libc::close(fd);
+                panic!("send on ifindex {ifindex}: {err}");
+            }
+        }
         libc::close(fd);
-        assert_eq!(
-            sent,
-            frame.len() as isize,
-            "send on ifindex {ifindex}: {err}"
-        );
     }
 }
 

@@ -3,6 +3,7 @@
 mod cmd;
 mod ebpf;
 mod image;
+mod report;
 mod setup;
 
 use std::{
@@ -144,12 +145,25 @@ enum BenchPart {
     Kubelet,
 }
 
+impl BenchPart {
+    /// The part's name in the report directory.
+    fn name(self) -> &'static str {
+        match self {
+            BenchPart::Ipam => "ipam",
+            BenchPart::Cni => "cni",
+            BenchPart::Datapath => "datapath",
+            BenchPart::Kubelet => "kubelet",
+        }
+    }
+}
+
 fn bench(part: Option<BenchPart>) -> Result<()> {
     let runs = |p| part.is_none_or(|only| only == p);
     setup::run_all()?;
     ebpf::build()?;
     step("build: cargo build --workspace --bins");
     cmd::cargo(&["build", "--quiet", "--workspace", "--bins"])?;
+    report::clear(part.map(BenchPart::name))?;
     if runs(BenchPart::Ipam) {
         step("bench: the address pool against the lab's EC2 emulator");
         cmd::run(&mut std::process::Command::new(
@@ -179,6 +193,8 @@ fn bench(part: Option<BenchPart>) -> Result<()> {
             root().join("target/debug/eniflow-bench-kubelet"),
         ))?;
     }
+    let report = report::assemble()?;
+    step(&format!("report: {}", report.display()));
     Ok(())
 }
 

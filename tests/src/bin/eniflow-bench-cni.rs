@@ -15,6 +15,7 @@ use eniflow_tests::{
     cni::{cnitool, pod_args, PodNode},
     lab::{LabSpec, SubnetSpec},
     netns::Netns,
+    report::{self, Part, Series, Table},
     require_root,
 };
 use serde_json::json;
@@ -171,6 +172,9 @@ async fn main() {
     println!();
     println!("| path | other pods on the node | ADD p50 | ADD p99 | DEL p50 | DEL p99 |");
     println!("|---|---|---|---|---|---|");
+    let mut rows = Vec::new();
+    let mut cdfs = Vec::new();
+    let mut data = Vec::new();
     for path in [Path::EniflowShim, Path::EniflowCnitool, Path::BridgeCnitool] {
         for background in [0, BACKGROUND] {
             let pods: Vec<Netns> = (0..background).map(|_| Netns::new("bg")).collect();
@@ -178,18 +182,53 @@ async fn main() {
                 bench.cni(path, "ADD", n, pod);
             }
             let (adds, dels) = bench.sample(path);
-            println!(
-                "| {} | {background} | {:.1} | {:.1} | {:.1} | {:.1} |",
-                path.name(),
-                percentile(&adds, 50.0),
-                percentile(&adds, 99.0),
-                percentile(&dels, 50.0),
-                percentile(&dels, 99.0)
-            );
+            let row = vec![
+                path.name().to_owned(),
+                background.to_string(),
+                format!("{:.1}", percentile(&adds, 50.0)),
+                format!("{:.1}", percentile(&adds, 99.0)),
+                format!("{:.1}", percentile(&dels, 50.0)),
+                format!("{:.1}", percentile(&dels, 99.0)),
+            ];
+            println!("| {} |", row.join(" | "));
+            rows.push(row);
+            if background == BACKGROUND {
+                cdfs.push(Series {
+                    name: path.name().to_owned(),
+                    points: report::cdf(&adds),
+                });
+            }
+            data.push(json!({
+                "path": path.name(), "other_pods": background, "add_ms": adds, "del_ms": dels,
+            }));
             for (n, pod) in pods.iter().enumerate() {
                 bench.cni(path, "DEL", n, pod);
             }
         }
     }
     let _ = node.lab.node.netns.ip(&["link", "del", "cnibench0"]);
+    let figure = report::line_chart(
+        "cni-add-cdf.svg",
+        &format!("CNI ADD latency with {BACKGROUND} other pods on the node"),
+        ("ADD latency, ms", "fraction of ADDs at or below"),
+        &cdfs,
+        &[],
+    );
+    Part {
+        name: "cni".into(),
+        title: "Pods: CNI ADD and DEL latency".into(),
+        method: format!(
+            "{SAMPLES} pods added and deleted one after another on the lab's node (m5.16xlarge, max pods 250), with 0 and {BACKGROUND} other pods; the pool is full first and released addresses are reusable at once, so ADD never waits for EC2. eniflow through its shim run as a runtime runs it and through cnitool, Debian's bridge + host-local through cnitool, in one run."
+        ),
+        tables: vec![Table {
+            caption: "Latency, ms".into(),
+            header: ["path", "other pods", "ADD p50", "ADD p99", "DEL p50", "DEL p99"]
+                .map(String::from)
+                .to_vec(),
+            rows,
+        }],
+        figures: vec![(figure, format!("ADD latency CDF with {BACKGROUND} other pods"))],
+        data: json!(data),
+    }
+    .write();
 }

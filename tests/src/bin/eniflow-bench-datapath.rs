@@ -9,6 +9,11 @@
 //! - eniflow: the same topology with eniflow's programs on the ENI and the pod's host veth and
 //!   the other pods in its maps (no ip rule at all).
 //!
+//! Then, with 1000 pods, the cost of drops: eniflow's TCP_RR while another pod on the node
+//! floods spoofed packets (each dropped and counted, a sample reported to the drop monitor),
+//! against TCP_RR without the flood, interleaved; and the CPU the agent's scrape and pods
+//! view take with 250 pods in the maps (in-process, the agent's own code).
+//!
 //! Topology of the routed ways: pod ns ─veth─ node ns ─veth "eni"─ VPC ns (the subnet router
 //! 10.1.0.1 and the server 10.9.0.10). Run as root; netperf and netserver come from
 //! $ENIFLOW_NETPERF_DIR (`cargo xtask bench` fetches them).
@@ -23,10 +28,21 @@ use eniflow_agent::datapath::{
     self, AttachMode, Datapath, EniPort, Forwarding, Pins, Plane, PodPort,
 };
 use eniflow_common::ENI_ROLE_PRIMARY;
-use eniflow_tests::{bpffs_dir, netns::Netns, require_root, BpffsDir};
+use eniflow_tests::{
+    bpffs_dir,
+    netns::Netns,
+    raw::{self, UdpFrame},
+    report::{self, Part, Series, Table},
+    require_root, BpffsDir,
+};
 use serde_json::Value;
 
 const POD: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 20);
+/// The flooding pod, and the address it spoofs.
+const SPOOFER: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 21);
+const SPOOFED: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 99);
+/// Spoofed packets a second the flood aims at (100k over a 3 s run).
+const FLOOD_PPS: u64 = 33_000;
 const ENI_PRIMARY: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 5);
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
 const SERVER: &str = "10.9.0.10";
@@ -171,6 +187,19 @@ impl Routed {
     }
 }
 
+/// A second pod behind the eniflow node, which will flood spoofed packets: its namespace and
+/// host veth.
+fn add_spoofer(routed: &Routed) -> (Netns, String) {
+    let pod = Netns::new("bspoof");
+    let host_veth = "enibench1".to_owned();
+    routed.node.add_veth(&host_veth, &pod, "eth0");
+    routed.node.ip(&["link", "set", &host_veth, "up"]);
+    pod.ip(&["addr", "add", &format!("{SPOOFER}/32"), "dev", "eth0"]);
+    pod.ip(&["addr", "add", &format!("{SPOOFED}/32"), "dev", "eth0"]);
+    pod.ip(&["link", "set", "eth0", "up"]);
+    (pod, host_veth)
+}
+
 /// Another pod's address: 10.2.0.0/16, none of them the measured pod's.
 fn other_pod(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 2, (i / 250) as u8, (i % 250 + 1) as u8)
@@ -221,12 +250,21 @@ fn grow_rules(node: &Netns, from: usize, to: usize, first: bool) {
 }
 
 /// eniflow's programs on the node's ENI and the pod's veth, with the pod and the ENI in its maps.
-fn install_eniflow(routed: &Routed, pins: &Pins) {
+fn install_eniflow(routed: &Routed, spoofer: &(Netns, String), pins: &Pins) {
     let eni_mac = mac_of(&routed.node, "eni");
     let host_mac = mac_of(&routed.node, &routed.host_veth);
     let pod_mac = mac_of(&routed.pod, "eth0");
     let eni_ifindex = routed.node.ifindex("eni");
     let host_veth = routed.host_veth.clone();
+    let spoofer_port = PodPort {
+        addr: SPOOFER,
+        eni_id: "eni-bench".into(),
+        host_ifindex: routed.node.ifindex(&spoofer.1),
+        host_mac: mac_of(&routed.node, &spoofer.1),
+        pod_mac: mac_of(&spoofer.0, "eth0"),
+        branch: None,
+    };
+    let spoofer_veth = spoofer.1.clone();
     let pins = pins.clone();
     routed.node.within(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -259,6 +297,10 @@ fn install_eniflow(routed: &Routed, pins: &Pins) {
                 branch: None,
             };
             plane.add_pod(&host_veth, pod).await.expect("add the pod");
+            plane
+                .add_pod(&spoofer_veth, spoofer_port)
+                .await
+                .expect("add the flooding pod");
         });
     });
 }
@@ -334,6 +376,79 @@ fn bar(ratio: f64) -> String {
     "#".repeat((ratio * 40.0).round().clamp(0.0, 60.0) as usize)
 }
 
+/// CPU seconds this thread has used.
+fn thread_cpu_s() -> f64 {
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage fills the struct it is given.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// CPU milliseconds per call of the agent's metrics scrape and of its pods view (both read the
+/// pinned maps), over `calls` calls each.
+fn scrape_cost(pins: &Pins, calls: usize) -> (f64, f64) {
+    let settings = serde_json::json!({});
+    let node = eniflow_agent::introspection::Node {
+        ipam: None,
+        branch_pods: None,
+        pins,
+        settings: &settings,
+    };
+    let started = thread_cpu_s();
+    for _ in 0..calls {
+        let text = eniflow_agent::metrics::get().render(None, pins);
+        assert!(text.contains("eniflow_drops_total"));
+    }
+    let metrics = (thread_cpu_s() - started) * 1000.0 / calls as f64;
+    let started = thread_cpu_s();
+    for _ in 0..calls {
+        let pods = eniflow_agent::introspection::pods(&node).expect("the pods view");
+        assert!(pods["pods"].as_array().unwrap().len() > 1);
+    }
+    let pods = (thread_cpu_s() - started) * 1000.0 / calls as f64;
+    (metrics, pods)
+}
+
+/// Spoofed drops the programs counted so far (every hook).
+fn spoofed_drops(pins: &Pins) -> u64 {
+    datapath::read_hook_drops(pins)
+        .expect("read hook_drops")
+        .iter()
+        .map(|(_, d)| d.spoofed_source)
+        .sum()
+}
+
+/// Floods spoofed UDP from the spoofer pod at about FLOOD_PPS until `stop`; returns the
+/// packets sent.
+fn flood(spoofer: &Netns, host_mac: [u8; 6], stop: &std::sync::atomic::AtomicBool) -> u64 {
+    let frame = UdpFrame {
+        dst_mac: host_mac,
+        src_mac: mac_of(spoofer, "eth0"),
+        vlan: None,
+        src: SPOOFED,
+        dst: SERVER.parse().unwrap(),
+        src_port: 5000,
+        dst_port: 5001,
+        payload: vec![0; 64],
+    }
+    .bytes();
+    let ifindex = spoofer.ifindex("eth0");
+    spoofer.within(|| {
+        let started = std::time::Instant::now();
+        let mut sent = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            raw::send_many(ifindex, &frame, 500);
+            sent += 500;
+            let due = std::time::Duration::from_secs_f64(sent as f64 / FLOOD_PPS as f64);
+            if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(ahead);
+            }
+        }
+        sent
+    })
+}
+
 fn main() {
     require_root();
     for tool in ["netperf", "netserver"] {
@@ -348,9 +463,10 @@ fn main() {
     let floor_server = floor.right_addr.to_string();
     let rules = Routed::new();
     let fast = Routed::new();
+    let spoofer = add_spoofer(&fast);
     let root: BpffsDir = bpffs_dir("bench-dp");
     let pins = Pins::new(&*root);
-    install_eniflow(&fast, &pins);
+    install_eniflow(&fast, &spoofer, &pins);
     let mut servers = vec![
         netserver(&floor.right),
         netserver(&rules.vpc),
@@ -361,10 +477,15 @@ fn main() {
         "netperf {SECONDS} s per run, {ROUNDS} interleaved rounds; median, and ratio to the floor"
     );
     let mut others = 0;
+    let mut measured = Vec::new();
+    let mut scrape = None;
     for (n, count) in POD_COUNTS.into_iter().enumerate() {
         grow_rules(&rules.node, others, count - 1, n == 0);
         grow_map(&pins, others, count - 1);
         others = count - 1;
+        if count == 250 {
+            scrape = Some(scrape_cost(&pins, 50));
+        }
         let rule_count = rules.node.ip(&["rule", "show"]).lines().count();
         for test in ["TCP_RR", "TCP_STREAM"] {
             let mut results: Vec<Vec<f64>> = vec![Vec::new(); 3];
@@ -395,8 +516,43 @@ fn main() {
                     bar(ratio)
                 );
             }
+            measured.push((count, test, medians));
         }
     }
+
+    // Drops under a flood: the measured pod's TCP_RR with another pod flooding spoofed packets.
+    let host_mac = mac_of(&fast.node, &spoofer.1);
+    let (mut quiet, mut flooded) = (Vec::new(), Vec::new());
+    let (mut sent, before) = (0, spoofed_drops(&pins));
+    for _ in 0..ROUNDS {
+        quiet.push(netperf(&fast.pod, SERVER, "TCP_RR"));
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let flooding = scope.spawn(|| flood(&spoofer.0, host_mac, &stop));
+            flooded.push(netperf(&fast.pod, SERVER, "TCP_RR"));
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            sent += flooding.join().expect("the flood");
+        });
+    }
+    let counted = spoofed_drops(&pins) - before;
+    let (quiet, flooded) = (median(&mut quiet), median(&mut flooded));
+    let flood_seconds = ROUNDS as f64 * SECONDS.parse::<f64>().unwrap();
+    println!(
+        "\ndrops under a flood ({} pods): TCP_RR {quiet:.0} quiet, {flooded:.0} while another pod floods spoofed packets ({:.0}/s, {sent} sent, {counted} counted): {:.3}x",
+        POD_COUNTS[2],
+        sent as f64 / flood_seconds,
+        flooded / quiet
+    );
+    let (scrape_ms, pods_ms) = scrape.expect("measured at 250 pods");
+    println!(
+        "scrape cost with 250 pods: metrics {scrape_ms:.2} ms CPU, pods view {pods_ms:.2} ms CPU per call"
+    );
+
+    write_part(
+        &measured,
+        (quiet, flooded, sent, counted),
+        (scrape_ms, pods_ms),
+    );
     for server in &mut servers {
         let _ = server.kill();
         let _ = server.wait();
@@ -411,4 +567,104 @@ fn main() {
     if let Err(errors) = uninstall {
         eprintln!("uninstall left: {errors:?}");
     }
+}
+
+/// The report's data-plane part: a table and a figure per test, the flood and the scrape.
+fn write_part(
+    measured: &[(usize, &str, Vec<f64>)],
+    (quiet, flooded, sent, counted): (f64, f64, u64, u64),
+    (scrape_ms, pods_ms): (f64, f64),
+) {
+    let mut part = Part {
+        name: "datapath".into(),
+        title: "Packets: pod to VPC host".into(),
+        method: format!(
+            "netperf, {SECONDS} s per run, {ROUNDS} interleaved rounds, median; ratios to the floor (one veth) in the same round. The ip-rules way routes the pod the VPC CNI way (two rules per pod); eniflow's programs keep every counter (per pod, per hook, drops) on."
+        ),
+        ..Default::default()
+    };
+    let mut data = Vec::new();
+    for test in ["TCP_RR", "TCP_STREAM"] {
+        let rows: Vec<_> = measured.iter().filter(|(_, t, _)| *t == test).collect();
+        let unit = if test == "TCP_RR" {
+            "trans/s"
+        } else {
+            "Mbit/s"
+        };
+        part.tables.push(Table {
+            caption: format!("{test} ({unit}; ratio to the floor)"),
+            header: ["pods", "floor", "per-pod ip rules", "eniflow"]
+                .map(String::from)
+                .to_vec(),
+            rows: rows
+                .iter()
+                .map(|(count, _, m)| {
+                    vec![
+                        count.to_string(),
+                        format!("{:.0}", m[0]),
+                        format!("{:.0} ({:.2}x)", m[1], m[1] / m[0]),
+                        format!("{:.0} ({:.2}x)", m[2], m[2] / m[0]),
+                    ]
+                })
+                .collect(),
+        });
+        let series: Vec<Series> = [(1, "per-pod ip rules"), (2, "eniflow")]
+            .iter()
+            .map(|(i, name)| Series {
+                name: name.to_string(),
+                points: rows
+                    .iter()
+                    .map(|(count, _, m)| (*count as f64, m[*i] / m[0]))
+                    .collect(),
+            })
+            .collect();
+        let file = report::line_chart(
+            &format!("datapath-{}.svg", test.to_lowercase()),
+            &format!("{test}: ratio to the floor against pods on the node"),
+            ("pods on the node", "ratio to the floor"),
+            &series,
+            &[],
+        );
+        part.figures.push((
+            file,
+            format!("{test} as a ratio to the floor, by pods on the node"),
+        ));
+        for (count, _, m) in rows {
+            data.push(serde_json::json!({
+                "test": test, "pods": count, "floor": m[0], "ip_rules": m[1], "eniflow": m[2],
+            }));
+        }
+    }
+    part.tables.push(Table {
+        caption: format!(
+            "Drops under a flood ({} pods): another pod on the node floods spoofed UDP, every packet dropped at pod_egress and counted, a sample (at most 1000/s per CPU) reported to the monitor",
+            POD_COUNTS[2]
+        ),
+        header: ["TCP_RR quiet", "TCP_RR flooded", "ratio", "spoofed sent", "drops counted"]
+            .map(String::from)
+            .to_vec(),
+        rows: vec![vec![
+            format!("{quiet:.0}"),
+            format!("{flooded:.0}"),
+            format!("{:.3}", flooded / quiet),
+            sent.to_string(),
+            counted.to_string(),
+        ]],
+    });
+    part.tables.push(Table {
+        caption:
+            "The agent's scrape with 250 pods in the maps (its own code, in-process; CPU per call)"
+                .into(),
+        header: ["GET /metrics", "GET /v1/pods"].map(String::from).to_vec(),
+        rows: vec![vec![
+            format!("{scrape_ms:.2} ms"),
+            format!("{pods_ms:.2} ms"),
+        ]],
+    });
+    part.data = serde_json::json!({
+        "rows": data,
+        "flood": { "quiet": quiet, "flooded": flooded, "sent": sent, "counted": counted },
+        "scrape_ms": { "metrics": scrape_ms, "pods": pods_ms },
+    });
+    part.write();
 }

@@ -12,7 +12,10 @@ use eniflow_agent::{
     instance::{self, Instance},
     ipam::{Config, Ipam, Knobs, Owner},
 };
-use eniflow_tests::lab::api_vpc::ApiVpc;
+use eniflow_tests::{
+    lab::api_vpc::ApiVpc,
+    report::{self, Part, Series, Table},
+};
 
 struct Knobset {
     name: &'static str,
@@ -117,26 +120,59 @@ async fn add_pod(ipam: &Ipam, n: usize, tally: &mut Tally) {
     }
 }
 
-async fn one_node(knobs: &Knobset, dir: &std::path::Path) -> (Tally, u32, u32) {
+/// The pool step by step (each pod arriving or leaving, then the refill): addresses held and
+/// assigned, and the steps that made mutating EC2 calls.
+#[derive(Default)]
+struct Trace {
+    held: Vec<(f64, f64)>,
+    assigned: Vec<(f64, f64)>,
+    ec2_steps: Vec<f64>,
+}
+
+impl Trace {
+    fn record(&mut self, step: usize, ipam: &Ipam, mutating_before: &mut u64) {
+        let c = ipam.counts();
+        self.held.push((step as f64, f64::from(c.total)));
+        self.assigned.push((step as f64, f64::from(c.assigned)));
+        let mutating: u64 = ipam
+            .ec2()
+            .calls()
+            .iter()
+            .filter(|((action, _), _)| !action.starts_with("Describe"))
+            .map(|(_, n)| n)
+            .sum();
+        if mutating > *mutating_before {
+            self.ec2_steps.push(step as f64);
+        }
+        *mutating_before = mutating;
+    }
+}
+
+async fn one_node(knobs: &Knobset, dir: &std::path::Path) -> (Tally, u32, u32, Trace) {
     let vpc = ApiVpc::new().await;
     let subnet = vpc.subnet("10.0.0.0/18", "us-west-2a").await;
     let node = vpc.launch("c5.4xlarge", &subnet).await;
     let ipam = start(&vpc, &node.id, knobs, dir).await;
     let mut tally = Tally::default();
+    let mut trace = Trace::default();
+    let mut mutating = 0;
     ipam.refill().await.expect("refill");
+    trace.record(0, &ipam, &mut mutating);
     for n in 0..110 {
         add_pod(&ipam, n, &mut tally).await;
         ipam.refill().await.expect("refill");
         tally.peak_idle = tally.peak_idle.max(idle(&ipam));
+        trace.record(n + 1, &ipam, &mut mutating);
     }
     let idle_at_110 = idle(&ipam);
     for n in 0..110 {
         ipam.release(&owner(n)).expect("release");
         ipam.refill().await.expect("refill");
+        trace.record(111 + n, &ipam, &mut mutating);
     }
     let idle_at_0 = idle(&ipam);
     tally.add(&ipam);
-    (tally, idle_at_110, idle_at_0)
+    (tally, idle_at_110, idle_at_0, trace)
 }
 
 async fn five_nodes(knobs: &Knobset, dir: &std::path::Path) -> (Tally, u32) {
@@ -178,21 +214,61 @@ async fn main() {
     );
     println!("|---|---|---|---|---|---|");
     let mut details = Vec::new();
+    let mut part = Part {
+        name: "ipam".into(),
+        title: "The pool: EC2 calls and idle addresses".into(),
+        method: "The agent's pool against the lab's EC2 emulator, pods arriving one at a time and the refill settling after each arrival or departure; time is compressed (cooldown, ENI minimum age and scale-down pacing are zero), so the figures count decisions, not seconds.".into(),
+        ..Default::default()
+    };
+    let mut one_node_rows = Vec::new();
+    let mut five_node_rows = Vec::new();
     for knobs in [
         &VPC_CNI_DEFAULTS,
         &VPC_CNI_PREFIXES,
         &ENIFLOW_DENSE,
         &ENIFLOW_SPARSE,
     ] {
-        let (tally, at_110, at_0) = one_node(knobs, &dir).await;
-        println!(
-            "| {} | {} ({}) | {} | {at_110} | {} | {at_0} |",
-            knobs.name,
-            tally.total(),
-            tally.mutating(),
-            tally.waits,
-            tally.peak_idle
+        let (tally, at_110, at_0, trace) = one_node(knobs, &dir).await;
+        let row = vec![
+            knobs.name.to_owned(),
+            format!("{} ({})", tally.total(), tally.mutating()),
+            tally.waits.to_string(),
+            at_110.to_string(),
+            tally.peak_idle.to_string(),
+            at_0.to_string(),
+        ];
+        println!("| {} |", row.join(" | "));
+        one_node_rows.push(row);
+        let file = report::line_chart(
+            &format!("ipam-0-110-0-{}.svg", part.figures.len()),
+            &format!("0 → 110 → 0 pods: {}", knobs.name),
+            (
+                "step (a pod arrives, then leaves, one at a time)",
+                "addresses",
+            ),
+            &[
+                Series {
+                    name: "addresses held".into(),
+                    points: trace.held,
+                },
+                Series {
+                    name: "assigned to pods".into(),
+                    points: trace.assigned,
+                },
+            ],
+            &trace
+                .ec2_steps
+                .iter()
+                .map(|s| (*s, "EC2".to_owned()))
+                .collect::<Vec<_>>(),
         );
+        part.figures.push((
+            file,
+            format!(
+                "The pool through 0 → 110 → 0 pods, {} (x: steps with mutating EC2 calls)",
+                knobs.name
+            ),
+        ));
         details.push(format!("(a) {}: {}", knobs.name, calls_line(&tally)));
     }
     println!();
@@ -207,18 +283,49 @@ async fn main() {
         &ENIFLOW_SPARSE,
     ] {
         let (tally, idle_total) = five_nodes(knobs, &dir).await;
-        println!(
-            "| {} | {} ({}) | {} | {idle_total} |",
-            knobs.name,
-            tally.total(),
-            tally.mutating(),
-            tally.waits
-        );
+        let row = vec![
+            knobs.name.to_owned(),
+            format!("{} ({})", tally.total(), tally.mutating()),
+            tally.waits.to_string(),
+            idle_total.to_string(),
+        ];
+        println!("| {} |", row.join(" | "));
+        five_node_rows.push(row);
         details.push(format!("(b) {}: {}", knobs.name, calls_line(&tally)));
     }
     println!();
     println!("EC2 calls by action:");
-    for line in details {
+    for line in &details {
         println!("- {line}");
     }
+    part.tables = vec![
+        Table {
+            caption: "(a) one c5.4xlarge going 0 → 110 → 0 pods, one pod at a time".into(),
+            header: [
+                "knobs",
+                "EC2 calls (mutating)",
+                "ADDs that waited",
+                "idle at 110",
+                "peak idle",
+                "idle at 0",
+            ]
+            .map(String::from)
+            .to_vec(),
+            rows: one_node_rows,
+        },
+        Table {
+            caption: "(b) five m5.large nodes, one replica of a 5-replica deployment each".into(),
+            header: [
+                "knobs",
+                "EC2 calls (mutating)",
+                "ADDs that waited",
+                "idle addresses, 5 nodes",
+            ]
+            .map(String::from)
+            .to_vec(),
+            rows: five_node_rows,
+        },
+    ];
+    part.data = serde_json::json!({ "calls_by_action": details });
+    part.write();
 }
