@@ -44,32 +44,40 @@ pub fn connect() -> io::Result<Handle> {
 /// right after, so no runtime thread is ever left in a pod's namespace; its answer is awaited,
 /// not joined, so no runtime thread blocks on it either.
 pub async fn connect_in(path: &Path) -> io::Result<Handle> {
-    let path = path.to_owned();
     let runtime = tokio::runtime::Handle::current();
-    let (answer, opened) = tokio::sync::oneshot::channel();
+    let (conn, handle, _) = within(path, move || {
+        let _in_runtime = runtime.enter();
+        rtnetlink::new_connection()
+    })
+    .await?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+/// Runs `f` inside the namespace at `path`, on a thread of its own that ends right after (see
+/// `connect_in`); its answer is awaited, not joined.
+pub async fn within<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    let path = path.to_owned();
+    let (answer, done) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
-        let open = || -> io::Result<_> {
+        let run = || -> io::Result<_> {
             let home = File::open("/proc/thread-self/ns/net")?;
             let target = File::open(&path)?;
             setns(&target)?;
-            let made = {
-                let _in_runtime = runtime.enter();
-                rtnetlink::new_connection()
-            };
+            let made = f();
             if let Err(e) = setns(&home) {
                 // A thread that cannot go home must not live on: it is about to end anyway.
                 return Err(io::Error::new(e.kind(), format!("setns back home: {e}")));
             }
             made
         };
-        let _ = answer.send(open());
+        let _ = answer.send(run());
     });
-    let opened = opened
-        .await
-        .map_err(|_| io::Error::other("the helper thread ended without an answer"))??;
-    let (conn, handle, _) = opened;
-    tokio::spawn(conn);
-    Ok(handle)
+    done.await
+        .map_err(|_| io::Error::other("the helper thread ended without an answer"))?
 }
 
 /// A link as netlink describes it.

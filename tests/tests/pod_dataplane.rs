@@ -16,6 +16,7 @@ use eniflow_tests::{
     dataplane::{capture_on, dnat, drops_moved, Taps},
     lab::{internet, LabSpec},
     netns::Netns,
+    raw::{self, UdpFrame},
     require_root,
 };
 use serde_json::Value;
@@ -711,4 +712,106 @@ async fn excluded_cidrs_are_not_snated() {
         "an excluded destination was reached SNATed"
     );
     drop(internet);
+}
+
+/// A link's MAC in `ns`.
+fn mac_in(ns: &Netns, ifname: &str) -> [u8; 6] {
+    let links: Value =
+        serde_json::from_str(&ns.ip(&["-j", "link", "show", "dev", ifname])).unwrap();
+    raw::mac(links[0]["address"].as_str().unwrap())
+}
+
+/// An ARP reply from `(mac, ip)` to `(to_mac, to_ip)`.
+fn arp_reply(
+    mac: [u8; 6],
+    ip: std::net::Ipv4Addr,
+    to_mac: [u8; 6],
+    to_ip: std::net::Ipv4Addr,
+) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&to_mac);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&0x0806u16.to_be_bytes());
+    f.extend_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 2]);
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&ip.octets());
+    f.extend_from_slice(&to_mac);
+    f.extend_from_slice(&to_ip.octets());
+    f
+}
+
+/// A minimal IPv6 frame (an all-nodes multicast with no payload).
+fn ipv6_frame(mac: [u8; 6]) -> Vec<u8> {
+    let mut f = vec![0x33, 0x33, 0, 0, 0, 1];
+    f.extend_from_slice(&mac);
+    f.extend_from_slice(&0x86ddu16.to_be_bytes());
+    f.extend_from_slice(&[0x60, 0, 0, 0, 0, 0, 59, 255]);
+    f.extend_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    f.extend_from_slice(&[0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    f
+}
+
+/// Hostile pods: a pod speaks untagged IPv4 and ARP, from its own MAC and address, and nothing
+/// else. Each other frame is dropped at the pod's veth and counted under its own reason only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_sending_tags_foreign_macs_foreign_arp_or_ipv6_is_dropped_under_each_reason() {
+    require_root();
+    let (node, pods) = node_with_pods().await;
+    let (hostile, victim) = (&pods[0], &pods[1]);
+    let pod_mac = mac_in(&hostile.netns, "eth0");
+    let neigh: Value =
+        serde_json::from_str(&hostile.netns.ip(&["-j", "neigh", "show", "169.254.1.1"])).unwrap();
+    let host_mac = raw::mac(neigh[0]["lladdr"].as_str().unwrap());
+    let ifindex = hostile.netns.ifindex("eth0");
+    let (own, other): (std::net::Ipv4Addr, std::net::Ipv4Addr) =
+        (hostile.ip.parse().unwrap(), victim.ip.parse().unwrap());
+    let host: std::net::Ipv4Addr = node.lab.hosts[0].primary_ip.parse().unwrap();
+    // The pod has no IPv6 address, and no IPv6 at all: a healthy pod sends none.
+    let v6 = hostile
+        .netns
+        .run("cat", &["/proc/sys/net/ipv6/conf/eth0/disable_ipv6"]);
+    assert_eq!(v6.trim(), "1", "IPv6 left on in the pod");
+    let udp = |vlan, src_mac| UdpFrame {
+        dst_mac: host_mac,
+        src_mac,
+        vlan,
+        src: own,
+        dst: host,
+        src_port: 4000,
+        dst_port: 4001,
+        payload: b"hostile".to_vec(),
+    };
+    let cases: [(&str, Vec<u8>); 4] = [
+        // To a security-group pod's VLAN, say.
+        ("vlan_from_pod", udp(Some(11), pod_mac).bytes()),
+        ("spoofed_mac", udp(None, [2, 0, 0, 0, 0x66, 6]).bytes()),
+        // Claiming the victim's address for the pod's own MAC.
+        ("spoofed_arp", arp_reply(pod_mac, other, host_mac, own)),
+        ("unexpected_protocol", ipv6_frame(pod_mac)),
+    ];
+    for (reason, frame) in cases {
+        let before = (node.pod_drops(), node.hook_drops());
+        hostile.netns.within(|| raw::send_many(ifindex, &frame, 3));
+        let by_pod = drops_moved(&before.0, &node.pod_drops());
+        let by_hook = drops_moved(&before.1, &node.hook_drops());
+        assert_eq!(
+            by_pod.into_iter().collect::<Vec<_>>(),
+            [((hostile.ip.clone(), reason), 3)],
+            "{reason}"
+        );
+        assert_eq!(
+            by_hook.into_iter().collect::<Vec<_>>(),
+            [(("pod_egress".to_owned(), reason), 3)],
+            "{reason}"
+        );
+    }
+    // Its own ARP, untagged, from its own MAC, passes: the node still reaches it.
+    hostile
+        .netns
+        .within(|| raw::send(ifindex, &arp_reply(pod_mac, own, host_mac, own)));
+    assert!(
+        pings(&victim.netns, &hostile.ip),
+        "the pod is still reachable"
+    );
+    assert!(node.pod_drops().keys().all(|(pod, _)| *pod == hostile.ip));
 }

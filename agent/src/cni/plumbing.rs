@@ -72,6 +72,16 @@ pub struct Wired {
     pub pod_mac: [u8; 6],
 }
 
+/// Turns IPv6 off on `ifname` of the calling thread's namespace (`/proc/sys/net` is the
+/// namespace's); nothing to do on a kernel without IPv6.
+fn disable_ipv6(ifname: &str) -> io::Result<()> {
+    let path = format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6");
+    match std::fs::write(&path, b"1") {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
 /// A route socket in the pod's namespace (see `netlink::connect_in`).
 async fn connect_in(path: &Path) -> Result<Handle, PlumbingError> {
     crate::netlink::connect_in(path)
@@ -162,7 +172,12 @@ async fn wire(host: &Handle, inside: &Handle, pod: &Pod) -> Result<Wired, Plumbi
         .ok_or_else(|| missing(&pod.ifname))?;
     let up = |index| LinkUnspec::new_with_index(index).up().build();
 
-    // Pod side.
+    // Pod side. No IPv6 before the link is up: the pod has no IPv6 address, and the programs
+    // drop what a pod sends that is neither IPv4 nor ARP (router solicitations included).
+    let ifname = pod.ifname.clone();
+    crate::netlink::within(&pod.netns, move || disable_ipv6(&ifname))
+        .await
+        .map_err(io_failed(format!("disable IPv6 on {}", pod.ifname)))?;
     if let Some((lo, _)) = link(inside, "lo").await? {
         inside
             .link()

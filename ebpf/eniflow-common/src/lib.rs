@@ -111,16 +111,28 @@ pub enum DropReason {
     HeaderRewriteFailed = 5,
     /// The kernel refused the redirect to the owning ENI or to a peer pod.
     RedirectFailed = 6,
+    /// A pod sent an 802.1Q-tagged frame (only eniflow tags, on the trunk).
+    VlanFromPod = 7,
+    /// A pod sent a frame from a MAC that is not its interface's.
+    SpoofedMac = 8,
+    /// A pod sent ARP claiming an address that is not its own.
+    SpoofedArp = 9,
+    /// A pod sent neither IPv4 nor ARP (IPv6 included: pods have no IPv6 address).
+    UnexpectedProtocol = 10,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::SpoofedSource,
         DropReason::NoBranchEni,
         DropReason::NoTrunkEni,
         DropReason::VlanTagFailed,
         DropReason::HeaderRewriteFailed,
         DropReason::RedirectFailed,
+        DropReason::VlanFromPod,
+        DropReason::SpoofedMac,
+        DropReason::SpoofedArp,
+        DropReason::UnexpectedProtocol,
     ];
 
     /// The reason's name: its `Drops` field and its metric label.
@@ -132,6 +144,10 @@ impl DropReason {
             DropReason::VlanTagFailed => "vlan_tag_failed",
             DropReason::HeaderRewriteFailed => "header_rewrite_failed",
             DropReason::RedirectFailed => "redirect_failed",
+            DropReason::VlanFromPod => "vlan_from_pod",
+            DropReason::SpoofedMac => "spoofed_mac",
+            DropReason::SpoofedArp => "spoofed_arp",
+            DropReason::UnexpectedProtocol => "unexpected_protocol",
         }
     }
 
@@ -144,6 +160,10 @@ impl DropReason {
             4 => Some(DropReason::VlanTagFailed),
             5 => Some(DropReason::HeaderRewriteFailed),
             6 => Some(DropReason::RedirectFailed),
+            7 => Some(DropReason::VlanFromPod),
+            8 => Some(DropReason::SpoofedMac),
+            9 => Some(DropReason::SpoofedArp),
+            10 => Some(DropReason::UnexpectedProtocol),
             _ => None,
         }
     }
@@ -159,6 +179,10 @@ pub struct Drops {
     pub vlan_tag_failed: u64,
     pub header_rewrite_failed: u64,
     pub redirect_failed: u64,
+    pub vlan_from_pod: u64,
+    pub spoofed_mac: u64,
+    pub spoofed_arp: u64,
+    pub unexpected_protocol: u64,
 }
 
 impl Drops {
@@ -171,6 +195,10 @@ impl Drops {
             DropReason::VlanTagFailed => self.vlan_tag_failed,
             DropReason::HeaderRewriteFailed => self.header_rewrite_failed,
             DropReason::RedirectFailed => self.redirect_failed,
+            DropReason::VlanFromPod => self.vlan_from_pod,
+            DropReason::SpoofedMac => self.spoofed_mac,
+            DropReason::SpoofedArp => self.spoofed_arp,
+            DropReason::UnexpectedProtocol => self.unexpected_protocol,
         }
     }
 
@@ -183,6 +211,10 @@ impl Drops {
             DropReason::VlanTagFailed => &mut self.vlan_tag_failed,
             DropReason::HeaderRewriteFailed => &mut self.header_rewrite_failed,
             DropReason::RedirectFailed => &mut self.redirect_failed,
+            DropReason::VlanFromPod => &mut self.vlan_from_pod,
+            DropReason::SpoofedMac => &mut self.spoofed_mac,
+            DropReason::SpoofedArp => &mut self.spoofed_arp,
+            DropReason::UnexpectedProtocol => &mut self.unexpected_protocol,
         };
         *counter += 1;
     }
@@ -205,6 +237,10 @@ impl Drops {
             vlan_tag_failed: self.vlan_tag_failed + other.vlan_tag_failed,
             header_rewrite_failed: self.header_rewrite_failed + other.header_rewrite_failed,
             redirect_failed: self.redirect_failed + other.redirect_failed,
+            vlan_from_pod: self.vlan_from_pod + other.vlan_from_pod,
+            spoofed_mac: self.spoofed_mac + other.spoofed_mac,
+            spoofed_arp: self.spoofed_arp + other.spoofed_arp,
+            unexpected_protocol: self.unexpected_protocol + other.unexpected_protocol,
         }
     }
 }

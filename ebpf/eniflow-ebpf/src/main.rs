@@ -38,17 +38,39 @@ pub fn pod_egress(mut ctx: TcContext) -> i32 {
     let Some(veth) = state::veth(here) else {
         return TC_ACT_UNSPEC;
     };
-    let Some(ip) = packet::ipv4(&ctx) else {
+    let own = u32::from_ne_bytes(veth.pod_addr);
+    let Some((ethertype, source_mac)) = packet::ethernet(&ctx) else {
         return TC_ACT_UNSPEC;
+    };
+    let parsed = match ethertype {
+        packet::ETH_P_IP => packet::ipv4(&ctx),
+        packet::ETH_P_ARP => packet::arp(&ctx),
+        _ => None,
     };
     let site = Site {
         hook: HOOK_POD_EGRESS,
         ifindex: here,
-        ip,
+        ip: parsed.unwrap_or(Ipv4::NONE),
+    };
+    // A pod speaks untagged IPv4 and ARP from its own MAC and address, nothing else: a tag
+    // would reach a security-group pod's VLAN, another MAC or address impersonates a pod.
+    if vlan_of(&ctx).is_some() {
+        return state::drop(&site, own, DropReason::VlanFromPod);
+    }
+    if state::pod(own).is_some_and(|p| p.pod_mac != source_mac) {
+        return state::drop(&site, own, DropReason::SpoofedMac);
+    }
+    match ethertype {
+        packet::ETH_P_IP => {}
+        packet::ETH_P_ARP if parsed.is_some_and(|a| a.saddr == own) => return TC_ACT_UNSPEC,
+        packet::ETH_P_ARP => return state::drop(&site, own, DropReason::SpoofedArp),
+        _ => return state::drop(&site, own, DropReason::UnexpectedProtocol),
+    }
+    let Some(ip) = parsed else {
+        return TC_ACT_UNSPEC;
     };
     let len = u64::from(ctx.len());
     // Anti-spoofing: EC2 would drop it at the ENI; dropping here names the pod that sent it.
-    let own = u32::from_ne_bytes(veth.pod_addr);
     if ip.saddr != own {
         return state::drop(&site, own, DropReason::SpoofedSource);
     }

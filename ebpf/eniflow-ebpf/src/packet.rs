@@ -3,7 +3,11 @@
 
 use aya_ebpf::programs::TcContext;
 
-const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_ARP: u16 = 0x0806;
+/// ARP's sender and target protocol addresses (Ethernet/IPv4 ARP).
+const ARP_SENDER_IP: usize = ETH_HLEN + 14;
+const ARP_TARGET_IP: usize = ETH_HLEN + 24;
 const ETH_HLEN: usize = 14;
 const ETH_DEST: usize = 0;
 const ETHERTYPE: usize = 12;
@@ -31,6 +35,36 @@ pub struct Ipv4 {
     /// A fragment or an ICMP error: it carries no ports to match a flow by, so only the
     /// kernel stack (reassembly, conntrack's related flows, NAT) can handle it right.
     pub stack_only: bool,
+}
+
+impl Ipv4 {
+    /// No IPv4 header (a frame of another protocol): addresses and ports 0.
+    pub const NONE: Ipv4 = Ipv4 {
+        saddr: 0,
+        daddr: 0,
+        protocol: 0,
+        sport: 0,
+        dport: 0,
+        stack_only: false,
+    };
+}
+
+/// The frame's EtherType (host order) and source MAC; None for a runt.
+#[inline(always)]
+pub fn ethernet(ctx: &TcContext) -> Option<(u16, [u8; 6])> {
+    let ethertype: u16 = ctx.load(ETHERTYPE).ok()?;
+    let source: [u8; 6] = ctx.load(ETH_DEST + 6).ok()?;
+    Some((u16::from_be(ethertype), source))
+}
+
+/// An ARP packet's sender and target IPv4 addresses, as `saddr` and `daddr` (network order).
+#[inline(always)]
+pub fn arp(ctx: &TcContext) -> Option<Ipv4> {
+    Some(Ipv4 {
+        saddr: ctx.load(ARP_SENDER_IP).ok()?,
+        daddr: ctx.load(ARP_TARGET_IP).ok()?,
+        ..Ipv4::NONE
+    })
 }
 
 /// The IPv4 header of the frame, or None for anything else (ARP, IPv6, runts).
