@@ -149,16 +149,23 @@ impl Drop for Agent {
     }
 }
 
-/// Starts a long-running agent command (`monitor`) with its stdout piped; the caller waits for
-/// it or kills it (by its PID).
-pub fn spawn(netns: &str, bpffs_root: &Path, args: &[&str]) -> std::process::Child {
-    Command::new(binary("eniflow-agent"))
+/// `eniflow-agent --netns <netns> --bpffs-root <root> <args>`, stdin closed.
+fn agent_command(netns: &str, bpffs_root: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(binary("eniflow-agent"));
+    command
         .arg("--netns")
         .arg(netns)
         .arg("--bpffs-root")
         .arg(bpffs_root)
         .args(args)
-        .stdin(Stdio::null())
+        .stdin(Stdio::null());
+    command
+}
+
+/// Starts a long-running agent command (`monitor`) with its stdout piped; the caller waits for
+/// it or kills it (by its PID).
+pub fn spawn(netns: &str, bpffs_root: &Path, args: &[&str]) -> std::process::Child {
+    agent_command(netns, bpffs_root, args)
         .stdout(Stdio::piped())
         .spawn()
         .expect("run eniflow-agent")
@@ -166,13 +173,7 @@ pub fn spawn(netns: &str, bpffs_root: &Path, args: &[&str]) -> std::process::Chi
 
 /// Runs a one-shot agent command (`status`, `uninstall`) and returns its output.
 pub fn command(netns: &str, bpffs_root: &Path, args: &[&str]) -> Output {
-    Command::new(binary("eniflow-agent"))
-        .arg("--netns")
-        .arg(netns)
-        .arg("--bpffs-root")
-        .arg(bpffs_root)
-        .args(args)
-        .stdin(Stdio::null())
+    agent_command(netns, bpffs_root, args)
         .output()
         .expect("run eniflow-agent")
 }

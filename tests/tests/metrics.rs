@@ -110,7 +110,8 @@ async fn prometheus_scrapes_cni_counts_and_the_pool_as_ec2_has_it() {
     );
     // Drops come from the kernel at scrape time: one series per hook and reason.
     let drops = prom.query("eniflow_drops_total");
-    assert_eq!(drops.len(), 4 * 6, "{drops:?}");
+    let series = eniflow_common::HOOKS as usize * eniflow_common::DropReason::ALL.len();
+    assert_eq!(drops.len(), series, "{drops:?}");
     assert!(drops.iter().all(|(_, v)| *v == 0.0), "{drops:?}");
     assert!(prom.value("sum(eniflow_hook_packets_total)").unwrap_or(0.0) > 0.0);
 
