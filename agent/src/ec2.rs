@@ -10,7 +10,7 @@ use std::{
 };
 
 use aws_sdk_ec2::{
-    config::http::HttpResponse,
+    config::{http::HttpResponse, ConfigBag, Intercept, RuntimeComponents},
     error::{DisplayErrorContext, ProvideErrorMetadata, SdkError},
     types::{
         Filter, InstanceTypeHypervisor, NetworkInterface, NetworkInterfaceAttachmentChanges,
@@ -18,7 +18,10 @@ use aws_sdk_ec2::{
     },
     Client,
 };
-
+use aws_smithy_runtime_api::{
+    box_error::BoxError,
+    client::{interceptors::context::FinalizerInterceptorContextRef, orchestrator::Metadata},
+};
 use tracing::Instrument;
 
 use crate::limits::{Hypervisor, InstanceLimits};
@@ -142,6 +145,29 @@ pub struct Ec2 {
     calls: Mutex<BTreeMap<(&'static str, String), u64>>,
 }
 
+/// Counts each attempt the SDK makes, its retries included, by action and HTTP status: a call
+/// that succeeded on its third try was throttled twice, which its outcome alone hides.
+#[derive(Debug)]
+struct CountAttempts;
+
+impl Intercept for CountAttempts {
+    fn name(&self) -> &'static str {
+        "eniflow-count-attempts"
+    }
+
+    fn read_after_attempt(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let action = cfg.load::<Metadata>().map_or("unknown", Metadata::name);
+        let status = context.response().map(|r| r.status().as_u16());
+        crate::metrics::get().ec2_attempt(action, status);
+        Ok(())
+    }
+}
+
 impl Ec2 {
     /// A client for `region` with credentials from the default chain (environment, web
     /// identity, the instance role) and eniflow's retry settings.
@@ -159,6 +185,7 @@ impl Ec2 {
         if let Some(endpoint) = &settings.endpoint {
             config = config.endpoint_url(endpoint);
         }
+        config = config.interceptor(CountAttempts);
         Ec2::from_client(Client::from_conf(config.build()))
     }
 

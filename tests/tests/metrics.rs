@@ -7,9 +7,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+use eniflow_agent::ec2;
 use eniflow_tests::{
     cni::{pod_args, PodNode as Node},
-    lab::{emulator::Fault, LabSpec},
+    lab::{emulator::Fault, Lab, LabSpec, SubnetSpec},
     netns::Netns,
     prometheus::{self, Prometheus},
     require_root,
@@ -165,6 +167,15 @@ async fn throttling_and_a_full_subnet_show_in_the_ec2_and_pool_counters() {
         r#"awscni_ec2api_error_count{fn="AssignPrivateIpAddresses"}"#,
         || 1.0,
     );
+    // Every attempt the SDK made, its retries included, as the emulator received them.
+    prom.wait_for(
+        r#"eniflow_ec2_attempts_total{action="AssignPrivateIpAddresses",status="503"}"#,
+        || 5.0,
+    );
+    prom.wait_for(
+        r#"sum(eniflow_ec2_attempts_total{action="AssignPrivateIpAddresses"})"#,
+        || node.lab.emulator.calls()["AssignPrivateIpAddresses"] as f64,
+    );
     assert_eq!(prom.value("awscni_no_available_ip_addresses"), Some(0.0));
 
     // The subnet full: EC2 gives no address and no ENI; the pool runs dry.
@@ -193,6 +204,197 @@ async fn throttling_and_a_full_subnet_show_in_the_ec2_and_pool_counters() {
         || f64::from(refused),
     );
     node.lab.emulator.clear_faults();
+}
+
+/// The node's ENIs in EC2 (attached, not trunks) as (id, subnet id).
+fn node_enis(node: &Node) -> Vec<(String, String)> {
+    node.lab.emulator.view()["enis"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["instance_id"] == node.lab.node.id.as_str() && !e["device_index"].is_null())
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
+            (s("id"), s("subnet_id"))
+        })
+        .collect()
+}
+
+/// An ENI as a crashed agent of eniflow's leaves it: detached, tagged, created an hour ago.
+async fn leaked_eni(lab: &Lab) -> String {
+    let an_hour_ago = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 3600;
+    let tags = TagSpecification::builder()
+        .resource_type(ResourceType::NetworkInterface)
+        .tags(
+            Tag::builder()
+                .key(ec2::tags::CREATED_AT)
+                .value(an_hour_ago.to_string())
+                .build(),
+        )
+        .build();
+    lab.ec2()
+        .create_network_interface()
+        .subnet_id(&lab.subnets[0])
+        .set_groups(Some(lab.security_groups.clone()))
+        .tag_specifications(tags)
+        .send()
+        .await
+        .expect("CreateNetworkInterface")
+        .network_interface
+        .and_then(|n| n.network_interface_id)
+        .expect("an ENI id")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leak_sweep_and_subnet_discovery_show_in_their_counters() {
+    require_root();
+    // A third subnet, tagged for pods and twice as large: subnet discovery puts new ENIs there.
+    let mut spec = LabSpec {
+        hosts: false,
+        ..LabSpec::default()
+    };
+    spec.subnets.push(SubnetSpec {
+        cidr: "10.0.4.0/23".into(),
+        az: "us-west-2a".into(),
+        tags: vec![("kubernetes.io/role/cni".into(), "1".into())],
+    });
+    let lab = Lab::start(spec).await.unwrap_or_else(|e| panic!("{e}"));
+    let leaked = leaked_eni(&lab).await;
+    // More warm addresses than the primary ENI holds: a second ENI from the start.
+    let node = Node::on_lab(lab, &[], &[("WARM_IP_TARGET", "12")]).await;
+    let prom = Prometheus::scraping_agent_in(&node.lab.node.netns);
+
+    prom.wait_for("eniflow_leaked_enis_deleted_total", || 1.0);
+    let left: Vec<String> = node.lab.emulator.view()["enis"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["id"].as_str().map(str::to_owned))
+        .collect();
+    assert!(!left.contains(&leaked), "{leaked} is still in EC2");
+
+    let elsewhere = || {
+        let own = &node.lab.subnets[0];
+        node_enis(&node).iter().filter(|(_, s)| s != own).count() as f64
+    };
+    prom.wait_for("eniflow_enis_in_other_subnets_total", elsewhere);
+    assert!(elsewhere() >= 1.0, "{:?}", node_enis(&node));
+    assert_eq!(
+        prom.value(r#"eniflow_subnet_pauses_total{shortage="addresses"}"#),
+        Some(0.0)
+    );
+}
+
+/// A lab without remote hosts (the pool's counters need none).
+async fn lab_without_hosts() -> Lab {
+    Lab::start(LabSpec {
+        hosts: false,
+        ..LabSpec::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subnet_out_of_prefixes_shows_as_paused() {
+    require_root();
+    let lab = lab_without_hosts().await;
+    // The node's subnet has no free /28 for the first prefix asked for.
+    lab.emulator.fault(&Fault {
+        action: "AssignPrivateIpAddresses".into(),
+        code: Some("InsufficientCidrBlocks".into()),
+        status: 400,
+        count: 1,
+        latency_ms: 0,
+    });
+    let node = Node::on_lab(lab, &[], &[("ENABLE_PREFIX_DELEGATION", "true")]).await;
+    let prom = Prometheus::scraping_agent_in(&node.lab.node.netns);
+    prom.wait_for(
+        r#"eniflow_subnet_pauses_total{shortage="prefixes"}"#,
+        || 1.0,
+    );
+    prom.wait_for(r#"eniflow_paused_subnets{shortage="prefixes"}"#, || 1.0);
+    prom.wait_for(r#"eniflow_paused_subnets{shortage="addresses"}"#, || 0.0);
+    let prefixes: usize = node.lab.emulator.view()["enis"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["instance_id"] == node.lab.node.id.as_str())
+        .map(|e| e["prefixes"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(prefixes, 0, "single addresses while the subnet has no /28");
+    assert!(addresses_in_ec2(&node) > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn addresses_given_back_are_counted() {
+    require_root();
+    let lab = lab_without_hosts().await;
+    let node = Node::on_lab(
+        lab,
+        &[],
+        &[
+            ("WARM_IP_TARGET", "2"),
+            ("WARM_ENI_TARGET", "0"),
+            ("IP_COOLDOWN_PERIOD", "0"),
+        ],
+    )
+    .await;
+    let prom = Prometheus::scraping_agent_in(&node.lab.node.netns);
+
+    // Five pods (the pool grows as they come), then none: the pool gives back what is above
+    // its two warm addresses.
+    let mut pods = Vec::new();
+    for i in 0..5 {
+        let name = format!("g-{i}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let netns = loop {
+            let (netns, ok) = add(&node, &name);
+            if ok {
+                break netns;
+            }
+            assert!(Instant::now() < deadline, "ADD {name} kept failing");
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        pods.push((name, netns));
+    }
+    prom.wait_for(r#"eniflow_pool_addresses{state="warm"}"#, || 2.0);
+    prom.wait_for("awscni_total_ip_addresses", || addresses_in_ec2(&node));
+    let peak = addresses_in_ec2(&node);
+    assert_eq!(
+        prom.value(r#"eniflow_addresses_given_back_total{block="address"}"#),
+        Some(0.0)
+    );
+    for (name, netns) in &pods {
+        let del = node.cni(
+            "DEL",
+            &format!("c-{name}"),
+            Some(netns),
+            "eth0",
+            &pod_args(name),
+        );
+        assert!(del.ok, "{}", del.json);
+    }
+    // Give-backs are paced (one release every 30 s): wait for the pool to reach its target.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while addresses_in_ec2(&node) > 2.0 {
+        let kept = addresses_in_ec2(&node);
+        assert!(Instant::now() < deadline, "the pool kept {kept} addresses");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    prom.wait_for(
+        r#"eniflow_addresses_given_back_total{block="address"}"#,
+        || peak - addresses_in_ec2(&node),
+    );
+    assert_eq!(peak - addresses_in_ec2(&node), 5.0);
+    assert_eq!(
+        prom.value(r#"eniflow_addresses_given_back_total{block="prefix"}"#),
+        Some(0.0)
+    );
 }
 
 /// The node's ENIs as EC2 has them: id → (device index, secondary addresses, prefixes).

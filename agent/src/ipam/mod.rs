@@ -109,6 +109,26 @@ pub struct SubnetNote {
     pub fragmented_for_s: Option<u64>,
 }
 
+/// What a subnet ran out of, so that refill passes over it for the subnet pause.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shortage {
+    /// No free address: no new ENI or secondary address there.
+    Addresses,
+    /// No free /28: single addresses there instead of prefixes.
+    Prefixes,
+}
+
+impl Shortage {
+    pub const ALL: [Shortage; 2] = [Shortage::Addresses, Shortage::Prefixes];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Shortage::Addresses => "addresses",
+            Shortage::Prefixes => "prefixes",
+        }
+    }
+}
+
 /// The node's address pool.
 pub struct Ipam {
     ec2: Ec2,
@@ -332,16 +352,36 @@ impl Ipam {
         pool.shares()
     }
 
+    /// Subnets out of `what` since when.
+    fn pauses(&self, what: Shortage) -> &Mutex<BTreeMap<String, Instant>> {
+        match what {
+            Shortage::Addresses => &self.full_subnets,
+            Shortage::Prefixes => &self.fragmented_subnets,
+        }
+    }
+
+    /// How long ago each subnet passed over for `what` ran out of it (pauses over are left out).
+    fn paused_subnets(&self, what: Shortage) -> BTreeMap<String, Duration> {
+        self.pauses(what)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(id, at)| (id.clone(), at.elapsed()))
+            .filter(|(_, ago)| *ago < self.config.subnet_pause)
+            .collect()
+    }
+
+    /// How many subnets are passed over for `what` now.
+    pub fn paused_count(&self, what: Shortage) -> usize {
+        self.paused_subnets(what).len()
+    }
+
     /// What the pool knows of each subnet it uses or has looked at.
     pub fn subnets(&self) -> Vec<SubnetNote> {
-        let since = |which: &Mutex<BTreeMap<String, Instant>>, id: &str| {
-            which
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(id)
-                .filter(|at| at.elapsed() < self.config.subnet_pause)
-                .map(|at| at.elapsed().as_secs())
-        };
+        let full = self.paused_subnets(Shortage::Addresses);
+        let fragmented = self.paused_subnets(Shortage::Prefixes);
+        let since =
+            |which: &BTreeMap<String, Duration>, id: &str| which.get(id).map(Duration::as_secs);
         let seen = self
             .seen_subnets
             .lock()
@@ -355,8 +395,8 @@ impl Ipam {
                 SubnetNote {
                     cidr: last.map(|s| s.cidr.clone()),
                     free_addresses: last.map(|s| s.available),
-                    full_for_s: since(&self.full_subnets, &id),
-                    fragmented_for_s: since(&self.fragmented_subnets, &id),
+                    full_for_s: since(&full, &id),
+                    fragmented_for_s: since(&fragmented, &id),
                     id,
                 }
             })

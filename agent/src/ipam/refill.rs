@@ -3,15 +3,14 @@
 //! old enough and idle. The pool's lock is never held across an EC2 call: ADDs go on meanwhile.
 
 use std::{
-    collections::BTreeMap,
     net::Ipv4Addr,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
 use tracing::Instrument;
 
-use super::{subnets, warm::Plan, Allocation, Ipam, IpamError};
+use super::{subnets, warm::Plan, Allocation, Ipam, IpamError, Shortage};
 use crate::{
     ec2::{codes, Ec2Error, Eni, NewEni},
     files::now_ms,
@@ -90,11 +89,19 @@ impl Ipam {
                     swept = Some(Instant::now());
                     let cluster = self.config.cluster_name.as_deref();
                     let now = SystemTime::now();
-                    if let Err(e) =
-                        super::leaks::sweep(&self.ec2, cluster, super::leaks::DEFAULT_MIN_AGE, now)
-                            .await
+                    match super::leaks::sweep(
+                        &self.ec2,
+                        cluster,
+                        super::leaks::DEFAULT_MIN_AGE,
+                        now,
+                    )
+                    .await
                     {
-                        tracing::warn!("leak sweep: {e}");
+                        Ok(deleted) => crate::metrics::get().leaked_enis_deleted(deleted.len()),
+                        Err(e) => {
+                            crate::metrics::get().ipam_error("leakSweep", &e);
+                            tracing::warn!("leak sweep: {e}");
+                        }
                     }
                 }
             }
@@ -130,10 +137,9 @@ impl Ipam {
         self.config.knobs.prefix_delegation
     }
 
-    /// Whether `subnet` is passed over: out of addresses (`which` = full) or of /28s
-    /// (`which` = fragmented) less than the subnet pause ago.
-    fn paused(&self, which: &Mutex<BTreeMap<String, Instant>>, subnet: &str) -> bool {
-        let mut since = which.lock().unwrap_or_else(|e| e.into_inner());
+    /// Whether `subnet` is passed over: out of `what` less than the subnet pause ago.
+    fn paused(&self, what: Shortage, subnet: &str) -> bool {
+        let mut since = self.pauses(what).lock().unwrap_or_else(|e| e.into_inner());
         match since.get(subnet) {
             Some(at) if at.elapsed() < self.config.subnet_pause => true,
             Some(_) => {
@@ -144,12 +150,13 @@ impl Ipam {
         }
     }
 
-    fn pause(&self, which: &Mutex<BTreeMap<String, Instant>>, subnet: &str, why: &Ec2Error) {
+    fn pause(&self, what: Shortage, subnet: &str, why: &Ec2Error) {
         tracing::warn!(
             "refill: passing over {subnet} for {:?}: {why}",
             self.config.subnet_pause
         );
-        which
+        crate::metrics::get().subnet_paused(what);
+        self.pauses(what)
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(subnet.to_owned(), Instant::now());
@@ -158,7 +165,7 @@ impl Ipam {
     /// Prefixes from `subnet`: in prefix mode, unless its free /28s ran out lately (then single
     /// addresses, until the pause is over and prefixes are tried again).
     fn prefixes_in(&self, subnet: &str) -> bool {
-        self.prefix_mode() && !self.paused(&self.fragmented_subnets, subnet)
+        self.prefix_mode() && !self.paused(Shortage::Prefixes, subnet)
     }
 
     /// Whether growth fills whole ENIs, as VPC CNI does when only WARM_ENI_TARGET is set: one
@@ -195,7 +202,7 @@ impl Ipam {
             if short == 0 || left == 0 {
                 return Ok(());
             }
-            if self.paused(&self.full_subnets, &subnet) {
+            if self.paused(Shortage::Addresses, &subnet) {
                 continue;
             }
             match self.assign_some(&eni, &subnet, room, left).await {
@@ -214,7 +221,7 @@ impl Ipam {
                     return Ok(());
                 }
                 Err(e) if e.is(codes::INSUFFICIENT_FREE_ADDRESSES_IN_SUBNET) => {
-                    self.pause(&self.full_subnets, &subnet, &e)
+                    self.pause(Shortage::Addresses, &subnet, &e)
                 }
                 Err(e) => return Err(e.into()),
             }
@@ -242,7 +249,7 @@ impl Ipam {
                     return Ok(got.len() as u32 * ADDRESSES_PER_PREFIX);
                 }
                 Err(e) if e.is(codes::INSUFFICIENT_CIDR_BLOCKS) => {
-                    self.pause(&self.fragmented_subnets, subnet, &e)
+                    self.pause(Shortage::Prefixes, subnet, &e)
                 }
                 Err(e) => return Err(e),
             }
@@ -280,7 +287,7 @@ impl Ipam {
         };
         Ok(all
             .into_iter()
-            .filter(|s| !self.paused(&self.full_subnets, s))
+            .filter(|s| !self.paused(Shortage::Addresses, s))
             .collect())
     }
 
@@ -314,13 +321,20 @@ impl Ipam {
                     })
                     .await;
                 match created {
-                    Ok(eni) => return self.attach_new(eni, device_index, true).await,
+                    Ok(eni) => {
+                        if self.config.custom_network.is_none()
+                            && eni.subnet_id != self.instance.subnet_id
+                        {
+                            crate::metrics::get().eni_in_other_subnet();
+                        }
+                        return self.attach_new(eni, device_index, true).await;
+                    }
                     Err(e) if prefixes && e.is(codes::INSUFFICIENT_CIDR_BLOCKS) => {
-                        self.pause(&self.fragmented_subnets, &subnet, &e);
+                        self.pause(Shortage::Prefixes, &subnet, &e);
                         prefixes = false;
                     }
                     Err(e) if e.is(codes::INSUFFICIENT_FREE_ADDRESSES_IN_SUBNET) => {
-                        self.pause(&self.full_subnets, &subnet, &e);
+                        self.pause(Shortage::Addresses, &subnet, &e);
                         break;
                     }
                     Err(e) => return Err(e.into()),
@@ -466,8 +480,9 @@ impl Ipam {
         for (eni, blocks, prefixes) in picked {
             let outcome = self.ec2.unassign(&eni, &blocks, prefixes).await;
             self.lock().settle_leaving(&eni, &blocks, outcome.is_ok());
-            if let Err(e) = outcome {
-                result = Err(e.into());
+            match outcome {
+                Ok(()) => crate::metrics::get().given_back(prefixes, blocks.len()),
+                Err(e) => result = Err(e.into()),
             }
         }
         result

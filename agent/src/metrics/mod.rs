@@ -19,7 +19,9 @@ use prometheus::{
 
 use crate::{
     datapath::{self, Pins},
-    ipam::{pool::AddressState, Ipam},
+    ec2::NO_ANSWER,
+    ipam::{pool::AddressState, Ipam, Shortage},
+    limits::ADDRESSES_PER_PREFIX,
 };
 
 /// CNI commands timed (ADD, DEL, CHECK), as `eniflow_cni_<verb>_duration_seconds`.
@@ -53,6 +55,12 @@ pub struct Metrics {
     assigned_per_eni: IntGaugeVec,
     cni: [HistogramVec; 3],
     ec2_calls: IntCounterVec,
+    ec2_attempts: IntCounterVec,
+    given_back: IntCounterVec,
+    subnet_pauses: IntCounterVec,
+    paused_subnets: IntGaugeVec,
+    enis_in_other_subnets: IntCounter,
+    leaked_enis_deleted: IntCounter,
     pool_addresses: IntGaugeVec,
     eni_addresses: IntGaugeVec,
     /// The last errors of EC2 and of the pool's upkeep, newest last (for `status`).
@@ -161,7 +169,7 @@ impl Metrics {
                 &["result", "code"],
             )
         };
-        Metrics {
+        let m = Metrics {
             add_ip_req: counter(&r, "awscni_add_ip_req_count", "The number of add IP address requests"),
             del_ip_req: counters(
                 &r,
@@ -258,6 +266,40 @@ impl Metrics {
                 "EC2 calls by action and outcome (ok, the EC2 error code, or no-answer)",
                 &["action", "outcome"],
             ),
+            ec2_attempts: counters(
+                &r,
+                "eniflow_ec2_attempts_total",
+                "HTTP requests to EC2 by action and status (no-answer: none came), the SDK's retries included: attempts above calls are retries, 503s are throttling",
+                &["action", "status"],
+            ),
+            given_back: counters(
+                &r,
+                "eniflow_addresses_given_back_total",
+                "Pod addresses the pool gave back to their subnets, as single addresses or within /28 prefixes",
+                &["block"],
+            ),
+            subnet_pauses: counters(
+                &r,
+                "eniflow_subnet_pauses_total",
+                "Times a subnet was passed over for the subnet pause: out of addresses, or out of free /28s (prefix mode takes single addresses there meanwhile)",
+                &["shortage"],
+            ),
+            paused_subnets: gauges(
+                &r,
+                "eniflow_paused_subnets",
+                "Subnets passed over now, by what they ran out of (addresses, prefixes)",
+                &["shortage"],
+            ),
+            enis_in_other_subnets: counter(
+                &r,
+                "eniflow_enis_in_other_subnets_total",
+                "ENIs subnet discovery created outside the node's own subnet (it had fewer free addresses or none)",
+            ),
+            leaked_enis_deleted: counter(
+                &r,
+                "eniflow_leaked_enis_deleted_total",
+                "Detached ENIs of eniflow's that the leak sweep deleted",
+            ),
             pool_addresses: gauges(
                 &r,
                 "eniflow_pool_addresses",
@@ -272,7 +314,15 @@ impl Metrics {
             ),
             last_errors: Mutex::default(),
             registry: r,
+        };
+        // Every label value from the start, so a rate over the first event is not lost.
+        for what in Shortage::ALL {
+            m.subnet_pauses.with_label_values(&[what.name()]);
         }
+        for block in ["address", "prefix"] {
+            m.given_back.with_label_values(&[block]);
+        }
+        m
     }
 
     /// A CNI command answered after `took`: `code` is its CNI error code, None when it succeeded.
@@ -312,6 +362,14 @@ impl Metrics {
             .observe(took.as_secs_f64() * 1000.0);
     }
 
+    /// One attempt of an EC2 call (the SDK may make several) got HTTP `status` (None: no answer).
+    pub fn ec2_attempt(&self, action: &str, status: Option<u16>) {
+        let status = status.map_or_else(|| NO_ANSWER.to_owned(), |s| s.to_string());
+        self.ec2_attempts
+            .with_label_values(&[action, status.as_str()])
+            .inc();
+    }
+
     /// A pass of the pool's reconciliation with EC2 (`step` names it, VPC CNI's `fn`).
     pub fn reconciled(&self, step: &str) {
         self.reconcile.with_label_values(&[step]).inc();
@@ -340,6 +398,33 @@ impl Metrics {
     /// Addresses of pods taken back because EC2 no longer has them.
     pub fn force_removed(&self, addresses: usize) {
         self.force_removed_ips.inc_by(addresses as u64);
+    }
+
+    /// `n` blocks given back: single addresses, or /28 prefixes when `prefixes`.
+    pub fn given_back(&self, prefixes: bool, n: usize) {
+        let (block, addresses) = if prefixes {
+            ("prefix", n * ADDRESSES_PER_PREFIX as usize)
+        } else {
+            ("address", n)
+        };
+        self.given_back
+            .with_label_values(&[block])
+            .inc_by(addresses as u64);
+    }
+
+    /// A subnet is passed over for a while: it ran out of `what`.
+    pub fn subnet_paused(&self, what: Shortage) {
+        self.subnet_pauses.with_label_values(&[what.name()]).inc();
+    }
+
+    /// Subnet discovery put a new ENI outside the node's own subnet.
+    pub fn eni_in_other_subnet(&self) {
+        self.enis_in_other_subnets.inc();
+    }
+
+    /// The leak sweep deleted `n` ENIs.
+    pub fn leaked_enis_deleted(&self, n: usize) {
+        self.leaked_enis_deleted.inc_by(n as u64);
     }
 
     /// The agent is ready to serve CNI requests, `took` after it started.
@@ -393,6 +478,11 @@ impl Metrics {
                     .with_label_values(&[s.eni.id.as_str(), s.eni.subnet_id.as_str(), name])
                     .set(i64::from(s.count(state)));
             }
+        }
+        for what in Shortage::ALL {
+            self.paused_subnets
+                .with_label_values(&[what.name()])
+                .set(ipam.paused_count(what) as i64);
         }
         for (state, name) in STATES {
             self.pool_addresses
