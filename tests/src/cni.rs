@@ -78,6 +78,11 @@ impl PodNode {
 
     /// Starts the agent with more environment, its stderr (its logs) going to `logs`.
     pub fn start_agent_logging(&mut self, more_env: &[(&str, &str)], logs: Stdio) {
+        self.agent = Some(self.new_agent(more_env, logs));
+    }
+
+    /// Starts an agent on this node that the caller owns (to kill and restart it at will).
+    pub fn new_agent(&self, more_env: &[(&str, &str)], logs: Stdio) -> Agent {
         let mut args = self.files.args();
         args.extend(self.extra.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -85,7 +90,7 @@ impl PodNode {
         let mut env: Vec<(&str, &str)> = LAB_NODE_ENV.to_vec();
         env.extend(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         env.extend_from_slice(more_env);
-        self.agent = Some(Agent::start_logging(&netns, &self.root, &args, &env, logs));
+        Agent::start_logging(&netns, &self.root, &args, &env, logs)
     }
 
     pub fn socket(&self) -> String {

@@ -9,7 +9,7 @@ pub mod status;
 pub mod tc;
 mod uninstall;
 
-use std::{fmt, io, path::Path};
+use std::{collections::BTreeSet, fmt, io, path::Path};
 
 use aya::{
     maps::{HashMap, MapData, PerCpuHashMap},
@@ -254,6 +254,32 @@ impl Datapath {
                 });
             }
         }
+    }
+
+    /// Forgets the attachments of every interface that no longer exists: a pod whose ADD was cut
+    /// short by a crash, or that was deleted while the agent was down, leaves records and link
+    /// pins nothing else knows of. Returns the ifindexes forgotten.
+    pub fn forget_gone_interfaces(&mut self) -> Vec<u32> {
+        let mut recorded: BTreeSet<u32> = self
+            .attachments()
+            .map(|records| records.keys().flatten().map(|k| k.ifindex).collect())
+            .unwrap_or_default();
+        let pins = std::fs::read_dir(self.pins.links_dir())
+            .into_iter()
+            .flatten();
+        recorded.extend(pins.flatten().filter_map(|pin| {
+            let name = pin.file_name();
+            let rest = name.to_str()?.strip_prefix("if")?;
+            rest.split('_').next()?.parse::<u32>().ok()
+        }));
+        let gone: Vec<u32> = recorded
+            .into_iter()
+            .filter(|i| crate::netlink::ifname(*i).is_none())
+            .collect();
+        for ifindex in &gone {
+            self.forget_hooks(*ifindex);
+        }
+        gone
     }
 
     fn program(&mut self, name: &'static str) -> Result<&mut SchedClassifier, DatapathError> {

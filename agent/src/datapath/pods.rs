@@ -155,20 +155,25 @@ impl Plane {
                 Err(e) => tracing::warn!("pod {}: cannot re-adopt its data plane: {e}", pod.addr),
             }
         }
-        let stale: Vec<(Ipv4Addr, u32)> = {
+        let stale: Vec<Ipv4Addr> = {
             let forwarding = self.forwarding();
             pinned
                 .iter()
-                .filter(|(a, _)| !forwarding.pods().any(|p| p.addr == *a))
-                .map(|(a, e)| (*a, e.host_ifindex))
+                .map(|(a, _)| *a)
+                .filter(|a| !forwarding.pods().any(|p| p.addr == *a))
                 .collect()
         };
-        for (addr, ifindex) in stale {
+        for addr in stale {
             self.remove_pod(addr);
-            // Only if that interface is gone (a reused ifindex belongs to someone else now).
-            if crate::netlink::ifname(ifindex).is_none() {
-                self.forget_interface(ifindex).await;
-            }
+        }
+        // Interfaces that are gone take their records and link pins with them (an ifindex that
+        // exists again belongs to someone else now and keeps them).
+        let gone = self.datapath.lock().await.forget_gone_interfaces();
+        if !gone.is_empty() {
+            tracing::info!(
+                "forgot the attachments of {} interface(s) that are gone",
+                gone.len()
+            );
         }
         adopted
     }
