@@ -95,6 +95,13 @@ pub struct RunArgs {
     /// A VLAN of a deleted security-group pod is wired again only after this long (seconds).
     #[arg(long, env = "ENIFLOW_VLAN_COOLDOWN", default_value = "60", value_parser = seconds)]
     vlan_cooldown: std::time::Duration,
+    /// How often the pool re-reads the node's ENIs from EC2 (seconds).
+    #[arg(long, env = "ENIFLOW_RECONCILE_PERIOD", default_value = "60", value_parser = seconds)]
+    reconcile_period: std::time::Duration,
+    /// A pod's address missing from EC2's view this long is lost (seconds): EC2's reads are
+    /// eventually consistent, so one answer without it proves nothing.
+    #[arg(long, env = "ENIFLOW_LOST_GRACE", default_value = "120", value_parser = seconds)]
+    lost_grace: std::time::Duration,
     /// The unix socket the CNI shim calls (root only).
     #[arg(long, env = "ENIFLOW_SOCKET", default_value = eniflow_api::DEFAULT_SOCKET)]
     socket: PathBuf,
@@ -308,13 +315,13 @@ async fn serve_cni(
         .context("IPv4 forwarding (net.ipv4.ip_forward) for pod traffic")?;
     let host = eniflow_agent::netlink::connect().context("open a route netlink socket")?;
     plane.set_sg_strict(args.sg_mode == SgMode::Strict)?;
-    let sources = cni::seams::Sources::new(ipam, branches, pod_annotations);
-    let pods = cni::lifecycle::Lifecycle::new(
+    let sources = cni::seams::Sources::new(ipam.clone(), branches, pod_annotations);
+    let pods = Arc::new(cni::lifecycle::Lifecycle::new(
         sources,
         cni::seams::HostWiring::new(host),
         plane,
         args.veth_prefix.clone(),
-    );
+    ));
     let released = pods.release_unwired().await;
     if released > 0 {
         tracing::info!("released {released} address(es) of pods deleted while the agent was away");
@@ -323,11 +330,32 @@ async fn serve_cni(
     if adopted > 0 {
         tracing::info!("re-adopted the data plane of {adopted} pod(s)");
     }
+    tokio::spawn(unwire_lost(ipam, pods.clone()));
     let socket = cni::server::serve(&args.socket, cni::server::Service::new(pods))
         .await
         .with_context(|| format!("serve the CNI socket {}", args.socket.display()))?;
     tracing::info!("CNI requests served on {}", socket.display());
     Ok(())
+}
+
+/// Unwires the pods whose address the node lost, as reconcile finds them.
+async fn unwire_lost<A, W, D>(ipam: Arc<Ipam>, pods: Arc<cni::lifecycle::Lifecycle<A, W, D>>)
+where
+    A: cni::seams::Addresses,
+    W: cni::seams::Wiring,
+    D: cni::seams::DataPlane,
+{
+    loop {
+        for lost in ipam.lost_allocations().await {
+            let (addr, container) = (lost.ipv4, lost.owner.container_id.clone());
+            match pods.unwire_lost(lost).await {
+                Ok(()) => tracing::warn!(
+                    "{addr} of {container} is lost: the pod's veth and map entries are removed"
+                ),
+                Err(e) => tracing::warn!("{addr} of {container} is lost; unwiring it: {e}"),
+            }
+        }
+    }
 }
 
 /// Reads the instance from IMDS, starts the pool (restoring its checkpoint) and publishes the
@@ -357,6 +385,8 @@ async fn start_pool(
     config.create_trunk = args.create_trunk;
     config.vpc_cni_checkpoint = Some(args.vpc_cni_checkpoint.clone());
     config.cluster_name = args.cluster_name.clone();
+    config.reconcile_period = args.reconcile_period;
+    config.lost_grace = args.lost_grace;
     tracing::info!(
         "instance {} ({}, {}); pool checkpoint {}",
         node.id,

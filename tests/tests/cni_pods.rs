@@ -671,3 +671,68 @@ fn not_json(log: &str) -> Value {
     let out = child.wait_with_output().unwrap();
     serde_json::from_slice(&out.stdout).expect("a CNI error on stdout")
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_whose_address_the_node_lost_is_unwired() {
+    require_root();
+    let node = Node::start_custom(
+        Default::default(),
+        &[],
+        &[
+            ("ENIFLOW_RECONCILE_PERIOD", "1"),
+            ("ENIFLOW_LOST_GRACE", "2"),
+        ],
+    )
+    .await;
+    let pod = Netns::new("pod");
+    let add = node.cni("ADD", "c-lost", Some(&pod), "eth0", &pod_args("lost"));
+    assert!(add.ok, "{}", add.json);
+    let ip = address(&add);
+    let veth = add.json["interfaces"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(node.pod_entry(&ip).is_some());
+
+    // Someone unassigns the pod's address behind eniflow's back.
+    let view = node.lab.emulator.view();
+    let eni = view["enis"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| {
+            e["private_ips"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|a| a == ip.as_str()))
+        })
+        .and_then(|e| e["id"].as_str())
+        .expect("the ENI holding the pod's address")
+        .to_owned();
+    node.lab
+        .ec2()
+        .unassign_private_ip_addresses()
+        .network_interface_id(&eni)
+        .private_ip_addresses(&ip)
+        .send()
+        .await
+        .expect("UnassignPrivateIpAddresses");
+
+    // Missing past the grace: the pool forgets it, and the pod's map entry and veth go.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let entry = node.pod_entry(&ip);
+        let veths = node.host_veths();
+        if entry.is_none() && !veths.contains(&veth) && node.allocations() == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after 20 s: pods entry {entry:?}, veths {veths:?}, {} allocation(s)",
+            node.allocations()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The runtime's DEL, whenever it comes, finds nothing to do and succeeds.
+    let del = node.cni("DEL", "c-lost", Some(&pod), "eth0", &pod_args("lost"));
+    assert!(del.ok, "{}", del.json);
+}

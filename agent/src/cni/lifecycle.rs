@@ -19,7 +19,7 @@ use super::{
 };
 use crate::{
     datapath::{KnownPod, PodPort},
-    ipam::Owner,
+    ipam::{Allocation, Owner},
 };
 
 /// How long an ADD waits for the ENI of the address it took to be set up on the node.
@@ -201,6 +201,20 @@ impl<A: Addresses, W: Wiring, D: DataPlane> Lifecycle<A, W, D> {
     /// it). Goes on past each failure and reports them all.
     async fn unwire(&self, hold: Option<&Hold>, veths: &BTreeSet<String>) -> Result<(), CniError> {
         let mut errors = ErrorList::default();
+        let all_gone = self.unplug(hold, veths, &mut errors).await;
+        if let (Some(hold), true) = (hold, all_gone) {
+            errors.check(self.addresses.release(hold).await);
+        }
+        errors.into_result()
+    }
+
+    /// The data plane and veth part of `unwire`; returns whether every veth is gone.
+    async fn unplug(
+        &self,
+        hold: Option<&Hold>,
+        veths: &BTreeSet<String>,
+        errors: &mut ErrorList,
+    ) -> bool {
         let ifindex = hold.and_then(|h| self.plane.remove_pod(h.addr()));
         let mut all_gone = true;
         for veth in veths {
@@ -212,9 +226,21 @@ impl<A: Addresses, W: Wiring, D: DataPlane> Lifecycle<A, W, D> {
         if let Some(ifindex) = ifindex {
             self.plane.forget_interface(ifindex).await;
         }
-        if let (Some(hold), true) = (hold, all_gone) {
-            errors.check(self.addresses.release(hold).await);
-        }
+        all_gone
+    }
+
+    /// A pod whose address the node lost (reconcile, or a restart, found it on none of the
+    /// node's ENIs; the pool has forgotten it): its map entries and veth go, so that address
+    /// reaches nothing if EC2 gives it to another pod, and the runtime sees the pod broken.
+    pub async fn unwire_lost(&self, lost: Allocation) -> Result<(), CniError> {
+        let hold = Hold::Pool(lost);
+        let mut errors = ErrorList::default();
+        self.unplug(
+            Some(&hold),
+            &BTreeSet::from([self.veth(&hold)]),
+            &mut errors,
+        )
+        .await;
         errors.into_result()
     }
 

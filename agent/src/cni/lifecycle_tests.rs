@@ -493,7 +493,7 @@ async fn a_request_the_runtime_gives_up_on_still_runs_to_completion() {
     let l = lifecycle(1);
     *lock(&l.wiring.delay) = Duration::from_millis(300);
     let plane = l.plane.clone();
-    let service = crate::cni::server::Service::new(l);
+    let service = crate::cni::server::Service::new(Arc::new(l));
     let request = CniRequest {
         protocol: eniflow_api::PROTOCOL,
         container_id: "c1".into(),

@@ -41,10 +41,8 @@ pub struct Service<A, W, D> {
 }
 
 impl<A, W, D> Service<A, W, D> {
-    pub fn new(pods: Lifecycle<A, W, D>) -> Self {
-        Service {
-            pods: Arc::new(pods),
-        }
+    pub fn new(pods: Arc<Lifecycle<A, W, D>>) -> Self {
+        Service { pods }
     }
 }
 

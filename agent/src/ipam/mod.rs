@@ -146,6 +146,9 @@ pub struct Ipam {
     /// The zone's subnets as subnet discovery last read them (for introspection).
     seen_subnets: Mutex<Vec<Subnet>>,
     wake: tokio::sync::Notify,
+    /// Allocations reconcile found lost, until the CNI side unwires their pods.
+    lost: Mutex<Vec<Allocation>>,
+    lost_found: tokio::sync::Notify,
     /// Set once the refill loop has finished its first pass (whatever its outcome).
     refilled: tokio::sync::watch::Sender<bool>,
 }
@@ -231,11 +234,12 @@ impl Ipam {
                 None => Default::default(),
             },
         };
-        for gone in pool.restore(allocations, cooling) {
+        let gone = pool.restore(allocations, cooling);
+        for a in &gone {
             tracing::warn!(
                 "dropping the allocation of {} for {:?}: the address is on none of the node's ENIs",
-                gone.ipv4,
-                gone.owner
+                a.ipv4,
+                a.owner
             );
         }
         let ipam = Ipam {
@@ -251,10 +255,24 @@ impl Ipam {
             fragmented_subnets: Mutex::default(),
             seen_subnets: Mutex::default(),
             wake: tokio::sync::Notify::new(),
+            lost: Mutex::new(gone),
+            lost_found: tokio::sync::Notify::new(),
             refilled: tokio::sync::watch::Sender::new(false),
         };
         ipam.save(&ipam.lock())?;
         Ok(ipam)
+    }
+
+    /// Waits for allocations that reconcile found lost (the pool has forgotten them already):
+    /// their pods must be unwired before EC2 can hand the address to another pod.
+    pub async fn lost_allocations(&self) -> Vec<Allocation> {
+        loop {
+            let lost = std::mem::take(&mut *self.lost.lock().unwrap_or_else(|e| e.into_inner()));
+            if !lost.is_empty() {
+                return lost;
+            }
+            self.lost_found.notified().await;
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Pool> {

@@ -432,8 +432,8 @@ impl Ipam {
     }
 
     /// Re-reads the attached ENIs from EC2 and brings the pool in line (see `Pool::reconcile`);
-    /// returns the allocations whose address the node lost (missing for `lost_grace`), which are
-    /// logged and forgotten.
+    /// returns the allocations whose address the node lost (missing for `lost_grace`): they are
+    /// forgotten, and queued for their pods to be unwired (`lost_allocations`).
     pub async fn reconcile(&self) -> Result<Vec<Allocation>, IpamError> {
         let attached = self.ec2.attached_enis(&self.instance.id).await?;
         let attached = attached
@@ -455,6 +455,13 @@ impl Ipam {
             );
         }
         self.save(&pool)?;
+        if !lost.is_empty() {
+            self.lost
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(lost.iter().cloned());
+            self.lost_found.notify_one();
+        }
         Ok(lost)
     }
 
