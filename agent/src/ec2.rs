@@ -79,17 +79,25 @@ pub struct Settings {
     pub max_attempts: u32,
     pub initial_backoff: Duration,
     pub max_backoff: Duration,
+    /// One attempt that has no answer after this long is abandoned (and retried): without it a
+    /// connection EC2 never answers would stall the refill loop for good.
+    pub attempt_timeout: Duration,
+    /// A call, its retries included, gives up after this long.
+    pub call_timeout: Duration,
 }
 
 impl Default for Settings {
     /// Five attempts with backoff from 500 ms to 20 s: a throttled refill slows down instead of
-    /// failing fast, while ADDs are served from the pool meanwhile.
+    /// failing fast, while ADDs are served from the pool meanwhile. EC2 answers in well under a
+    /// second; 10 s per attempt only cuts off what would never answer.
     fn default() -> Self {
         Settings {
             endpoint: None,
             max_attempts: 5,
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(20),
+            attempt_timeout: Duration::from_secs(10),
+            call_timeout: Duration::from_secs(120),
         }
     }
 }
@@ -176,16 +184,29 @@ impl Ec2 {
             .region(aws_config::Region::new(region.to_owned()))
             .load()
             .await;
-        let mut config = aws_sdk_ec2::config::Builder::from(&shared).retry_config(
-            aws_sdk_ec2::config::retry::RetryConfig::standard()
-                .with_max_attempts(settings.max_attempts)
-                .with_initial_backoff(settings.initial_backoff)
-                .with_max_backoff(settings.max_backoff),
-        );
+        Ec2::configured(aws_sdk_ec2::config::Builder::from(&shared), settings)
+    }
+
+    /// A client from `base` (region, credentials) with eniflow's retries, timeouts and attempt
+    /// counting.
+    pub fn configured(base: aws_sdk_ec2::config::Builder, settings: &Settings) -> Ec2 {
+        let mut config = base
+            .retry_config(
+                aws_sdk_ec2::config::retry::RetryConfig::standard()
+                    .with_max_attempts(settings.max_attempts)
+                    .with_initial_backoff(settings.initial_backoff)
+                    .with_max_backoff(settings.max_backoff),
+            )
+            .timeout_config(
+                aws_sdk_ec2::config::timeout::TimeoutConfig::builder()
+                    .operation_attempt_timeout(settings.attempt_timeout)
+                    .operation_timeout(settings.call_timeout)
+                    .build(),
+            )
+            .interceptor(CountAttempts);
         if let Some(endpoint) = &settings.endpoint {
             config = config.endpoint_url(endpoint);
         }
-        config = config.interceptor(CountAttempts);
         Ec2::from_client(Client::from_conf(config.build()))
     }
 

@@ -77,6 +77,29 @@ impl Node {
         Ipam::start(ec2, self.instance().await, config).await
     }
 
+    /// The pool with the agent's own EC2 client (its retries, timeouts), tightened for a test.
+    async fn start_as_agent(&self, config: Config) -> Result<Ipam, IpamError> {
+        let settings = ec2::Settings {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(50),
+            attempt_timeout: Duration::from_millis(500),
+            call_timeout: Duration::from_secs(3),
+            ..Default::default()
+        };
+        let ec2 = Ec2::configured(self.vpc.emulator.ec2_config(), &settings);
+        Ipam::start(ec2, self.instance().await, config).await
+    }
+
+    /// Moves on to a new node of the same type, in a new subnet of `cidr`, with a new checkpoint.
+    async fn relaunch(&mut self, instance_type: &str, cidr: &str) {
+        let subnet = self.vpc.subnet(cidr, "us-west-2a").await;
+        self.launched = self.vpc.launch(instance_type, &subnet).await;
+        self.vpc.emulator.select_imds(&self.launched.id);
+        let dir = std::env::temp_dir().join(eniflow_tests::unique_name("ipam"));
+        self.checkpoint = dir.join("ipam.json");
+    }
+
     async fn tag(&self, resource: &str, tags: &[(&str, &str)]) {
         let mut request = self.vpc.ec2.create_tags().resources(resource);
         for (k, v) in tags {
@@ -208,8 +231,18 @@ fn assign_all(ipam: &Ipam, range: std::ops::Range<usize>) -> Vec<Ipv4Addr> {
         .collect()
 }
 
-/// Every address held by a pod is on the node's ENIs, and no two pods share one.
+/// Every address held by a pod is on the node's ENIs, no two pods share one, and the pool is
+/// exactly what EC2 has.
 async fn assert_consistent(node: &Node, ipam: &Ipam) {
+    let on_enis = assert_nothing_lost_or_doubled(node, ipam).await;
+    let pool: BTreeSet<String> = ipam.addresses().iter().map(|a| a.to_string()).collect();
+    assert_eq!(pool, on_enis, "the pool and EC2 disagree");
+}
+
+/// Every address the pool holds or could hand out is on the node's ENIs, and no two pods share
+/// one; the pool may not know yet of addresses EC2 added for a call whose answer never came.
+/// Returns what EC2 has.
+async fn assert_nothing_lost_or_doubled(node: &Node, ipam: &Ipam) -> BTreeSet<String> {
     let on_enis: BTreeSet<String> = node
         .attached()
         .await
@@ -244,8 +277,13 @@ async fn assert_consistent(node: &Node, ipam: &Ipam) {
             "{ip} is held but on none of the node's ENIs"
         );
     }
-    let pool: BTreeSet<String> = ipam.addresses().iter().map(|a| a.to_string()).collect();
-    assert_eq!(pool, on_enis, "the pool and EC2 disagree");
+    for ip in ipam.addresses() {
+        assert!(
+            on_enis.contains(&ip.to_string()),
+            "the pool could hand out {ip}, which is on none of the node's ENIs"
+        );
+    }
+    on_enis
 }
 
 #[tokio::test]
@@ -1075,4 +1113,287 @@ async fn the_iam_policy_grants_exactly_the_actions_the_pool_calls() {
         called, granted,
         "what the pool called (left) against what deploy/iam-policy.json grants (right)"
     );
+}
+
+/// When the pool meets a fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Start,
+    Refill,
+    Release,
+}
+
+/// A fault as the emulator injects it: its EC2 code (None: a slow success) and HTTP status.
+struct Kind {
+    name: &'static str,
+    code: Option<&'static str>,
+    status: u16,
+    latency_ms: u64,
+}
+
+const KINDS: &[Kind] = &[
+    Kind {
+        name: "throttled",
+        code: Some("RequestLimitExceeded"),
+        status: 503,
+        latency_ms: 0,
+    },
+    Kind {
+        name: "500",
+        code: Some("InternalError"),
+        status: 500,
+        latency_ms: 0,
+    },
+    Kind {
+        name: "503",
+        code: Some("Unavailable"),
+        status: 503,
+        latency_ms: 0,
+    },
+    Kind {
+        name: "unauthorized",
+        code: Some("UnauthorizedOperation"),
+        status: 403,
+        latency_ms: 0,
+    },
+    Kind {
+        name: "limit",
+        code: None,
+        status: 400,
+        latency_ms: 0,
+    },
+    // Longer than the attempt timeout (500 ms here): every attempt is cut off.
+    Kind {
+        name: "slow",
+        code: None,
+        status: 200,
+        latency_ms: 1500,
+    },
+];
+
+/// The limit error EC2 answers `action` with, if it has one.
+fn limit_code(action: &str) -> Option<&'static str> {
+    match action {
+        "AssignPrivateIpAddresses" => Some(ec2::codes::PRIVATE_IP_ADDRESS_LIMIT_EXCEEDED),
+        "AttachNetworkInterface" => Some(ec2::codes::ATTACHMENT_LIMIT_EXCEEDED),
+        "CreateNetworkInterface" => Some("NetworkInterfaceLimitExceeded"),
+        _ => None,
+    }
+}
+
+/// The state each faulted action is met in: the pool's knobs, and pods added (with refills)
+/// before the fault. Growth then needs the action: an Assign on the primary ENI (four warm, all
+/// taken), or a new ENI (nine warm, all taken). Give-backs follow deleting every pod: addresses
+/// under WARM_IP_TARGET, whole ENIs under WARM_ENI_TARGET.
+struct Setup {
+    phase: Phase,
+    actions: &'static [&'static str],
+    knobs: &'static [(&'static str, &'static str)],
+    pods: usize,
+}
+
+const MATRIX: &[Setup] = &[
+    Setup {
+        phase: Phase::Start,
+        actions: &["DescribeInstanceTypes", "DescribeNetworkInterfaces"],
+        knobs: &[("WARM_IP_TARGET", "4")],
+        pods: 0,
+    },
+    Setup {
+        phase: Phase::Refill,
+        actions: &["AssignPrivateIpAddresses"],
+        knobs: &[("WARM_IP_TARGET", "4")],
+        pods: 4,
+    },
+    Setup {
+        phase: Phase::Refill,
+        actions: &[
+            "CreateNetworkInterface",
+            "AttachNetworkInterface",
+            "ModifyNetworkInterfaceAttribute",
+        ],
+        knobs: &[("WARM_IP_TARGET", "9")],
+        pods: 9,
+    },
+    Setup {
+        phase: Phase::Release,
+        actions: &["UnassignPrivateIpAddresses"],
+        knobs: &[("WARM_IP_TARGET", "4")],
+        pods: 9,
+    },
+    Setup {
+        phase: Phase::Release,
+        actions: &["DetachNetworkInterface", "DeleteNetworkInterface"],
+        knobs: &[("WARM_ENI_TARGET", "1")],
+        pods: 9,
+    },
+];
+
+/// Refills until a pass makes no EC2 call (the pool is where its targets want it); returns how
+/// long that took.
+async fn settle(ipam: &Ipam) -> Duration {
+    let started = Instant::now();
+    loop {
+        let before: u64 = ipam.ec2().calls().values().sum();
+        let done = ipam.refill().await.is_ok();
+        let after: u64 = ipam.ec2().calls().values().sum();
+        // The pass's own DescribeNetworkInterfaces of a reconcile does not count as movement.
+        if done && after - before <= 1 {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the pool did not settle in 30 s"
+        );
+    }
+}
+
+/// Every EC2 action the pool calls, failing in every way EC2 fails, at start, while growing
+/// and while giving back: the pool never loses or duplicates an address, and settles once the
+/// fault clears. Prints the matrix (what the pool did, how long it took to recover).
+#[tokio::test]
+async fn every_ec2_fault_at_start_refill_and_release_loses_nothing_and_recovers() {
+    let mut node = Node::new("m5.large").await;
+    let mut rows = Vec::new();
+    let mut subnet = 16;
+    for setup in MATRIX {
+        let phase = setup.phase;
+        let mut knobs = setup.knobs.to_vec();
+        knobs.push(("IP_COOLDOWN_PERIOD", "0"));
+        for action in setup.actions {
+            for kind in KINDS {
+                let code = match kind.name {
+                    "limit" => match limit_code(action) {
+                        Some(code) => Some(code),
+                        None => continue,
+                    },
+                    _ => kind.code,
+                };
+                let row = format!("{phase:?} {action} {}", kind.name);
+                subnet += 1;
+                node.relaunch("m5.large", &format!("10.0.{subnet}.0/24"))
+                    .await;
+                let mut pods = 0..0;
+                let mut ipam = None;
+                if phase != Phase::Start {
+                    let started = node
+                        .start_as_agent(node.config(&knobs))
+                        .await
+                        .expect("start");
+                    settle(&started).await;
+                    pods = 0..setup.pods;
+                    for n in pods.clone() {
+                        while started
+                            .assign(&owner(n), ("default", &format!("pod-{n}")))
+                            .is_err()
+                        {
+                            started.refill().await.expect("refill");
+                        }
+                    }
+                    if phase == Phase::Release {
+                        settle(&started).await;
+                        for n in pods.clone() {
+                            started.release(&owner(n)).unwrap();
+                        }
+                        pods = 0..0;
+                    }
+                    ipam = Some(started);
+                }
+                node.vpc.emulator.fault(&Fault {
+                    action: action.to_string(),
+                    code: code.map(str::to_owned),
+                    status: kind.status,
+                    count: 1000,
+                    latency_ms: kind.latency_ms,
+                });
+                let faulted = Instant::now();
+                let what = match &ipam {
+                    None => match node.start_as_agent(node.config(&knobs)).await {
+                        Ok(started) => {
+                            ipam = Some(started);
+                            "started".to_owned()
+                        }
+                        Err(e) => format!("refused to start: {e}"),
+                    },
+                    Some(ipam) => match ipam.refill().await {
+                        Ok(_) => "refill ok".to_owned(),
+                        Err(e) => format!("refill failed: {e}"),
+                    },
+                };
+                let during = faulted.elapsed();
+                let failed: u64 = match &ipam {
+                    Some(ipam) => ipam
+                        .ec2()
+                        .calls()
+                        .iter()
+                        .filter(|((a, outcome), _)| a == action && outcome != "ok")
+                        .map(|(_, n)| n)
+                        .sum(),
+                    // It did not start: the call that stopped it is in the answer.
+                    None => {
+                        assert!(what.contains(action), "{row}: {what}");
+                        1
+                    }
+                };
+                assert!(failed > 0, "{row}: the pool never called {action} ({what})");
+                if let Some(ipam) = &ipam {
+                    assert_nothing_lost_or_doubled(&node, ipam).await;
+                }
+                node.vpc.emulator.clear_faults();
+                let recovered = Instant::now();
+                let ipam = match ipam {
+                    Some(ipam) => ipam,
+                    None => node
+                        .start_as_agent(node.config(&knobs))
+                        .await
+                        .expect("start after the fault"),
+                };
+                // What EC2 did for calls that timed out joins the pool at the next reconcile
+                // (the refill loop runs one every minute).
+                ipam.reconcile().await.expect("reconcile");
+                settle(&ipam).await;
+                let recovery = recovered.elapsed();
+                assert_consistent(&node, &ipam).await;
+                let counts = ipam.counts();
+                assert_eq!(counts.assigned as usize, pods.len(), "{row}");
+                let warm: u32 = knobs
+                    .iter()
+                    .find(|(k, _)| *k == "WARM_IP_TARGET")
+                    .map_or(9, |(_, v)| v.parse().unwrap());
+                assert!(
+                    counts.total - counts.assigned >= warm,
+                    "{row}: the pool did not get back to its warm target: {counts:?}"
+                );
+                // A detached ENI of this node's is the leak sweep's (it carries eniflow's tags).
+                let detached = node
+                    .vpc
+                    .ec2
+                    .describe_network_interfaces()
+                    .filters(Filter::builder().name("status").values("available").build())
+                    .filters(
+                        Filter::builder()
+                            .name(format!("tag:{}", ec2::tags::INSTANCE_ID))
+                            .values(&node.launched.id)
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .expect("DescribeNetworkInterfaces")
+                    .network_interfaces()
+                    .len();
+                let what: String = what.chars().take(100).collect();
+                rows.push(format!(
+                    "| {phase:?} | {action} | {} | {what} | {failed} | {:.1} s | {:.1} s | {detached} |",
+                    kind.name,
+                    during.as_secs_f64(),
+                    recovery.as_secs_f64(),
+                ));
+            }
+        }
+    }
+    println!("| phase | action | fault | what the pool did | failed calls | faulted for | recovered in | ENIs left for the leak sweep |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for row in &rows {
+        println!("{row}");
+    }
 }

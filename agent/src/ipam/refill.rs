@@ -486,7 +486,14 @@ impl Ipam {
         let mut result = Ok(());
         for (eni, blocks, prefixes) in picked {
             let outcome = self.ec2.unassign(&eni, &blocks, prefixes).await;
-            self.lock().settle_leaving(&eni, &blocks, outcome.is_ok());
+            // No answer: EC2 may have unassigned them. They leave the pool either way, and the
+            // next reconcile puts back what EC2 still has; handing one out meanwhile could give
+            // a pod an address that is not the node's.
+            let removed = match &outcome {
+                Ok(()) => true,
+                Err(e) => e.code.is_none(),
+            };
+            self.lock().settle_leaving(&eni, &blocks, removed);
             match outcome {
                 Ok(()) => crate::metrics::get().given_back(prefixes, blocks.len()),
                 Err(e) => result = Err(e.into()),
@@ -505,7 +512,14 @@ impl Ipam {
                 continue;
             };
             if let Err(e) = self.ec2.detach(attachment).await {
-                self.lock().undrain(&eni.id);
+                if e.code.is_none() {
+                    // No answer: it may be detached. Out of the pool either way; the next
+                    // reconcile brings it back if it is still attached, the leak sweep deletes
+                    // it if not.
+                    self.lock().remove_eni(&eni.id);
+                } else {
+                    self.lock().undrain(&eni.id);
+                }
                 return Err(e.into());
             }
             // Detached (or detaching): it no longer serves pods either way.

@@ -42,6 +42,7 @@ async fn main() {
         max_attempts: 3,
         initial_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(100),
+        ..Default::default()
     };
     let ec2 = Ec2::connect(&settings, &node.region).await;
     let knobs = Knobs::from_vars(|name| std::env::var(name).ok()).expect("valid knobs");

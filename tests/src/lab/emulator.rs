@@ -111,10 +111,10 @@ impl Emulator {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// A fresh aws-sdk-ec2 client for the emulator, with static dummy credentials and a short
-    /// retry backoff (standard mode, 3 attempts).
-    pub fn ec2(&self) -> aws_sdk_ec2::Client {
-        let config = aws_sdk_ec2::Config::builder()
+    /// The emulator's endpoint, region and static dummy credentials, for a client to be built
+    /// on (the agent's own `Ec2::configured` adds its retries and timeouts).
+    pub fn ec2_config(&self) -> aws_sdk_ec2::config::Builder {
+        aws_sdk_ec2::Config::builder()
             .behavior_version(aws_sdk_ec2::config::BehaviorVersion::latest())
             .endpoint_url(self.endpoint())
             .region(aws_sdk_ec2::config::Region::new(REGION))
@@ -125,6 +125,13 @@ impl Emulator {
                 None,
                 "eniflow-lab",
             ))
+    }
+
+    /// A fresh aws-sdk-ec2 client for the emulator, with a short retry backoff (standard mode,
+    /// 3 attempts).
+    pub fn ec2(&self) -> aws_sdk_ec2::Client {
+        let config = self
+            .ec2_config()
             .retry_config(
                 aws_sdk_ec2::config::retry::RetryConfig::standard()
                     .with_max_attempts(3)
