@@ -123,6 +123,11 @@ impl Agent {
         }
     }
 
+    /// The agent's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
     /// SIGTERM, then waits: a clean stop.
     pub fn stop(mut self) {
         self.signal(libc::SIGTERM);

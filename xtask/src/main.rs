@@ -143,6 +143,8 @@ enum BenchPart {
     Cni,
     Datapath,
     Kubelet,
+    /// Not in the default run: 20,000 ADD/DEL cycles (`ENIFLOW_SOAK_CYCLES`) take half an hour.
+    Soak,
 }
 
 impl BenchPart {
@@ -153,6 +155,7 @@ impl BenchPart {
             BenchPart::Cni => "cni",
             BenchPart::Datapath => "datapath",
             BenchPart::Kubelet => "kubelet",
+            BenchPart::Soak => "soak",
         }
     }
 }
@@ -191,6 +194,13 @@ fn bench(part: Option<BenchPart>) -> Result<()> {
         step("bench: pod startup through kubelet, eniflow against bridge + host-local");
         cmd::run(&mut std::process::Command::new(
             root().join("target/debug/eniflow-bench-kubelet"),
+        ))?;
+    }
+    if part == Some(BenchPart::Soak) {
+        cmd::require_root("the soak runs pods in network namespaces")?;
+        step("bench: soak, ADD/DEL cycles through the shim on one agent");
+        cmd::run(&mut std::process::Command::new(
+            root().join("target/debug/eniflow-bench-soak"),
         ))?;
     }
     let report = report::assemble()?;
