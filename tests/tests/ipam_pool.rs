@@ -1,7 +1,8 @@
 //! The agent's address pool against the lab's EC2 and IMDS: warm targets met by filling attached
 //! ENIs before adding ENIs, never beyond the instance's limits; give-backs of addresses, prefixes
-//! and whole ENIs; EC2 failures (attach limit, address limit, throttling, missing permission)
-//! that lose or duplicate nothing; the checkpoint across restarts and VPC CNI's imported.
+//! and whole ENIs; EC2 failures (attach limit, address limit, throttling, missing permission,
+//! and a matrix of every action the pool calls failing every way EC2 fails) that lose or
+//! duplicate nothing; the checkpoint across restarts and VPC CNI's imported.
 
 use std::{
     collections::{BTreeMap, BTreeSet},

@@ -20,15 +20,9 @@ use serde_json::Value;
 
 /// Pod addresses on the node's ENIs (not trunks), as EC2 has them: secondaries and /28s.
 fn addresses_in_ec2(node: &Node) -> f64 {
-    node.lab.emulator.view()["enis"]
-        .as_array()
-        .unwrap()
+    attached_enis(node)
         .iter()
-        .filter(|e| {
-            e["instance_id"] == node.lab.node.id.as_str()
-                && e["interface_type"] != "trunk"
-                && !e["device_index"].is_null()
-        })
+        .filter(|e| e["interface_type"] != "trunk")
         .map(|e| {
             let secondaries = e["private_ips"]
                 .as_array()
@@ -89,16 +83,7 @@ async fn prometheus_scrapes_cni_counts_and_the_pool_as_ec2_has_it() {
     prom.wait_for(r#"eniflow_pool_addresses{state="cooling"}"#, || 2.0);
     prom.wait_for("sum(eniflow_pool_addresses)", || addresses_in_ec2(&node));
     prom.wait_for("sum(eniflow_eni_addresses)", || addresses_in_ec2(&node));
-    prom.wait_for("awscni_eni_allocated", || {
-        node.lab.emulator.view()["enis"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| {
-                e["instance_id"] == node.lab.node.id.as_str() && !e["device_index"].is_null()
-            })
-            .count() as f64
-    });
+    prom.wait_for("awscni_eni_allocated", || attached_enis(&node).len() as f64);
     // EC2 calls, counted by the agent, against the emulator's own count.
     let described = node.lab.emulator.calls()["DescribeNetworkInterfaces"] as f64;
     assert!(described > 0.0);
@@ -206,13 +191,22 @@ async fn throttling_and_a_full_subnet_show_in_the_ec2_and_pool_counters() {
     node.lab.emulator.clear_faults();
 }
 
-/// The node's ENIs in EC2 (attached, not trunks) as (id, subnet id).
-fn node_enis(node: &Node) -> Vec<(String, String)> {
-    node.lab.emulator.view()["enis"]
+/// The ENIs attached to the node, as the emulator's view has them.
+fn attached_enis(node: &Node) -> Vec<Value> {
+    let view = node.lab.emulator.view();
+    view["enis"]
         .as_array()
         .unwrap()
         .iter()
         .filter(|e| e["instance_id"] == node.lab.node.id.as_str() && !e["device_index"].is_null())
+        .cloned()
+        .collect()
+}
+
+/// The node's attached ENIs in EC2 as (id, subnet id).
+fn node_enis(node: &Node) -> Vec<(String, String)> {
+    attached_enis(node)
+        .iter()
         .map(|e| {
             let s = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
             (s("id"), s("subnet_id"))
@@ -399,11 +393,8 @@ async fn addresses_given_back_are_counted() {
 
 /// The node's ENIs as EC2 has them: id → (device index, secondary addresses, prefixes).
 fn enis_in_ec2(node: &Node) -> BTreeMap<String, (u64, BTreeSet<String>, BTreeSet<String>)> {
-    node.lab.emulator.view()["enis"]
-        .as_array()
-        .unwrap()
+    attached_enis(node)
         .iter()
-        .filter(|e| e["instance_id"] == node.lab.node.id.as_str() && !e["device_index"].is_null())
         .map(|e| {
             let strings = |v: &Value| -> Vec<String> {
                 v.as_array()
