@@ -84,46 +84,78 @@ pub struct ImdsEni {
     pub vpc_cidrs: Vec<(Ipv4Addr, u8)>,
 }
 
-/// Every ENI IMDS lists for this instance.
-pub async fn read_enis(client: &imds::Client) -> Result<Vec<ImdsEni>, ImdsError> {
-    let get = |path: String| get(client, path);
-    let bad = |path: String, message: String| ImdsError { path, message };
-    let base = "/latest/meta-data/network/interfaces/macs/";
-    let mut out = Vec::new();
-    for line in get(base.to_owned()).await?.lines() {
-        let mac_text = line.trim().trim_end_matches('/');
-        if mac_text.is_empty() {
-            continue;
-        }
-        let key = |k: &str| format!("{base}{mac_text}/{k}");
-        let mac = parse_mac(mac_text)
-            .ok_or_else(|| bad(base.into(), format!("{mac_text:?} is not a MAC address")))?;
-        let primary = get(key("local-ipv4s"))
-            .await?
+/// What IMDS answers for one ENI, as text: its `macs/` entry and five of its keys.
+#[derive(Clone, Debug, Default)]
+pub struct EniAnswers {
+    pub mac: String,
+    pub local_ipv4s: String,
+    pub subnet_cidr: String,
+    pub device_number: String,
+    pub vpc_cidrs: String,
+    pub interface_id: String,
+}
+
+const MACS: &str = "/latest/meta-data/network/interfaces/macs/";
+
+/// IMDS's `macs/` listing: one MAC per line, each with a trailing slash.
+pub fn listed_macs(listing: &str) -> impl Iterator<Item = &str> {
+    listing
+        .lines()
+        .map(|line| line.trim().trim_end_matches('/'))
+        .filter(|mac| !mac.is_empty())
+}
+
+impl EniAnswers {
+    /// The ENI these answers describe; the error names the key that was wrong.
+    pub fn parse(&self) -> Result<ImdsEni, ImdsError> {
+        let key = |k: &str| format!("{MACS}{}/{k}", self.mac);
+        let bad = |path: String, message: String| ImdsError { path, message };
+        let mac = parse_mac(&self.mac)
+            .ok_or_else(|| bad(MACS.into(), format!("{:?} is not a MAC address", self.mac)))?;
+        let primary = self
+            .local_ipv4s
             .lines()
             .next()
             .and_then(|a| a.trim().parse().ok())
             .ok_or_else(|| bad(key("local-ipv4s"), "no primary address".into()))?;
-        let subnet = get(key("subnet-ipv4-cidr-block")).await?;
-        let subnet = parse_cidr(&subnet).ok_or_else(|| {
+        let subnet = parse_cidr(&self.subnet_cidr).ok_or_else(|| {
             bad(
                 key("subnet-ipv4-cidr-block"),
-                format!("{subnet:?} is not a CIDR"),
+                format!("{:?} is not a CIDR", self.subnet_cidr),
             )
         })?;
-        let device = get(key("device-number")).await?;
-        let device_index = device
-            .parse()
-            .map_err(|_| bad(key("device-number"), format!("{device:?} is not a number")))?;
-        let vpc = get(key("vpc-ipv4-cidr-blocks")).await?;
-        out.push(ImdsEni {
-            id: get(key("interface-id")).await?,
+        let device_index = self.device_number.parse().map_err(|_| {
+            bad(
+                key("device-number"),
+                format!("{:?} is not a number", self.device_number),
+            )
+        })?;
+        Ok(ImdsEni {
+            id: self.interface_id.clone(),
             mac,
             device_index,
             primary,
             subnet,
-            vpc_cidrs: vpc.lines().filter_map(parse_cidr).collect(),
-        });
+            vpc_cidrs: self.vpc_cidrs.lines().filter_map(parse_cidr).collect(),
+        })
+    }
+}
+
+/// Every ENI IMDS lists for this instance.
+pub async fn read_enis(client: &imds::Client) -> Result<Vec<ImdsEni>, ImdsError> {
+    let get = |path: String| get(client, path);
+    let mut out = Vec::new();
+    for mac in listed_macs(&get(MACS.to_owned()).await?) {
+        let key = |k: &str| format!("{MACS}{mac}/{k}");
+        let answers = EniAnswers {
+            mac: mac.to_owned(),
+            local_ipv4s: get(key("local-ipv4s")).await?,
+            subnet_cidr: get(key("subnet-ipv4-cidr-block")).await?,
+            device_number: get(key("device-number")).await?,
+            vpc_cidrs: get(key("vpc-ipv4-cidr-blocks")).await?,
+            interface_id: get(key("interface-id")).await?,
+        };
+        out.push(answers.parse()?);
     }
     Ok(out)
 }

@@ -60,6 +60,11 @@ pub fn send(ifindex: u32, frame: &[u8]) {
 
 /// Sends `frame` `count` times out of `ifindex`, through one socket (a flood).
 pub fn send_many(ifindex: u32, frame: &[u8], count: usize) {
+    send_each(ifindex, std::iter::repeat_n(frame, count));
+}
+
+/// Sends each frame out of `ifindex`, through one socket.
+pub fn send_each<F: AsRef<[u8]>>(ifindex: u32, frames: impl IntoIterator<Item = F>) {
     // SAFETY: plain socket syscalls on a descriptor this function owns and closes.
     unsafe {
         let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0);
@@ -72,8 +77,9 @@ pub fn send_many(ifindex: u32, frame: &[u8], count: usize) {
         to.sll_family = libc::AF_PACKET as u16;
         to.sll_ifindex = ifindex as i32;
         to.sll_halen = 6;
-        to.sll_addr[..6].copy_from_slice(&frame[..6]);
-        for _ in 0..count {
+        for frame in frames {
+            let frame = frame.as_ref();
+            to.sll_addr[..6].copy_from_slice(&frame[..6]);
             let sent = libc::sendto(
                 fd,
                 frame.as_ptr().cast(),

@@ -524,6 +524,156 @@ async fn a_dnat_to_a_pod_is_answered_through_the_stack() {
     assert!(node.pod_counter(&pod.ip, "sent_to_stack") >= 2);
 }
 
+/// Flows a pod can make the programs mark: every port of TCP, UDP and ICMP echo.
+const MARKABLE_PER_POD: usize = 3 * 65536;
+
+/// What a pod can do to the stack-flow marks of others: two hostile pods each send a new flow
+/// (two packets) to the node on every port of three protocols (393,216 new flows, half again
+/// what `stack_flows` holds), while another pod's hostPort connection, DNAT'd by the node, is
+/// idle.
+/// Each flooder goes over its budget of marks within its first few thousand flows and is the
+/// stack's from then on: the idle connection's mark stays, and its next reply still goes back
+/// through the stack's un-DNAT. The flooders keep working, through the stack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_new_flows_cannot_evict_another_pods_nat_marks() {
+    use std::io::{Read, Write};
+    require_root();
+    let (node, pods, node_ip) = dnat_to_secondary_pod("tcp", 30081, 8081).await;
+    let victim = on_device(&pods, 1);
+    let flooders: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| p.device_index == 0)
+        .take(2)
+        .collect();
+    assert_eq!(flooders.len(), 2);
+
+    let listener = victim
+        .netns
+        .within(|| std::net::TcpListener::bind(("0.0.0.0", 8081)).unwrap());
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.write_all(b"one").unwrap();
+        wait.recv().unwrap();
+        conn.write_all(b"two").unwrap();
+        // Open until the client has read (or given up).
+        let _ = conn.read(&mut [0u8; 1]);
+    });
+    let host = &node.lab.hosts[0];
+    let mut conn = host.netns.within(|| {
+        let to = format!("{node_ip}:30081").parse().unwrap();
+        std::net::TcpStream::connect_timeout(&to, Duration::from_secs(3))
+            .expect("connect through the node's DNAT")
+    });
+    conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut word = [0u8; 3];
+    conn.read_exact(&mut word).unwrap();
+    assert_eq!(&word, b"one");
+
+    let node_addr: std::net::Ipv4Addr = node_ip.parse().unwrap();
+    let marks_before = bpftool::dump(&node.map(maps::STACK_FLOWS)).len();
+    // What the budgets let the flooders add: each its burst, and its rate while it floods.
+    let mut allowed = 0;
+    for flooder in &flooders {
+        let neigh: Value =
+            serde_json::from_str(&flooder.netns.ip(&["-j", "neigh", "show", "169.254.1.1"]))
+                .unwrap();
+        let host_mac = raw::mac(neigh[0]["lladdr"].as_str().unwrap());
+        let pod_mac = mac_in(&flooder.netns, "eth0");
+        let own: std::net::Ipv4Addr = flooder.ip.parse().unwrap();
+        let frames: Vec<Vec<u8>> = [17u8, 6, 1]
+            .into_iter()
+            .flat_map(|protocol| (0..=u16::MAX).map(move |port| (protocol, port)))
+            .flat_map(|(protocol, port)| {
+                let mut f = UdpFrame {
+                    dst_mac: host_mac,
+                    src_mac: pod_mac,
+                    vlan: None,
+                    src: own,
+                    dst: node_addr,
+                    src_port: port,
+                    dst_port: 9,
+                    payload: vec![0; 8],
+                }
+                .bytes();
+                f[23] = protocol;
+                if protocol == 1 {
+                    // An echo request whose id is the port.
+                    f[34..36].copy_from_slice(&[8, 0]);
+                    f[38..40].copy_from_slice(&port.to_be_bytes());
+                }
+                // A wrong header checksum: past tc, the stack drops it before conntrack, so
+                // the flood fills the programs' map and nothing of the node's.
+                f[24] ^= 0xff;
+                // Twice: the second lookup marks the entry used, as any real flow's next
+                // packet would, so the kernel's LRU cannot sacrifice the flood's entries first.
+                [f.clone(), f]
+            })
+            .collect();
+        assert_eq!(frames.len(), 2 * MARKABLE_PER_POD);
+        let ifindex = flooder.netns.ifindex("eth0");
+        let before = node.pod_counter(&flooder.ip, "sent_to_stack");
+        let flooding = Instant::now();
+        flooder.netns.within(|| {
+            // Paced: a veth's backlog holds 1,000 frames, and a frame dropped there was never
+            // seen by the programs.
+            for chunk in frames.chunks(500) {
+                raw::send_each(ifindex, chunk);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        allowed += eniflow_common::FLOW_MARK_BURST
+            + (flooding.elapsed().as_secs_f64() * eniflow_common::FLOW_MARKS_PER_SECOND as f64)
+                .ceil() as u64;
+        let crossed = node.pod_counter(&flooder.ip, "sent_to_stack") - before;
+        assert!(
+            crossed as usize >= frames.len() * 9 / 10,
+            "only {crossed} of {} flood frames reached the programs",
+            frames.len()
+        );
+    }
+
+    // The idle connection's next reply still reaches the client un-DNAT'd.
+    go.send(()).unwrap();
+    let answered = conn.read_exact(&mut word);
+    drop(conn);
+    server.join().unwrap();
+    let marks = bpftool::dump(&node.map(maps::STACK_FLOWS)).len();
+    let budgets: Vec<Value> = bpftool::dump(&node.map(maps::FLOW_BUDGETS))
+        .iter()
+        .map(|e| bpftool::formatted(e, maps::FLOW_BUDGETS).clone())
+        .collect();
+    println!(
+        "{} flood frames: {marks_before} marks in {} before, {marks} after (the budgets allowed {allowed} more)",
+        4 * MARKABLE_PER_POD,
+        maps::STACK_FLOWS
+    );
+    assert!(
+        answered.is_ok() && &word == b"two",
+        "the idle DNAT'd connection lost its reply after the flood ({answered:?}, {marks} marks)"
+    );
+    for flooder in &flooders {
+        let budget = budgets
+            .iter()
+            .find(|b| b["key"] == eniflow_tests::dataplane::wire(&flooder.ip))
+            .unwrap_or_else(|| panic!("no budget for {}: {budgets:?}", flooder.ip));
+        println!("{}: {}", flooder.ip, budget["value"]);
+        assert_ne!(
+            budget["value"]["over_since_ns"], 0,
+            "{} never went over its budget",
+            flooder.ip
+        );
+    }
+    assert!(
+        marks <= marks_before + allowed as usize,
+        "{marks} marks: the flooders were not held to their budgets"
+    );
+    // Over budget, a flooder still reaches the VPC, through the stack.
+    let stack_before = node.pod_counter(&flooders[0].ip, "sent_to_stack");
+    assert!(pings(&flooders[0].netns, &host.primary_ip));
+    assert!(node.pod_counter(&flooders[0].ip, "sent_to_stack") > stack_before);
+}
+
 /// A DNAT'd UDP flow whose reply the pod sends in fragments: fragments carry no ports, so the
 /// programs cannot match them to the flow; every fragment must reach the stack, which
 /// reassembles, un-NATs and sends the reply on.

@@ -2,6 +2,7 @@
 
 mod cmd;
 mod ebpf;
+mod fuzz;
 mod image;
 mod report;
 mod setup;
@@ -56,6 +57,16 @@ enum Task {
         #[arg(long)]
         debug: bool,
     },
+    /// Fuzz the parsers of untrusted input (cargo-fuzz on nightly): each target for `--minutes`,
+    /// crashes copied into fuzz/regressions/, the corpus minimised. Not part of `test`, which
+    /// replays the committed corpus and regressions instead.
+    Fuzz {
+        /// Targets to run (default: all).
+        targets: Vec<String>,
+        /// Minutes per target.
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+    },
     /// Regenerate the agent's bundled instance-type limits from the AWS data the lab's moto carries.
     GenLimits,
 }
@@ -69,6 +80,7 @@ fn main() -> ExitCode {
         Task::Demo => demo(),
         Task::Bench { part } => bench(part),
         Task::Image { debug } => image(debug),
+        Task::Fuzz { targets, minutes } => fuzz::run_all(&targets, minutes),
         Task::GenLimits => gen_limits(),
     };
     // One line per cause; a backtrace of xtask itself helps nobody.

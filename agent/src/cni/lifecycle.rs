@@ -281,27 +281,13 @@ impl<A: Addresses, W: Wiring, D: DataPlane> Lifecycle<A, W, D> {
     /// under the spec's `cni.dev/valid-attachments` (CNI 1.1) or the `cni.dev/attachments` some
     /// runtimes send; a request with neither lists nothing, and nothing is unwired.
     pub async fn gc(&self, r: &Request) -> Result<(), CniError> {
-        let lists: Vec<&Vec<Value>> = ["cni.dev/valid-attachments", "cni.dev/attachments"]
-            .iter()
-            .filter_map(|key| r.config.get(*key)?.as_array())
-            .collect();
-        if lists.is_empty() {
+        let Some(valid) = super::request::valid_attachments(&r.config) else {
             tracing::warn!(
                 "GC of network {}: no cni.dev/valid-attachments in the request, so every pod counts as attached; nothing unwired",
                 r.network
             );
             return Ok(());
-        }
-        let valid: BTreeSet<(String, String)> = lists
-            .into_iter()
-            .flatten()
-            .filter_map(|a| {
-                Some((
-                    a.get("containerID")?.as_str()?.to_owned(),
-                    a.get("ifname")?.as_str()?.to_owned(),
-                ))
-            })
-            .collect();
+        };
         for hold in self.addresses.all() {
             let owner = hold.owner();
             let key = (owner.container_id.clone(), owner.ifname.clone());

@@ -2,7 +2,7 @@
 //! container, its namespace and interface, and the pod from CNI_ARGS. Every refusal carries the
 //! CNI error code and a one-line message naming what was wrong.
 
-use std::path::PathBuf;
+use std::{collections::BTreeSet, path::PathBuf};
 
 use eniflow_api::{cni_errors, v1::CniRequest, SUPPORTED_CNI_VERSIONS};
 use serde_json::Value;
@@ -115,6 +115,31 @@ pub fn parse(request: &CniRequest, needs_container: bool) -> Result<Request, Cni
         mtu,
         config,
     })
+}
+
+/// GC's valid attachments as (container id, ifname): the spec's `cni.dev/valid-attachments`
+/// (CNI 1.1) and the `cni.dev/attachments` some runtimes send, together. None when the request
+/// has neither list: then no pod may be taken for gone.
+pub fn valid_attachments(config: &Value) -> Option<BTreeSet<(String, String)>> {
+    let lists: Vec<&Vec<Value>> = ["cni.dev/valid-attachments", "cni.dev/attachments"]
+        .iter()
+        .filter_map(|key| config.get(*key)?.as_array())
+        .collect();
+    if lists.is_empty() {
+        return None;
+    }
+    Some(
+        lists
+            .into_iter()
+            .flatten()
+            .filter_map(|a| {
+                Some((
+                    a.get("containerID")?.as_str()?.to_owned(),
+                    a.get("ifname")?.as_str()?.to_owned(),
+                ))
+            })
+            .collect(),
+    )
 }
 
 /// The host end's name, as VPC CNI names it: `prefix` + the first 11 hex digits of the SHA-1 of

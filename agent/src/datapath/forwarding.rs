@@ -15,7 +15,7 @@ use aya::maps::{
     HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues,
 };
 use eniflow_common::{
-    maps, BranchPort, Config, Destination, Drops, Eni, Pod, PodStats, TrunkVlan, Veth,
+    maps, BranchPort, Config, Destination, Drops, Eni, FlowBudget, Pod, PodStats, TrunkVlan, Veth,
     CONFIG_SG_STRICT, DEST_NODE, DEST_VPC, ENI_ROLE_TRUNK, HOOKS,
 };
 
@@ -62,6 +62,7 @@ pub struct Forwarding {
     enis: HashMap<MapData, u32, Eni>,
     destinations: LpmTrie<MapData, [u8; 4], Destination>,
     pod_stats: PerCpuHashMap<MapData, [u8; 4], PodStats>,
+    flow_budgets: HashMap<MapData, [u8; 4], FlowBudget>,
     branches: HashMap<MapData, TrunkVlan, BranchPort>,
     config: Array<MapData, Config>,
     known_pods: BTreeMap<Ipv4Addr, PodPort>,
@@ -101,6 +102,9 @@ impl Forwarding {
             pod_stats: open(pins, maps::POD_STATS, Map::PerCpuHashMap)?
                 .try_into()
                 .map_err(map_error(maps::POD_STATS))?,
+            flow_budgets: open(pins, maps::FLOW_BUDGETS, Map::LruHashMap)?
+                .try_into()
+                .map_err(map_error(maps::FLOW_BUDGETS))?,
             branches: open(pins, maps::BRANCHES, Map::HashMap)?
                 .try_into()
                 .map_err(map_error(maps::BRANCHES))?,
@@ -233,6 +237,7 @@ impl Forwarding {
             let _ = self.veths.remove(&ifindex);
         }
         let _ = self.pod_stats.remove(&key);
+        let _ = self.flow_budgets.remove(&key);
         ifindex
     }
 

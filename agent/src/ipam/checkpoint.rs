@@ -74,19 +74,22 @@ fn format_error(path: &Path) -> impl Fn(String) -> CheckpointError + '_ {
 
 /// Reads eniflow's checkpoint; None when there is none yet.
 pub fn load(path: &Path) -> Result<Option<Checkpoint>, CheckpointError> {
-    let Some(text) = read_if_present(path)? else {
-        return Ok(None);
-    };
+    read_if_present(path)?
+        .map(|text| decode(path, &text))
+        .transpose()
+}
+
+/// eniflow's checkpoint from the bytes of the file at `path` (named in errors).
+pub fn decode(path: &Path, text: &[u8]) -> Result<Checkpoint, CheckpointError> {
     let format = format_error(path);
-    let checkpoint: Checkpoint =
-        serde_json::from_slice(&text).map_err(|e| format(e.to_string()))?;
+    let checkpoint: Checkpoint = serde_json::from_slice(text).map_err(|e| format(e.to_string()))?;
     if checkpoint.version != VERSION {
         return Err(format(format!(
             "version {:?} is not {VERSION:?}",
             checkpoint.version
         )));
     }
-    Ok(Some(checkpoint))
+    Ok(checkpoint)
 }
 
 #[derive(Deserialize)]
@@ -120,39 +123,43 @@ struct VpcCniMetadata {
     k8s_pod_name: String,
 }
 
-/// Reads VPC CNI's checkpoint as eniflow allocations (their ENI is filled in on restore).
-/// IPv6-only allocations are skipped: eniflow's pool is IPv4.
+/// Reads VPC CNI's checkpoint as eniflow allocations (their ENI is filled in on restore); None
+/// when there is none.
 pub fn import_vpc_cni(path: &Path) -> Result<Option<Vec<Allocation>>, CheckpointError> {
-    let Some(text) = read_if_present(path)? else {
-        return Ok(None);
-    };
+    read_if_present(path)?
+        .map(|text| decode_vpc_cni(path, &text))
+        .transpose()
+}
+
+/// VPC CNI's checkpoint from the bytes of the file at `path` (named in errors). IPv6-only
+/// allocations are skipped: eniflow's pool is IPv4.
+pub fn decode_vpc_cni(path: &Path, text: &[u8]) -> Result<Vec<Allocation>, CheckpointError> {
     let format = format_error(path);
-    let old: VpcCni = serde_json::from_slice(&text).map_err(|e| format(e.to_string()))?;
+    let old: VpcCni = serde_json::from_slice(text).map_err(|e| format(e.to_string()))?;
     if old.version != VPC_CNI_VERSION {
         return Err(format(format!(
             "version {:?} is not VPC CNI's {VPC_CNI_VERSION:?}",
             old.version
         )));
     }
-    Ok(Some(
-        old.allocations
-            .into_iter()
-            .filter_map(|a| {
-                Some(Allocation {
-                    owner: Owner {
-                        network: a.network_name,
-                        container_id: a.container_id,
-                        ifname: a.if_name,
-                    },
-                    ipv4: a.ipv4?,
-                    eni: String::new(),
-                    pod_namespace: a.metadata.k8s_pod_namespace,
-                    pod_name: a.metadata.k8s_pod_name,
-                    allocated_at_ms: a.allocation_timestamp / 1_000_000,
-                })
+    Ok(old
+        .allocations
+        .into_iter()
+        .filter_map(|a| {
+            Some(Allocation {
+                owner: Owner {
+                    network: a.network_name,
+                    container_id: a.container_id,
+                    ifname: a.if_name,
+                },
+                ipv4: a.ipv4?,
+                eni: String::new(),
+                pod_namespace: a.metadata.k8s_pod_namespace,
+                pod_name: a.metadata.k8s_pod_name,
+                allocated_at_ms: a.allocation_timestamp / 1_000_000,
             })
-            .collect(),
-    ))
+        })
+        .collect())
 }
 
 #[cfg(test)]

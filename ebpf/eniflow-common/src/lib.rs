@@ -6,6 +6,8 @@
 //! pattern would be valid.
 #![cfg_attr(not(test), no_std)]
 
+pub mod packet;
+
 /// Pinned objects live under `<bpffs root>/<PIN_VERSION>/`; a layout change bumps it.
 pub const PIN_VERSION: &str = "v2";
 
@@ -36,6 +38,9 @@ pub mod maps {
     pub const POD_STATS: &str = "pod_stats";
     /// Pod ports with a flow the kernel stack handles (NAT), LRU (`FlowKey` → last seen, ns).
     pub const STACK_FLOWS: &str = "stack_flows";
+    /// How many new `stack_flows` marks each pod may still add, LRU (`[u8; 4]` pod address →
+    /// `FlowBudget`): written by the programs, removed by the agent with the pod.
+    pub const FLOW_BUDGETS: &str = "flow_budgets";
     /// Security-group pods by (trunk ENI ifindex, VLAN id) (`TrunkVlan` → `BranchPort`).
     pub const BRANCHES: &str = "branches";
     /// Settings the programs read (index 0 → `Config`).
@@ -57,6 +62,7 @@ pub mod maps {
         DESTINATIONS,
         POD_STATS,
         STACK_FLOWS,
+        FLOW_BUDGETS,
         BRANCHES,
         CONFIG,
         HOOK_DROPS,
@@ -395,6 +401,27 @@ pub struct PodStats {
     pub drops: Drops,
 }
 
+/// Marks in `stack_flows`: the NAT'd flows whose replies the programs send through the stack.
+/// A mark evicted while its flow lives sends the flow's replies around the stack's un-NAT, so
+/// the map is large and no pod may fill it: see `FlowBudget`.
+pub const MAX_STACK_FLOWS: u32 = 262_144;
+/// New marks a pod may add at once (a generic cell rate: a burst, then a steady rate).
+pub const FLOW_MARK_BURST: u64 = 4096;
+/// ... and per second after the burst.
+pub const FLOW_MARKS_PER_SECOND: u64 = 256;
+
+/// A pod's budget of new `stack_flows` marks. A pod past it has every packet go through the
+/// kernel stack from then on (its flows stay correct, if slower): it can never push the other
+/// pods' marks out, and its own unmarked flows are the stack's too.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowBudget {
+    /// When the budget is back to full (ktime ns): each new mark moves it one interval on.
+    pub full_at_ns: u64,
+    /// When the pod went over its budget (ktime ns); 0 while it is within it.
+    pub over_since_ns: u64,
+}
+
 /// A VLAN on a trunk ENI.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -460,6 +487,7 @@ mod user {
     unsafe impl aya::Pod for super::DropEvent {}
     unsafe impl aya::Pod for super::EventClock {}
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowBudget {}
     unsafe impl aya::Pod for super::TrunkVlan {}
     unsafe impl aya::Pod for super::BranchPort {}
     unsafe impl aya::Pod for super::Config {}

@@ -10,8 +10,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use eniflow_common::{
-    BranchPort, Config, Destination, DropEvent, DropReason, Drops, Eni, EventClock, FlowKey, Pod,
-    PodStats, TrunkVlan, Veth, CONFIG_SG_STRICT, DROP_EVENT_INTERVAL_NS, HOOKS,
+    BranchPort, Config, Destination, DropEvent, DropReason, Drops, Eni, EventClock, FlowBudget,
+    FlowKey, Pod, PodStats, TrunkVlan, Veth, CONFIG_SG_STRICT, DROP_EVENT_INTERVAL_NS,
+    FLOW_MARKS_PER_SECOND, FLOW_MARK_BURST, HOOKS,
 };
 
 use crate::packet::Ipv4;
@@ -19,9 +20,10 @@ use crate::packet::Ipv4;
 const MAX_PODS: usize = eniflow_common::MAX_PODS as usize;
 const MAX_ENIS: usize = eniflow_common::MAX_ENIS as usize;
 const MAX_DESTINATIONS: usize = 1024;
-/// Ports with a NAT'd flow; a mark that falls out only sends that port's packets through the
-/// kernel stack again, which is always correct, just slower.
-const MAX_STACK_FLOWS: usize = 65536;
+const MAX_STACK_FLOWS: usize = eniflow_common::MAX_STACK_FLOWS as usize;
+/// A pod's new marks: one per interval, up to the burst ahead (see `FlowBudget`).
+const MARK_INTERVAL_NS: u64 = 1_000_000_000 / FLOW_MARKS_PER_SECOND;
+const MARK_TOLERANCE_NS: u64 = FLOW_MARK_BURST * MARK_INTERVAL_NS;
 
 #[btf_map(name = "pods")]
 pub static PODS: HashMap<[u8; 4], Pod, MAX_PODS> = HashMap::new();
@@ -41,6 +43,9 @@ pub static POD_STATS: PerCpuHashMap<[u8; 4], PodStats, MAX_PODS> = PerCpuHashMap
 
 #[btf_map(name = "stack_flows")]
 pub static STACK_FLOWS: LruHashMap<FlowKey, u64, MAX_STACK_FLOWS> = LruHashMap::new();
+
+#[btf_map(name = "flow_budgets")]
+pub static FLOW_BUDGETS: LruHashMap<[u8; 4], FlowBudget, MAX_PODS> = LruHashMap::new();
 
 #[btf_map(name = "branches")]
 pub static BRANCHES: HashMap<TrunkVlan, BranchPort, MAX_PODS> = HashMap::new();
@@ -178,16 +183,59 @@ fn flow_key(pod_addr: u32, protocol: u8, port: u16) -> FlowKey {
 }
 
 /// Marks the pod's port as having a flow the kernel stack handles (its NAT must see replies).
+/// A new mark is taken from the pod's budget; a pod with none left gets none, and is the
+/// stack's from then on.
 #[inline(always)]
 pub fn mark_stack_flow(pod_addr: u32, protocol: u8, port: u16) {
     // SAFETY: a plain helper call with no arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let _ = STACK_FLOWS.insert(flow_key(pod_addr, protocol, port), now, 0);
+    let key = flow_key(pod_addr, protocol, port);
+    if let Some(seen) = STACK_FLOWS.get_ptr_mut(&key) {
+        // SAFETY: a u64 in the map's value; a racing CPU stores the same kind of time.
+        unsafe { *seen = now };
+        return;
+    }
+    if take_mark(pod_addr, now) {
+        let _ = STACK_FLOWS.insert(&key, &now, 0);
+    }
 }
 
-/// Whether the pod's port has a flow the kernel stack handles.
+/// Takes one new mark from the pod's budget; false when none is left, which puts the pod in
+/// the stack's hands for good (`is_stack_flow`): its unmarked flows need the stack too.
+#[inline(always)]
+fn take_mark(pod_addr: u32, now: u64) -> bool {
+    let key = pod_addr.to_ne_bytes();
+    let Some(budget) = FLOW_BUDGETS.get_ptr_mut(&key) else {
+        let fresh = FlowBudget {
+            full_at_ns: now + MARK_INTERVAL_NS,
+            ..FlowBudget::default()
+        };
+        // Should the insert fail, the mark is still made: unbudgeted beats a broken flow.
+        let _ = FLOW_BUDGETS.insert(&key, &fresh, 0);
+        return true;
+    };
+    // SAFETY: the pod's budget; CPUs racing on it only make the count approximate.
+    let budget = unsafe { &mut *budget };
+    if budget.over_since_ns != 0 {
+        return false;
+    }
+    let next = budget.full_at_ns.max(now) + MARK_INTERVAL_NS;
+    if next - now > MARK_TOLERANCE_NS {
+        budget.over_since_ns = now;
+        return false;
+    }
+    budget.full_at_ns = next;
+    true
+}
+
+/// Whether the pod's port has a flow the kernel stack handles, or the pod went over its budget
+/// of marks (then every flow of it may be one).
 #[inline(always)]
 pub fn is_stack_flow(pod_addr: u32, protocol: u8, port: u16) -> bool {
     // SAFETY: only tests the key's presence.
-    unsafe { STACK_FLOWS.get(&flow_key(pod_addr, protocol, port)) }.is_some()
+    if unsafe { STACK_FLOWS.get(&flow_key(pod_addr, protocol, port)) }.is_some() {
+        return true;
+    }
+    // SAFETY: the flag is copied out.
+    unsafe { FLOW_BUDGETS.get(&pod_addr.to_ne_bytes()) }.is_some_and(|b| b.over_since_ns != 0)
 }
