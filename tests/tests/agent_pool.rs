@@ -142,6 +142,7 @@ async fn an_agent_ec2_refuses_stops_with_the_reason_and_attaches_nothing() {
         status: 403,
         count: 100,
         latency_ms: 0,
+        cut: false,
     });
     let last = refused(&lab, &root, &files, &[], &[]);
     assert!(

@@ -815,6 +815,7 @@ async fn faults_fail_the_next_calls_with_the_armed_code() {
         status: 403,
         count: 2,
         latency_ms: 0,
+        cut: false,
     });
     let assign = || {
         vpc.ec2
@@ -842,6 +843,7 @@ async fn faults_fail_the_next_calls_with_the_armed_code() {
         status: 403,
         count: 5,
         latency_ms: 0,
+        cut: false,
     });
     vpc.emulator.clear_faults();
     assign().await.expect("no fault after DELETE /_lab/faults");
@@ -858,6 +860,7 @@ async fn throttling_is_retried_by_the_sdk() {
         status: 503,
         count: 1,
         latency_ms: 0,
+        cut: false,
     });
     vpc.ec2
         .assign_private_ip_addresses()
@@ -878,6 +881,7 @@ async fn throttling_is_retried_by_the_sdk() {
         status: 503,
         count: 3,
         latency_ms: 0,
+        cut: false,
     });
     let throttled = vpc
         .ec2
@@ -902,6 +906,7 @@ async fn latency_faults_only_delay() {
         status: 200,
         count: 1,
         latency_ms: 400,
+        cut: false,
     });
     let started = Instant::now();
     vpc.ec2

@@ -137,6 +137,7 @@ async fn throttling_and_a_full_subnet_show_in_the_ec2_and_pool_counters() {
         status: 503,
         count: 5,
         latency_ms: 0,
+        cut: false,
     });
     let (_first, ok) = add(&node, "t-0");
     assert!(ok, "the spare address serves the ADD while EC2 throttles");
@@ -171,6 +172,7 @@ async fn throttling_and_a_full_subnet_show_in_the_ec2_and_pool_counters() {
             status: 400,
             count: 1000,
             latency_ms: 0,
+            cut: false,
         });
     }
     let mut refused = 0;
@@ -304,6 +306,7 @@ async fn a_subnet_out_of_prefixes_shows_as_paused() {
         status: 400,
         count: 1,
         latency_ms: 0,
+        cut: false,
     });
     let node = Node::on_lab(lab, &[], &[("ENABLE_PREFIX_DELEGATION", "true")]).await;
     let prom = Prometheus::scraping_agent_in(&node.lab.node.netns);

@@ -6,7 +6,8 @@ live network view for the fabric, and IMDS answered from that view.
 Serves on 127.0.0.1:<ephemeral port> (written to F once ready):
     POST /                 the EC2 API (query protocol); region from the SigV4 credential scope
     GET|PUT /latest/...    IMDS for the instance chosen with POST /_lab/imds
-    /_lab/faults           POST {"action", "code"|null, "status", "count", "latency_ms"}; DELETE
+    /_lab/faults           POST {"action", "code"|null, "status", "count", "latency_ms", "cut"};
+                           DELETE. "cut": true answers HTTP 500 with no body (an answer cut off)
     GET /_lab/calls        {"Action": count} of every EC2 call received (faulted ones included)
     GET /_lab/view         the network view (view.py)
     POST /_lab/imds        {"instance_id"}: whom loopback IMDS answers for
@@ -100,6 +101,7 @@ class Faults:
         count = int(spec.get("count", 1))
         status = int(spec.get("status") or (400 if code else 200))
         latency = int(spec.get("latency_ms") or 0)
+        cut = bool(spec.get("cut"))
         if count < 0 or latency < 0 or not 100 <= status <= 599:
             raise ValueError("bad count, status or latency_ms")
         with self.lock:
@@ -108,6 +110,7 @@ class Faults:
                 "status": status,
                 "count": count,
                 "latency_ms": latency,
+                "cut": cut,
             }
 
     def clear(self):
@@ -235,6 +238,10 @@ class Lab:
             if fault:
                 if fault["latency_ms"]:
                     time.sleep(fault["latency_ms"] / 1000)
+                if fault["cut"]:
+                    log.info("fault: %s -> an answer with no body", action)
+                    start_response("500 Internal Server Error", [("Content-Length", "0")])
+                    return []
                 if fault["code"]:
                     log.info("fault: %s -> %s %s", action, fault["status"], fault["code"])
                     return self.ec2_error(start_response, fault["status"], fault["code"],

@@ -32,7 +32,8 @@ pub struct Emulator {
 }
 
 /// One armed fault: the next `count` calls of `action` fail with `code` and HTTP `status`,
-/// after `latency_ms`. A fault with no code only delays.
+/// after `latency_ms`. A fault with no code only delays; `cut` answers HTTP 500 with no body (an
+/// answer cut off: no EC2 error to read).
 #[derive(Clone, Debug, Default)]
 pub struct Fault {
     pub action: String,
@@ -40,6 +41,7 @@ pub struct Fault {
     pub status: u16,
     pub count: u32,
     pub latency_ms: u64,
+    pub cut: bool,
 }
 
 impl Emulator {
@@ -178,6 +180,7 @@ impl Emulator {
                 "status": fault.status,
                 "count": fault.count,
                 "latency_ms": fault.latency_ms,
+                "cut": fault.cut,
             })),
         );
     }
