@@ -18,6 +18,16 @@ pub mod raw;
 pub mod report;
 pub mod sh;
 
+/// The number in environment variable `name`, None when it is unset; a value that is not a
+/// number stops the run naming it (a typo must not quietly run the default).
+pub fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
+    let text = std::env::var(name).ok()?;
+    Some(
+        text.parse()
+            .unwrap_or_else(|_| panic!("{name}={text:?} is not a number")),
+    )
+}
+
 /// Fails the test unless it runs as root: these tests create namespaces and attach programs,
 /// and skipping them silently would make a missing feature look green.
 pub fn require_root() {

@@ -7,6 +7,13 @@ use std::path::PathBuf;
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
+/// The `p`th percentile (0-100) of `samples`, by nearest rank; they need not be sorted.
+pub fn percentile(samples: &[f64], p: f64) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    sorted[((p / 100.0) * (sorted.len() - 1) as f64).round() as usize]
+}
+
 /// One bench's share of the report.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Part {

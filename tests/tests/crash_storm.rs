@@ -20,6 +20,7 @@ use eniflow_tests::{
     bpftool,
     cni::{address, pod_args, PodNode as Node},
     dataplane::wire,
+    env_number,
     netns::Netns,
     require_root,
 };
@@ -250,20 +251,14 @@ impl Pinger {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_through_a_pod_storm_the_agent_loses_leaks_and_doubles_nothing() {
     require_root();
-    let kills: u64 = std::env::var("ENIFLOW_STORM_KILLS")
-        .ok()
-        .and_then(|k| k.parse().ok())
-        .unwrap_or(DEFAULT_KILLS);
-    let seed = std::env::var("ENIFLOW_STORM_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-                | 1
-        });
+    let kills: u64 = env_number("ENIFLOW_STORM_KILLS").unwrap_or(DEFAULT_KILLS);
+    let seed = env_number("ENIFLOW_STORM_SEED").unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
+            | 1
+    });
     println!("crash storm: {kills} kills, ENIFLOW_STORM_SEED={seed}");
     let mut node = Node::start_custom(
         Default::default(),

@@ -15,7 +15,7 @@ use eniflow_tests::{
     cni::{cnitool, pod_args, PodNode},
     lab::{LabSpec, SubnetSpec},
     netns::Netns,
-    report::{self, Part, Series, Table},
+    report::{self, percentile, Part, Series, Table},
     require_root,
 };
 use serde_json::json;
@@ -100,13 +100,6 @@ impl Bench<'_> {
         }
         (adds, dels)
     }
-}
-
-fn percentile(samples: &[f64], p: f64) -> f64 {
-    let mut sorted = samples.to_vec();
-    sorted.sort_by(|a, b| a.total_cmp(b));
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank]
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -19,6 +19,7 @@ use eniflow_tests::{
     },
     images,
     lab::{Lab, LabSpec},
+    report::percentile,
     require_root,
 };
 
@@ -28,11 +29,6 @@ const INSTANCE_TYPE: &str = "m5.4xlarge";
 
 /// Per pod: (first listed, Running, Ready), as seen by polling the API every 100 ms.
 type Seen = BTreeMap<String, (Instant, Option<Instant>, Option<Instant>)>;
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let at = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[at.min(sorted.len() - 1)]
-}
 
 /// Scales the bench Deployment 0 → PODS; returns (to Running, to Ready) seconds per pod, sorted,
 /// and the time until the last pod was Ready.
@@ -99,10 +95,10 @@ fn scale_down(plane: &ControlPlane) {
 fn report(cni: &str, (running, ready, total): &(Vec<f64>, Vec<f64>, f64)) {
     println!(
         "    {cni:<22} to Running p50 {:>5.1} s  p99 {:>5.1} s   to Ready p50 {:>5.1} s  p99 {:>5.1} s   all {PODS} Ready {:>5.1} s",
-        percentile(running, 0.5),
-        percentile(running, 0.99),
-        percentile(ready, 0.5),
-        percentile(ready, 0.99),
+        percentile(running, 50.0),
+        percentile(running, 99.0),
+        percentile(ready, 50.0),
+        percentile(ready, 99.0),
         total
     );
 }

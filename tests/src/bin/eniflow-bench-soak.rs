@@ -11,9 +11,10 @@ use eniflow_common::maps;
 use eniflow_tests::{
     bpftool,
     cni::{pod_args, PodNode},
+    env_number,
     lab::LabSpec,
     netns::Netns,
-    report::{self, Part, Series, Table},
+    report::{self, percentile, Part, Series, Table},
     require_root,
 };
 use serde_json::json;
@@ -73,19 +74,10 @@ fn slope(points: &[(f64, f64)]) -> f64 {
     }
 }
 
-fn percentile(samples: &[f64], p: f64) -> f64 {
-    let mut sorted = samples.to_vec();
-    sorted.sort_by(|a, b| a.total_cmp(b));
-    sorted[((p / 100.0) * (sorted.len() - 1) as f64).round() as usize]
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     require_root();
-    let cycles: usize = std::env::var("ENIFLOW_SOAK_CYCLES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(20_000);
+    let cycles: usize = env_number("ENIFLOW_SOAK_CYCLES").unwrap_or(20_000);
     assert!(
         cycles >= 2 * EVERY,
         "ENIFLOW_SOAK_CYCLES: at least {}",
