@@ -27,6 +27,25 @@ pub fn cargo(args: &[&str]) -> Result<()> {
     run(&mut cmd)
 }
 
+/// `cargo +nightly <args>` in `dir`, without the outer stable build's settings (which must not
+/// leak into the nightly one).
+pub fn nightly_cargo(args: &[&str], dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.arg("+nightly").args(args).current_dir(dir);
+    for var in [
+        "RUSTC",
+        "RUSTDOC",
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTUP_TOOLCHAIN",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
 /// Runs a command with inherited stdio and fails unless it exits 0.
 pub fn run(cmd: &mut Command) -> Result<()> {
     let line = format!("{cmd:?}");

@@ -1,6 +1,6 @@
 //! The nightly build of the tc programs.
 
-use std::{path::PathBuf, process::Command};
+use std::path::PathBuf;
 
 use anyhow::Result;
 
@@ -26,20 +26,8 @@ pub fn build() -> Result<()> {
 }
 
 fn nightly_build(dir: &str) -> Result<()> {
-    let mut cmd = Command::new("cargo");
-    cmd.args(["+nightly", "build", "--release"])
-        .current_dir(crate::root().join(dir));
-    // Settings meant for the outer stable build must not leak into the nightly one.
-    for var in [
-        "RUSTC",
-        "RUSTDOC",
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "RUSTUP_TOOLCHAIN",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-    ] {
-        cmd.env_remove(var);
-    }
-    crate::cmd::run(&mut cmd)
+    crate::cmd::run(&mut crate::cmd::nightly_cargo(
+        &["build", "--release"],
+        &crate::root().join(dir),
+    ))
 }

@@ -69,22 +69,9 @@ pub fn run_all(targets: &[String], minutes: u64) -> Result<()> {
     Ok(())
 }
 
-/// A cargo command on nightly in the repository root, without the outer stable build's settings.
+/// `cargo +nightly <args>` in the repository root.
 fn nightly(args: &[&str]) -> Command {
-    let mut cmd = Command::new("cargo");
-    cmd.arg("+nightly").args(args).current_dir(crate::root());
-    for var in [
-        "RUSTC",
-        "RUSTDOC",
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "RUSTUP_TOOLCHAIN",
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-    ] {
-        cmd.env_remove(var);
-    }
-    cmd
+    crate::cmd::nightly_cargo(args, &crate::root())
 }
 
 fn cargo_fuzz() -> Result<()> {
