@@ -11,7 +11,7 @@ use eniflow_lab_common::{TAP_FIRST, TAP_LAST};
 use eniflow_tests::{
     bpftool,
     cni::{address, pings, pod_args, Answer, PodNode as Node},
-    dataplane::{capture, dnat, drops_moved, DropCounts, Taps},
+    dataplane::{capture, capture_on, dnat, drops_moved, DropCounts, Taps},
     kube::KubeApi,
     lab::{internet, Lab, LabSpec},
     netns::Netns,
@@ -27,12 +27,21 @@ async fn node_with_trunk(mode: &str) -> (Node, String, String) {
 
 /// The same, with more of the agent's environment.
 async fn node_with_trunk_and(mode: &str, env: &[(&str, &str)]) -> (Node, String, String) {
+    node_with_trunk_on(LabSpec::default(), mode, env).await
+}
+
+/// The same on a lab of `spec`.
+async fn node_with_trunk_on(
+    spec: LabSpec,
+    mode: &str,
+    env: &[(&str, &str)],
+) -> (Node, String, String) {
     let mut all = vec![
         ("ENABLE_POD_ENI", "true"),
         ("POD_SECURITY_GROUP_ENFORCING_MODE", mode),
     ];
     all.extend_from_slice(env);
-    let node = Node::start_custom(LabSpec::default(), &["--create-trunk"], &all).await;
+    let node = Node::start_custom(spec, &["--create-trunk"], &all).await;
     wait_for_trunk(node).await
 }
 
@@ -337,6 +346,78 @@ async fn strict_mode_sends_node_local_traffic_of_a_branch_pod_through_the_vpc() 
             .any(|l| l.contains(&format!("{} >", a.mac)) && l.contains("vlan 21")),
         "strict mode: the branch pod's echoes did not leave by the trunk:\n{seen}"
     );
+}
+
+/// A security-group pod trying to reach another node's pod through the node, past its own
+/// security groups: packets it makes the node's stack handle (fragments: the programs send
+/// every fragment to the stack, which reassembles and routes by the main table, out of the
+/// primary ENI) still leave by its branch ENI on its VLAN, and none leaves by another ENI,
+/// where the node's security groups would apply instead of the pod's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_branch_pod_reaches_another_nodes_pod_only_by_its_vlan_fragments_too() {
+    require_root();
+    let spec = LabSpec {
+        second_node: true,
+        ..LabSpec::default()
+    };
+    let (node, trunk, trunk_eth) = node_with_trunk_on(spec, "strict", &[]).await;
+    let a = add_branch_pod(&node, &trunk, 31, "sg-cross").await;
+    let peer = node.start_second_agent().await;
+    let there = Netns::new("pod");
+    let added = peer.cni("ADD", "c-far", Some(&there), "eth0", &pod_args("far"));
+    assert!(added.ok, "{}", added.json);
+    let there_ip = address(&added);
+    // A 12000-byte echo leaves the pod (MTU 9001) in two fragments.
+    let big_ping = || {
+        a.netns.run(
+            "ping",
+            &["-c", "2", "-i", "0.2", "-W", "2", "-s", "12000", &there_ip],
+        );
+    };
+    let node_ns = &node.lab.node.netns;
+    let others: Vec<String> = node_ns
+        .run("ip", &["-o", "link", "show"])
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap().to_owned())
+        .filter(|n| n.starts_with("eth") && *n != trunk_eth)
+        .collect();
+    assert!(!others.is_empty(), "the node has no ENI but the trunk");
+
+    // Later fragments (offset > 0) cross the trunk on the pod's VLAN from its branch MAC...
+    let seen = capture(
+        node_ns,
+        &trunk_eth,
+        &format!(
+            "vlan 31 and src host {} and dst host {there_ip} and ip[6:2] & 0x1fff != 0",
+            a.ip
+        ),
+        big_ping,
+    );
+    let fragment = seen
+        .lines()
+        .find(|l| l.contains(&format!("{} >", a.mac)))
+        .unwrap_or_else(|| panic!("no fragment of the pod's echo on the trunk:\n{seen}"));
+    assert!(fragment.contains("vlan 31"), "not on its VLAN: {fragment}");
+    // ...and nothing of the pod's leaves by any other ENI, plain or fragmented.
+    let others: Vec<&str> = others.iter().map(String::as_str).collect();
+    let leaked = capture_on(
+        node_ns,
+        &others,
+        &format!("src host {} or (vlan and src host {})", a.ip, a.ip),
+        || {
+            assert!(
+                pings(&a.netns, &there_ip),
+                "branch pod -> the other node's pod"
+            );
+            big_ping();
+        },
+    );
+    assert!(
+        leaked.trim().is_empty(),
+        "the branch pod's packets left by the node's other ENIs:\n{leaked}"
+    );
+    assert!(pings(&there, &a.ip), "the other node's pod -> branch pod");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
