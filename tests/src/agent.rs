@@ -15,17 +15,24 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
+/// Whether this process runs the release build of the workspace's binaries: `cargo xtask
+/// bench` says so with `ENIFLOW_PROFILE=release`; the tests run the debug build.
+fn release() -> bool {
+    std::env::var("ENIFLOW_PROFILE").is_ok_and(|p| p == "release")
+}
+
 /// Path to a freshly built workspace binary (built once per test process, so the tests never
 /// run a stale agent).
 pub fn binary(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
-        // Exactly what `cargo xtask test` and `demo` build first, so this is a no-op there:
-        // another package selection would unify features differently and rebuild the SDK.
+        // Exactly what `cargo xtask test`, `demo` and `bench` build first, so this is a no-op
+        // there: another package selection would unify features differently and rebuild the SDK.
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(&cargo);
         build
             .args(["build", "--quiet", "--workspace", "--bins"])
+            .args(release().then_some("--release"))
             .current_dir(workspace());
         // `cargo test` gives this process the tests package's CARGO_* variables; build scripts
         // that watch them (ring's) would see a change and rebuild half the dependency tree.
@@ -40,7 +47,9 @@ pub fn binary(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("target"));
-    target.join("debug").join(name)
+    target
+        .join(if release() { "release" } else { "debug" })
+        .join(name)
 }
 
 /// The variables cargo sets for one package's build or run, as opposed to configuration.

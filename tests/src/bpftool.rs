@@ -73,3 +73,31 @@ pub fn per_cpu_sum(formatted: &Value, field: &str) -> u64 {
         })
         .sum()
 }
+
+/// One loaded program's run-time accounting as `bpftool -j prog show` prints it (the counters
+/// move only while `kernel.bpf_stats_enabled` is 1).
+#[derive(Clone, Debug, Default)]
+pub struct ProgRuns {
+    pub id: u32,
+    pub name: String,
+    pub run_time_ns: u64,
+    pub run_cnt: u64,
+}
+
+/// `bpftool -j prog show`: every program loaded on the machine.
+pub fn prog_runs() -> Vec<ProgRuns> {
+    let out = crate::sh::run("bpftool", &["-j", "prog", "show"]);
+    let progs: Value = serde_json::from_str(&out).expect("bpftool -j prints JSON");
+    let number = |p: &Value, field: &str| p[field].as_u64().unwrap_or(0);
+    progs
+        .as_array()
+        .expect("bpftool prog show: a list")
+        .iter()
+        .map(|p| ProgRuns {
+            id: number(p, "id") as u32,
+            name: p["name"].as_str().unwrap_or_default().to_owned(),
+            run_time_ns: number(p, "run_time_ns"),
+            run_cnt: number(p, "run_cnt"),
+        })
+        .collect()
+}

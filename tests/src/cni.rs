@@ -2,7 +2,7 @@
 //! plugin: environment, configuration on stdin, CNI JSON on stdout.
 
 use std::{
-    io::Write,
+    io::{Read, Write},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -33,6 +33,8 @@ pub struct PodNode {
 pub struct Answer {
     pub ok: bool,
     pub json: Value,
+    /// The shim process's peak resident memory, KiB (the kernel's ru_maxrss).
+    pub peak_rss_kib: u64,
 }
 
 impl PodNode {
@@ -349,7 +351,8 @@ pub fn shim(call: &ShimCall, config: &Value) -> Answer {
         .env("CNI_PATH", "/usr/lib/cni")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        // What the shim logs goes to its log file; a runtime shows stderr only on failure.
+        .stderr(Stdio::null())
         .spawn()
         .expect("run eniflow-cni");
     // A plugin may answer without reading its stdin (VERSION does): the pipe can be closed.
@@ -365,8 +368,15 @@ pub fn shim(call: &ShimCall, config: &Value) -> Answer {
             "write the config: {e}"
         );
     }
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut stdout = Vec::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_end(&mut stdout)
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&stdout);
+    let (ok, peak_rss_kib) = wait_with_peak_rss(child);
     let json = if stdout.trim().is_empty() {
         Value::Null
     } else {
@@ -374,9 +384,28 @@ pub fn shim(call: &ShimCall, config: &Value) -> Answer {
             .unwrap_or_else(|e| panic!("stdout is not CNI JSON ({e}): {stdout:?}"))
     };
     Answer {
-        ok: out.status.success(),
+        ok,
         json,
+        peak_rss_kib,
     }
+}
+
+/// Waits for `child` (its pipes already drained): whether it exited 0, and its peak RSS in KiB.
+fn wait_with_peak_rss(child: std::process::Child) -> (bool, u64) {
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data the kernel fills; the child is ours and not yet reaped
+    // (std's Child never waits on drop).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(
+        reaped,
+        pid,
+        "wait4 the shim: {}",
+        std::io::Error::last_os_error()
+    );
+    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    (ok, usage.ru_maxrss as u64)
 }
 
 /// cnitool as `cargo xtask setup` builds it (`ENIFLOW_CNITOOL` overrides).

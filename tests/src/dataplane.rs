@@ -159,6 +159,45 @@ impl Taps {
     }
 }
 
+/// The lab's no-op program on tc hooks (one loaded program per hook, so each has its own
+/// run-time accounting); detached when dropped.
+pub struct Noops {
+    /// Each hook's program id, in the order given, and the objects that keep them attached.
+    pub ids: Vec<u32>,
+    _loaded: Vec<Ebpf>,
+}
+
+impl Noops {
+    /// Attaches one no-op to each `(ifname, hook)` of `ns`, last in its tcx chain.
+    pub fn attach(ns: &Netns, hooks: &[(&str, TcAttachType)]) -> Noops {
+        let (mut ids, mut loaded) = (Vec::new(), Vec::new());
+        for (ifname, hook) in hooks {
+            let mut ebpf = Ebpf::load(LAB_OBJECT).expect("load the lab object");
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(lab::NOOP_PROGRAM)
+                .unwrap()
+                .try_into()
+                .unwrap();
+            program.load().unwrap();
+            ns.within(|| {
+                program
+                    .attach_with_options(
+                        ifname,
+                        *hook,
+                        TcAttachOptions::TcxOrder(LinkOrder::last()),
+                    )
+                    .unwrap_or_else(|e| panic!("attach the no-op to {ifname}: {e}"))
+            });
+            ids.push(program.info().expect("the no-op's id").id());
+            loaded.push(ebpf);
+        }
+        Noops {
+            ids,
+            _loaded: loaded,
+        }
+    }
+}
+
 /// Frames on the interfaces `eths` of `node_ns` while `during` runs, as tcpdump prints them
 /// with link-level headers (each capture ends after two frames or 6 s).
 pub fn capture(node_ns: &Netns, eth: &str, filter: &str, during: impl FnOnce()) -> String {

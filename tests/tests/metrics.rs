@@ -73,6 +73,14 @@ async fn prometheus_scrapes_cni_counts_and_the_pool_as_ec2_has_it() {
         || 3.0,
     );
     prom.wait_for("awscni_add_ip_req_count", || 3.0);
+    // Each step of every ADD is timed.
+    for step in eniflow_agent::metrics::AddStep::ALL {
+        let series = format!(
+            r#"eniflow_cni_add_step_duration_seconds_count{{step="{}"}}"#,
+            step.name()
+        );
+        prom.wait_for(&series, || 3.0);
+    }
     prom.wait_for("sum(eniflow_cni_del_duration_seconds_count)", || 2.0);
     prom.wait_for(r#"awscni_del_ip_req_count{reason="PodDeleted"}"#, || 2.0);
     // The pool as EC2 has it (the refill loop may still be moving it: both are read again

@@ -172,48 +172,45 @@ impl BenchPart {
     }
 }
 
+/// A bench driver from the release build, told to run the release build of everything else.
+fn bench_driver(name: &str) -> std::process::Command {
+    let mut driver = std::process::Command::new(root().join("target/release").join(name));
+    driver.env("ENIFLOW_PROFILE", "release");
+    driver
+}
+
 fn bench(part: Option<BenchPart>) -> Result<()> {
     let runs = |p| part.is_none_or(|only| only == p);
     setup::run_all()?;
     ebpf::build()?;
-    step("build: cargo build --workspace --bins");
-    cmd::cargo(&["build", "--quiet", "--workspace", "--bins"])?;
+    // What ships is measured: release builds of the agent, the shim and the drivers.
+    step("build: cargo build --release --workspace --bins");
+    cmd::cargo(&["build", "--quiet", "--release", "--workspace", "--bins"])?;
     report::clear(part.map(BenchPart::name))?;
     if runs(BenchPart::Ipam) {
         step("bench: the address pool against the lab's EC2 emulator");
-        cmd::run(&mut std::process::Command::new(
-            root().join("target/debug/eniflow-bench-ipam"),
-        ))?;
+        cmd::run(&mut bench_driver("eniflow-bench-ipam"))?;
     }
     if runs(BenchPart::Cni) {
         cmd::require_root("the CNI bench creates network namespaces and pods")?;
         step("bench: CNI ADD and DEL latency on the lab's node");
-        cmd::run(&mut std::process::Command::new(
-            root().join("target/debug/eniflow-bench-cni"),
-        ))?;
+        cmd::run(&mut bench_driver("eniflow-bench-cni"))?;
     }
     if runs(BenchPart::Datapath) {
         cmd::require_root("the data-plane bench creates network namespaces")?;
         let netperf = setup::netperf()?;
-        step("bench: pod to VPC host, netperf TCP_RR and TCP_STREAM: eniflow, ip rules, floor");
-        cmd::run(
-            std::process::Command::new(root().join("target/debug/eniflow-bench-datapath"))
-                .env("ENIFLOW_NETPERF_DIR", netperf),
-        )?;
+        step("bench: pod to VPC host, netperf RR, STREAM and CRR: eniflow, ip rules, floor; per-program cost");
+        cmd::run(bench_driver("eniflow-bench-datapath").env("ENIFLOW_NETPERF_DIR", netperf))?;
     }
     if runs(BenchPart::Kubelet) {
         cmd::require_root("the kubelet bench runs a node in network namespaces")?;
         step("bench: pod startup through kubelet, eniflow against bridge + host-local");
-        cmd::run(&mut std::process::Command::new(
-            root().join("target/debug/eniflow-bench-kubelet"),
-        ))?;
+        cmd::run(&mut bench_driver("eniflow-bench-kubelet"))?;
     }
     if part == Some(BenchPart::Soak) {
         cmd::require_root("the soak runs pods in network namespaces")?;
         step("bench: soak, ADD/DEL cycles through the shim on one agent");
-        cmd::run(&mut std::process::Command::new(
-            root().join("target/debug/eniflow-bench-soak"),
-        ))?;
+        cmd::run(&mut bench_driver("eniflow-bench-soak"))?;
     }
     let report = report::assemble()?;
     step(&format!("report: {}", report.display()));

@@ -47,7 +47,7 @@ fn machine() -> Value {
         "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
         "cpu": first_line_with("/proc/cpuinfo", "model name"),
         "memory": first_line_with("/proc/meminfo", "MemTotal"),
-        "profile": "dev (debug) builds of the agent, the shim and the bench drivers; the kernel programs in release",
+        "profile": "release builds of the agent, the shim, the bench drivers and the kernel programs",
     })
 }
 

@@ -4,7 +4,11 @@
 //! The addresses, the wiring and the data plane sit behind `seams` (netavark's `NetworkDriver` is
 //! the model), so every unwind path is tested here with fakes.
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeSet,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use eniflow_api::cni_errors;
 use serde_json::Value;
@@ -20,6 +24,7 @@ use super::{
 use crate::{
     datapath::{KnownPod, PodPort},
     ipam::{Allocation, Owner},
+    metrics::AddStep,
 };
 
 /// How long an ADD waits for the ENI of the address it took to be set up on the node.
@@ -162,7 +167,12 @@ impl<A: Addresses, W: Wiring, D: DataPlane> Lifecycle<A, W, D> {
         };
         let wired = match checked {
             Some(wired) => wired,
-            None => self.wiring.add(&pod).await?,
+            None => {
+                let started = Instant::now();
+                let wired = self.wiring.add(&pod).await?;
+                crate::metrics::get().add_step(AddStep::Veth, started.elapsed());
+                wired
+            }
         };
         let port = PodPort {
             addr: hold.addr(),

@@ -2,9 +2,10 @@
 //! entries go in on ADD and out on DEL, ENIs and the VPC's CIDRs are kept current, and a
 //! restarted agent re-adopts the pods an earlier one wired.
 
-use std::{net::Ipv4Addr, sync::Mutex};
+use std::{net::Ipv4Addr, sync::Mutex, time::Instant};
 
 use super::{BranchLink, Datapath, DatapathError, EniPort, Forwarding, PodPort};
+use crate::metrics::AddStep;
 
 pub struct Plane {
     datapath: tokio::sync::Mutex<Datapath>,
@@ -39,11 +40,16 @@ impl Plane {
     /// adds the pod's entries. On failure nothing of the pod stays in the data plane.
     pub async fn add_pod(&self, host_veth: &str, pod: PodPort) -> Result<(), DatapathError> {
         let (addr, ifindex) = (pod.addr, pod.host_ifindex);
+        let metrics = crate::metrics::get();
         let mut datapath = self.datapath.lock().await;
+        let started = Instant::now();
         datapath.attach_pod_veth(host_veth, ifindex).await?;
+        metrics.add_step(AddStep::Attach, started.elapsed());
+        let started = Instant::now();
         // Bound first: a guard in the `if let` would live through the block, and the second
         // lock of the same mutex would deadlock.
         let added = self.forwarding().add_pod(pod);
+        metrics.add_step(AddStep::Maps, started.elapsed());
         if let Err(e) = added {
             self.forwarding().remove_pod(addr);
             datapath.forget_hooks(ifindex);

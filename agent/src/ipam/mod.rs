@@ -28,6 +28,7 @@ use crate::{
     instance::Instance,
     limits::{self, InstanceLimits, ADDRESSES_PER_PREFIX},
     max_pods,
+    metrics::AddStep,
 };
 use checkpoint::{CheckpointError, Cooling};
 use pool::Pool;
@@ -303,20 +304,25 @@ impl Ipam {
         if let Some(existing) = pool.allocation(owner) {
             return Ok(existing.clone());
         }
+        let metrics = crate::metrics::get();
+        let started = Instant::now();
         let now = now_ms();
         pool.expire_cooling(now, self.config.knobs.ip_cooldown);
         let allocation = pool.take(owner, pod, now);
         self.wake.notify_one();
         if let Err(PoolError::Empty { .. }) = &allocation {
-            crate::metrics::get().no_available_address();
+            metrics.no_available_address();
         }
         let allocation = allocation?;
+        metrics.add_step(AddStep::Address, started.elapsed());
+        let started = Instant::now();
         let saved = crate::faults::inject("checkpoint")
             .map_err(|e| CheckpointError::Io {
                 path: self.config.checkpoint.clone(),
                 source: std::io::Error::other(e),
             })
             .and_then(|()| self.save(&pool));
+        metrics.add_step(AddStep::Checkpoint, started.elapsed());
         if let Err(e) = saved {
             pool.untake(owner);
             return Err(e.into());

@@ -32,6 +32,42 @@ pub enum Verb {
     Check,
 }
 
+/// The steps of a pool pod's ADD, each timed (`eniflow_cni_add_step_duration_seconds`): where
+/// an ADD's time goes, for an operator and for the bench's breakdown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddStep {
+    /// Taking a free address from the pool (in memory).
+    Address,
+    /// Writing the checkpoint that records it (fsync included).
+    Checkpoint,
+    /// The veth pair, the pod's address, routes and neighbour.
+    Veth,
+    /// The tc programs on the pod's host veth.
+    Attach,
+    /// The pod's entries in the data-plane maps.
+    Maps,
+}
+
+impl AddStep {
+    pub const ALL: [AddStep; 5] = [
+        AddStep::Address,
+        AddStep::Checkpoint,
+        AddStep::Veth,
+        AddStep::Attach,
+        AddStep::Maps,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AddStep::Address => "address",
+            AddStep::Checkpoint => "checkpoint",
+            AddStep::Veth => "veth",
+            AddStep::Attach => "attach",
+            AddStep::Maps => "maps",
+        }
+    }
+}
+
 /// The agent's metrics (one set per process: `get`).
 pub struct Metrics {
     registry: Registry,
@@ -54,6 +90,7 @@ pub struct Metrics {
     total_prefixes: IntGauge,
     assigned_per_eni: IntGaugeVec,
     cni: [HistogramVec; 3],
+    add_steps: HistogramVec,
     ec2_calls: IntCounterVec,
     ec2_attempts: IntCounterVec,
     given_back: IntCounterVec,
@@ -83,6 +120,10 @@ const CNI_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 /// Latency buckets of an EC2 call, in milliseconds (VPC CNI's unit for this series).
+/// Latency buckets of one ADD step, in seconds (tens of microseconds to tens of milliseconds).
+const STEP_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+];
 const EC2_BUCKETS_MS: &[f64] = &[
     10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
 ];
@@ -260,6 +301,13 @@ impl Metrics {
                 &["eni"],
             ),
             cni: [cni("add"), cni("del"), cni("check")],
+            add_steps: histogram(
+                &r,
+                "eniflow_cni_add_step_duration_seconds",
+                "Time one step of a pool pod's CNI ADD took (address, checkpoint, veth, attach, maps)",
+                STEP_BUCKETS,
+                &["step"],
+            ),
             ec2_calls: counters(
                 &r,
                 "eniflow_ec2_calls_total",
@@ -337,6 +385,13 @@ impl Metrics {
         let code = code.unwrap_or(0).to_string();
         self.cni[verb as usize]
             .with_label_values(&[result, code.as_str()])
+            .observe(took.as_secs_f64());
+    }
+
+    /// One step of an ADD took `took`.
+    pub fn add_step(&self, step: AddStep, took: Duration) {
+        self.add_steps
+            .with_label_values(&[step.name()])
             .observe(took.as_secs_f64());
     }
 

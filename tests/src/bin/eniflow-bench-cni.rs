@@ -4,17 +4,23 @@
 //! through cnitool, in one run on the lab's node (an m5.16xlarge: max pods 250). The pool is
 //! filled first (MINIMUM_IP_TARGET=250) and released addresses are reusable at once
 //! (IP_COOLDOWN_PERIOD=0), so ADD never waits for EC2: this measures the CNI path itself.
+//!
+//! Beside the latencies: where an ADD's time goes (the agent's own per-step timings from its
+//! /metrics, and the rest: the shim's exec and the gRPC round trip), the agent's memory idle and
+//! with 250 pods and its CPU per 100 ADDs, and the shim's peak memory and exec time.
 
 use std::{
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
+use eniflow_agent::metrics::AddStep;
 use eniflow_tests::{
     agent,
-    cni::{cnitool, pod_args, PodNode},
+    cni::{cnitool, pod_args, shim, PodNode, ShimCall},
     lab::{LabSpec, SubnetSpec},
     netns::Netns,
+    procfs, prometheus,
     report::{self, percentile, Part, Series, Table},
     require_root,
 };
@@ -25,7 +31,7 @@ const SAMPLES: usize = 40;
 const BACKGROUND: usize = 249;
 
 /// One way of running a CNI command for a pod.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 enum Path {
     EniflowShim,
     EniflowCnitool,
@@ -49,7 +55,8 @@ struct Bench<'a> {
 
 impl Bench<'_> {
     /// Runs `command` (ADD or DEL) for the pod `n` in `pod` by `path`; panics on failure.
-    fn cni(&self, path: Path, command: &str, n: usize, pod: &Netns) {
+    /// Returns the shim's peak RSS (KiB) when the shim was run directly.
+    fn cni(&self, path: Path, command: &str, n: usize, pod: &Netns) -> Option<u64> {
         let args = pod_args(&format!("bench-{n}"));
         match path {
             Path::EniflowShim => {
@@ -57,6 +64,7 @@ impl Bench<'_> {
                     self.node
                         .cni(command, &format!("bench-{n}"), Some(pod), "eth0", &args);
                 assert!(answer.ok, "{command} {n}: {}", answer.json);
+                Some(answer.peak_rss_kib)
             }
             Path::EniflowCnitool | Path::BridgeCnitool => {
                 let network = match path {
@@ -81,25 +89,161 @@ impl Bench<'_> {
                     "cnitool {command} {n}: {}",
                     String::from_utf8_lossy(&out.stderr)
                 );
+                None
             }
         }
     }
 
-    /// ADD and DEL latencies (ms) of SAMPLES pods added and deleted one after another.
-    fn sample(&self, path: Path) -> (Vec<f64>, Vec<f64>) {
-        let mut adds = Vec::new();
-        let mut dels = Vec::new();
+    /// SAMPLES pods added and deleted one after another.
+    fn sample(&self, path: Path) -> Sampled {
+        let mut sampled = Sampled::default();
         for n in 0..SAMPLES {
             let pod = Netns::new("bench");
             let started = Instant::now();
-            self.cni(path, "ADD", 10_000 + n, &pod);
-            adds.push(started.elapsed().as_secs_f64() * 1000.0);
+            let rss = self.cni(path, "ADD", 10_000 + n, &pod);
+            sampled.adds.push(started.elapsed().as_secs_f64() * 1000.0);
+            if n == 0 {
+                sampled.agent_rss_kib = self.agent_rss_kib();
+            }
             let started = Instant::now();
             self.cni(path, "DEL", 10_000 + n, &pod);
-            dels.push(started.elapsed().as_secs_f64() * 1000.0);
+            sampled.dels.push(started.elapsed().as_secs_f64() * 1000.0);
+            sampled.shim_rss_kib = sampled.shim_rss_kib.max(rss.unwrap_or(0));
         }
-        (adds, dels)
+        sampled
     }
+
+    fn agent_pid(&self) -> u32 {
+        self.node
+            .agent
+            .as_ref()
+            .and_then(|a| a.pid())
+            .expect("the agent runs")
+    }
+
+    fn agent_rss_kib(&self) -> f64 {
+        procfs::status_field(self.agent_pid(), "VmRSS")
+    }
+}
+
+/// What one run of SAMPLES ADDs and DELs measured (latencies in ms).
+#[derive(Default)]
+struct Sampled {
+    adds: Vec<f64>,
+    dels: Vec<f64>,
+    /// The agent's RSS right after the first ADD (with the background pods: 250 pods).
+    agent_rss_kib: f64,
+    /// The shim's peak RSS over the run's execs (0 through cnitool).
+    shim_rss_kib: u64,
+}
+
+/// The sum of the exposition's samples whose series starts with `prefix` (a name and labels).
+fn metric_sum(exposition: &str, prefix: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Seconds and counts of the ADDs the agent timed, whole and per step (`AddStep::ALL`'s order),
+/// from its /metrics.
+#[derive(Clone, Default)]
+struct AgentTimes {
+    total: (f64, f64),
+    steps: Vec<(f64, f64)>,
+}
+
+impl AgentTimes {
+    fn scrape(node: &PodNode) -> AgentTimes {
+        let text = prometheus::scrape_agent(&node.lab.node.netns);
+        let series = |name: &str, labels: &str| {
+            (
+                metric_sum(&text, &format!("{name}_sum{{{labels}")),
+                metric_sum(&text, &format!("{name}_count{{{labels}")),
+            )
+        };
+        AgentTimes {
+            total: series("eniflow_cni_add_duration_seconds", r#"result="ok""#),
+            steps: AddStep::ALL
+                .iter()
+                .map(|s| {
+                    series(
+                        "eniflow_cni_add_step_duration_seconds",
+                        &format!(r#"step="{}""#, s.name()),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Mean ms per ADD of the whole and of each step, between `earlier` and `self`.
+    fn means_since(&self, earlier: &AgentTimes) -> (f64, Vec<f64>) {
+        let mean =
+            |now: (f64, f64), was: (f64, f64)| (now.0 - was.0) * 1000.0 / (now.1 - was.1).max(1.0);
+        (
+            mean(self.total, earlier.total),
+            self.steps
+                .iter()
+                .zip(&earlier.steps)
+                .map(|(now, was)| mean(*now, *was))
+                .collect(),
+        )
+    }
+}
+
+/// With BACKGROUND + 1 pods up, SIGKILLs the agent and starts another: ms until an ADD through
+/// the shim succeeds again, and the new agent's own start-up time (its metric). The pods are
+/// deleted afterwards.
+fn restart_with_pods(node: &mut PodNode) -> (f64, f64) {
+    let pods: Vec<Netns> = (0..=BACKGROUND).map(|_| Netns::new("rs")).collect();
+    let add = |node: &PodNode, n: usize, pod: &Netns| {
+        let name = format!("restart-{n}");
+        node.cni("ADD", &name, Some(pod), "eth0", &pod_args(&name))
+    };
+    for (n, pod) in pods.iter().enumerate().take(BACKGROUND) {
+        assert!(add(node, n, pod).ok, "ADD restart-{n}");
+    }
+    node.agent.take().expect("the agent runs").kill();
+    let started = Instant::now();
+    node.start_agent_logging(&[], Stdio::null());
+    while !add(node, BACKGROUND, &pods[BACKGROUND]).ok {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no ADD succeeded within 60 s of the restart"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let until_add = started.elapsed().as_secs_f64() * 1000.0;
+    let text = prometheus::scrape_agent(&node.lab.node.netns);
+    let startup_s = metric_sum(&text, "awscni_ipamd_startup_duration_seconds_sum");
+    for (n, pod) in pods.iter().enumerate() {
+        let name = format!("restart-{n}");
+        let del = node.cni("DEL", &name, Some(pod), "eth0", &pod_args(&name));
+        assert!(del.ok, "DEL {name}: {}", del.json);
+    }
+    (until_add, startup_s * 1000.0)
+}
+
+/// Wall time (ms) of each of SAMPLES shim execs for VERSION, which the shim answers alone.
+fn shim_version_execs(node: &PodNode) -> Vec<f64> {
+    let log = node.files.path("cni-version.log");
+    (0..SAMPLES)
+        .map(|_| {
+            let call = ShimCall {
+                command: "VERSION",
+                container: "",
+                netns: "",
+                ifname: "",
+                args: "",
+                log: &log,
+            };
+            let started = Instant::now();
+            let answer = shim(&call, &json!({ "cniVersion": "1.0.0" }));
+            assert!(answer.ok, "VERSION: {}", answer.json);
+            started.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect()
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -116,7 +260,7 @@ async fn main() {
         ..Default::default()
     };
     let knobs = [("MINIMUM_IP_TARGET", "250"), ("IP_COOLDOWN_PERIOD", "0")];
-    let node = PodNode::start_custom(spec, &[], &knobs).await;
+    let mut node = PodNode::start_custom(spec, &[], &knobs).await;
     // Wait for the pool to hold max pods' worth of addresses.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -161,34 +305,58 @@ async fn main() {
         confdir,
     };
 
+    let idle_rss = bench.agent_rss_kib();
+    let version_execs = shim_version_execs(&node);
     println!("## CNI ADD and DEL latency, ms ({SAMPLES} pods added and deleted one after another)");
     println!();
-    println!("| path | other pods on the node | ADD p50 | ADD p99 | DEL p50 | DEL p99 |");
-    println!("|---|---|---|---|---|---|");
+    println!("| path | other pods on the node | ADD p50 | ADD p99 | ADD max | DEL p50 | DEL p99 | DEL max |");
+    println!("|---|---|---|---|---|---|---|---|");
     let mut rows = Vec::new();
     let mut cdfs = Vec::new();
     let mut data = Vec::new();
+    // eniflow's shim only: (other pods, the agent's mean ADD and its steps, the mean ADD wall).
+    let mut breakdown = Vec::new();
+    let (mut rss_250, mut cpu_per_100, mut shim_rss) = (0.0, 0.0, 0);
     for path in [Path::EniflowShim, Path::EniflowCnitool, Path::BridgeCnitool] {
         for background in [0, BACKGROUND] {
+            let shim_path = path == Path::EniflowShim;
             let pods: Vec<Netns> = (0..background).map(|_| Netns::new("bg")).collect();
+            let cpu_before = procfs::cpu_seconds(bench.agent_pid());
             for (n, pod) in pods.iter().enumerate() {
                 bench.cni(path, "ADD", n, pod);
             }
-            let (adds, dels) = bench.sample(path);
+            if shim_path && background == BACKGROUND {
+                cpu_per_100 = (procfs::cpu_seconds(bench.agent_pid()) - cpu_before) * 100.0
+                    / BACKGROUND as f64;
+            }
+            let times_before = AgentTimes::scrape(&node);
+            let sampled = bench.sample(path);
+            let (adds, dels) = (&sampled.adds, &sampled.dels);
+            if shim_path {
+                let (agent_ms, steps) = AgentTimes::scrape(&node).means_since(&times_before);
+                let wall_ms = adds.iter().sum::<f64>() / adds.len() as f64;
+                breakdown.push((background, agent_ms, steps, wall_ms));
+                shim_rss = shim_rss.max(sampled.shim_rss_kib);
+                if background == BACKGROUND {
+                    rss_250 = sampled.agent_rss_kib;
+                }
+            }
             let row = vec![
                 path.name().to_owned(),
                 background.to_string(),
-                format!("{:.1}", percentile(&adds, 50.0)),
-                format!("{:.1}", percentile(&adds, 99.0)),
-                format!("{:.1}", percentile(&dels, 50.0)),
-                format!("{:.1}", percentile(&dels, 99.0)),
+                format!("{:.1}", percentile(adds, 50.0)),
+                format!("{:.1}", percentile(adds, 99.0)),
+                format!("{:.1}", percentile(adds, 100.0)),
+                format!("{:.1}", percentile(dels, 50.0)),
+                format!("{:.1}", percentile(dels, 99.0)),
+                format!("{:.1}", percentile(dels, 100.0)),
             ];
             println!("| {} |", row.join(" | "));
             rows.push(row);
             if background == BACKGROUND {
                 cdfs.push(Series {
                     name: path.name().to_owned(),
-                    points: report::cdf(&adds),
+                    points: report::cdf(adds),
                 });
             }
             data.push(json!({
@@ -200,6 +368,90 @@ async fn main() {
         }
     }
     let _ = node.lab.node.netns.ip(&["link", "del", "cnibench0"]);
+    let peak_rss = procfs::status_field(bench.agent_pid(), "VmHWM");
+    let restart = restart_with_pods(&mut node);
+
+    // Where an ADD's time goes, by other pods on the node.
+    let mut step_rows: Vec<Vec<String>> = AddStep::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, step)| {
+            let mut row = vec![format!("agent: {}", step.name())];
+            row.extend(
+                breakdown
+                    .iter()
+                    .map(|(_, _, steps, _)| format!("{:.2}", steps[i])),
+            );
+            row
+        })
+        .collect();
+    let rest = |f: &dyn Fn(f64, &[f64], f64) -> f64| -> Vec<String> {
+        breakdown
+            .iter()
+            .map(|(_, agent, steps, wall)| format!("{:.2}", f(*agent, steps, *wall)))
+            .collect()
+    };
+    for (name, value) in [
+        (
+            "agent: the rest (request checks, ENI wait, locks)",
+            rest(&|agent, steps, _| agent - steps.iter().sum::<f64>()),
+        ),
+        ("agent: whole ADD", rest(&|agent, _, _| agent)),
+        (
+            "shim exec and gRPC round trip (wall - agent)",
+            rest(&|agent, _, wall| wall - agent),
+        ),
+        ("ADD wall, mean", rest(&|_, _, wall| wall)),
+    ] {
+        let mut row = vec![name.to_owned()];
+        row.extend(value);
+        step_rows.push(row);
+    }
+    println!("\n## Where an ADD's time goes (eniflow's shim, mean ms per ADD)\n");
+    for row in &step_rows {
+        println!("| {} |", row.join(" | "));
+    }
+    let mib = |kib: f64| format!("{:.1} MiB", kib / 1024.0);
+    let cost_rows = vec![
+        vec!["agent RSS, pool full, no pods".into(), mib(idle_rss)],
+        vec![format!("agent RSS, {} pods", BACKGROUND + 1), mib(rss_250)],
+        vec!["agent peak RSS over the run (VmHWM)".into(), mib(peak_rss)],
+        vec![
+            "agent CPU per 100 ADDs (through the shim)".into(),
+            format!("{cpu_per_100:.2} s"),
+        ],
+        vec!["shim peak RSS (ADD)".into(), mib(shim_rss as f64)],
+        vec![
+            "shim exec, VERSION (answered alone), p50 / p99".into(),
+            format!(
+                "{:.1} / {:.1} ms",
+                percentile(&version_execs, 50.0),
+                percentile(&version_execs, 99.0)
+            ),
+        ],
+    ];
+    let cost_rows = [
+        cost_rows,
+        vec![
+            vec![
+                format!(
+                    "restart: SIGKILL with {} pods, until an ADD succeeds",
+                    BACKGROUND + 1
+                ),
+                format!("{:.0} ms", restart.0),
+            ],
+            vec![
+                "restart: the agent's own start-up time (awscni_ipamd_startup_duration_seconds)"
+                    .into(),
+                format!("{:.0} ms", restart.1),
+            ],
+        ],
+    ]
+    .concat();
+    println!("\n## Memory, CPU and restart\n");
+    for row in &cost_rows {
+        println!("| {} |", row.join(" | "));
+    }
     let figure = report::line_chart(
         "cni-add-cdf.svg",
         &format!("CNI ADD latency with {BACKGROUND} other pods on the node"),
@@ -213,15 +465,49 @@ async fn main() {
         method: format!(
             "{SAMPLES} pods added and deleted one after another on the lab's node (m5.16xlarge, max pods 250), with 0 and {BACKGROUND} other pods; the pool is full first and released addresses are reusable at once, so ADD never waits for EC2. eniflow through its shim run as a runtime runs it and through cnitool, Debian's bridge + host-local through cnitool, in one run."
         ),
-        tables: vec![Table {
-            caption: "Latency, ms".into(),
-            header: ["path", "other pods", "ADD p50", "ADD p99", "DEL p50", "DEL p99"]
+        tables: vec![
+            Table {
+                caption: "Latency, ms".into(),
+                header: [
+                    "path",
+                    "other pods",
+                    "ADD p50",
+                    "ADD p99",
+                    "ADD max",
+                    "DEL p50",
+                    "DEL p99",
+                    "DEL max",
+                ]
                 .map(String::from)
                 .to_vec(),
-            rows,
-        }],
+                rows,
+            },
+            Table {
+                caption: "Where an ADD's time goes: eniflow's shim, mean ms per ADD; the agent's steps from its own eniflow_cni_add_step_duration_seconds".into(),
+                header: ["", "0 other pods", "249 other pods"]
+                    .map(String::from)
+                    .to_vec(),
+                rows: step_rows,
+            },
+            Table {
+                caption: "Memory, CPU and restart (the agent's from /proc; the shim's peak from wait4)".into(),
+                header: ["what", "measured"].map(String::from).to_vec(),
+                rows: cost_rows,
+            },
+        ],
         figures: vec![(figure, format!("ADD latency CDF with {BACKGROUND} other pods"))],
-        data: json!(data),
+        data: json!({
+            "latencies": data,
+            "add_breakdown_ms": breakdown.iter().map(|(bg, agent, steps, wall)| json!({
+                "other_pods": bg, "agent": agent, "wall": wall,
+                "steps": AddStep::ALL.iter().zip(steps).map(|(s, ms)| (s.name(), *ms)).collect::<std::collections::BTreeMap<_, _>>(),
+            })).collect::<Vec<_>>(),
+            "agent_rss_kib": { "idle": idle_rss, "pods_250": rss_250, "peak": peak_rss },
+            "agent_cpu_s_per_100_adds": cpu_per_100,
+            "shim_peak_rss_kib": shim_rss,
+            "shim_version_exec_ms": version_execs,
+            "restart_ms": { "until_add_ok": restart.0, "agent_startup": restart.1 },
+        }),
     }
     .write();
 }

@@ -1,6 +1,6 @@
-//! `cargo xtask bench` (data-plane part): netperf TCP_RR and TCP_STREAM from a pod to a VPC
-//! host with 1, 250 and 1000 pods on the node, three ways, interleaved in one run and reported
-//! as ratios to the floor:
+//! `cargo xtask bench` (data-plane part): netperf TCP_RR, TCP_STREAM, UDP_RR and TCP_CRR
+//! (connection setup) from a pod to a VPC host with 1, 250 and 1000 pods on the node, three
+//! ways, interleaved in one run and reported as ratios to the floor:
 //!
 //! - floor: the client and the server joined by one veth, no routing at all;
 //! - ip rules: the pod behind a host veth, routed by the node out of its ENI the VPC CNI way:
@@ -8,6 +8,14 @@
 //!   the measured pod's rules added last as the newest pod's are;
 //! - eniflow: the same topology with eniflow's programs on the ENI and the pod's host veth and
 //!   the other pods in its maps (no ip rule at all).
+//!
+//! At 1 and 1000 pods, each eniflow program's cost per run from the kernel's own accounting
+//! (BPF_ENABLE_STATS while the measurement lasts), beside the lab's no-op program on the same
+//! hook of the ip-rules node measured the same way: the accounting's own clock reads cost as
+//! much as a small program on this VM, so the net figure is the program's minus the no-op's.
+//!
+//! Pod to pod on the node (a second pod on the same ENI, its rules as new as the measured
+//! pod's), TCP_RR and TCP_STREAM, the same three ways.
 //!
 //! Then, with 1000 pods, the cost of drops: eniflow's TCP_RR while another pod on the node
 //! floods spoofed packets (each dropped and counted, a sample reported to the drop monitor),
@@ -24,12 +32,14 @@ use std::{
     process::{Child, Command, Stdio},
 };
 
+use aya::programs::tc::TcAttachType;
 use eniflow_agent::datapath::{
     self, AttachMode, Datapath, EniPort, Forwarding, Pins, Plane, PodPort,
 };
-use eniflow_common::ENI_ROLE_PRIMARY;
+use eniflow_common::{programs, ENI_ROLE_PRIMARY};
 use eniflow_tests::{
-    bpffs_dir,
+    bpffs_dir, bpftool,
+    dataplane::Noops,
     netns::Netns,
     raw::{self, UdpFrame},
     report::{self, Part, Series, Table},
@@ -47,6 +57,23 @@ const ENI_PRIMARY: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 5);
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
 const SERVER: &str = "10.9.0.10";
 const POD_COUNTS: [usize; 3] = [1, 250, 1000];
+/// netperf tests: request/response, bulk, UDP request/response, and a new TCP connection per
+/// transaction (the stack's conntrack and eniflow's `stack_flows` path on every one).
+const TESTS: [&str; 4] = ["TCP_RR", "TCP_STREAM", "UDP_RR", "TCP_CRR"];
+/// eniflow's program on each tc hook of the node, where the no-op goes beside it.
+const HOOKS: [(&str, &str, TcAttachType); 4] = [
+    (programs::POD_EGRESS, HOST_VETH, TcAttachType::Ingress),
+    (programs::POD_INGRESS, HOST_VETH, TcAttachType::Egress),
+    (programs::ENI_INGRESS, "eni", TcAttachType::Ingress),
+    (programs::ENI_EGRESS, "eni", TcAttachType::Egress),
+];
+/// Pod to pod on the node, same ENI: what the ip-rules way routes by its rules too.
+const PEER_TESTS: [&str; 2] = ["TCP_RR", "TCP_STREAM"];
+const PEER_FLOW: &str = "pod to pod";
+const HOST_VETH: &str = "enibench0";
+/// The pod-to-pod rows' server pod, on the same ENI.
+const PEER: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 30);
+const PEER_VETH: &str = "enibench2";
 const ROUNDS: usize = 5;
 const SECONDS: &str = "3";
 /// VPC CNI's route table for the ENI's pods.
@@ -79,12 +106,13 @@ fn netperf_dir() -> PathBuf {
     }))
 }
 
-/// A pod behind a host veth in a node namespace whose ENI leads to the VPC namespace.
+/// A pod behind a host veth in a node namespace whose ENI leads to the VPC namespace, and a
+/// second pod on the same node and ENI (the pod-to-pod rows' server).
 struct Routed {
     pod: Netns,
+    peer: Netns,
     node: Netns,
     vpc: Netns,
-    host_veth: String,
 }
 
 fn mac_of(ns: &Netns, ifname: &str) -> [u8; 6] {
@@ -100,6 +128,55 @@ fn mac_of(ns: &Netns, ifname: &str) -> [u8; 6] {
 
 fn sysctl(ns: &Netns, setting: &str) {
     ns.run("sysctl", &["-qw", setting]);
+}
+
+/// A pod wired the way both routed ways share (VPC CNI's pod side): `addr`/32 on eth0, the
+/// 169.254.1.1 gateway with a permanent neighbour, and the node's /32 route to it.
+fn wire_pod(node: &Netns, pod: &Netns, host_veth: &str, addr: Ipv4Addr) {
+    node.add_veth(host_veth, pod, "eth0");
+    node.ip(&["link", "set", host_veth, "up"]);
+    node.ip(&[
+        "route",
+        "add",
+        &format!("{addr}/32"),
+        "dev",
+        host_veth,
+        "scope",
+        "link",
+    ]);
+    let host_mac = mac_of(node, host_veth);
+    let host_mac = host_mac.map(|b| format!("{b:02x}")).join(":");
+    pod.ip(&["addr", "add", &format!("{addr}/32"), "dev", "eth0"]);
+    pod.ip(&["link", "set", "eth0", "up"]);
+    pod.ip(&[
+        "route",
+        "add",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+        "scope",
+        "link",
+    ]);
+    pod.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "169.254.1.1",
+        "dev",
+        "eth0",
+    ]);
+    pod.ip(&[
+        "neigh",
+        "add",
+        "169.254.1.1",
+        "lladdr",
+        &host_mac,
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
+    ]);
 }
 
 impl Routed {
@@ -133,56 +210,14 @@ impl Routed {
             "vpc0",
         ]);
 
-        let host_veth = "enibench0".to_owned();
-        node.add_veth(&host_veth, &pod, "eth0");
-        node.ip(&["link", "set", &host_veth, "up"]);
-        node.ip(&[
-            "route",
-            "add",
-            &format!("{POD}/32"),
-            "dev",
-            &host_veth,
-            "scope",
-            "link",
-        ]);
-        let host_mac = mac_of(&node, &host_veth);
-        let host_mac = host_mac.map(|b| format!("{b:02x}")).join(":");
-        pod.ip(&["addr", "add", &format!("{POD}/32"), "dev", "eth0"]);
-        pod.ip(&["link", "set", "eth0", "up"]);
-        pod.ip(&[
-            "route",
-            "add",
-            "169.254.1.1",
-            "dev",
-            "eth0",
-            "scope",
-            "link",
-        ]);
-        pod.ip(&[
-            "route",
-            "add",
-            "default",
-            "via",
-            "169.254.1.1",
-            "dev",
-            "eth0",
-        ]);
-        pod.ip(&[
-            "neigh",
-            "add",
-            "169.254.1.1",
-            "lladdr",
-            &host_mac,
-            "dev",
-            "eth0",
-            "nud",
-            "permanent",
-        ]);
+        wire_pod(&node, &pod, HOST_VETH, POD);
+        let peer = Netns::new("bpeer");
+        wire_pod(&node, &peer, PEER_VETH, PEER);
         Routed {
             pod,
+            peer,
             node,
             vpc,
-            host_veth,
         }
     }
 }
@@ -222,51 +257,66 @@ fn ip_batch(ns: &Netns, lines: &[String]) {
     assert!(child.wait().unwrap().success(), "ip -batch failed");
 }
 
-/// VPC CNI's two rules per pod for other pods `from..to`, then the measured pod's, last.
+/// VPC CNI's two rules per pod for other pods `from..to`, then the measured pod's and its
+/// peer's, last (the newest pods' rules are the last a lookup reaches).
 fn grow_rules(node: &Netns, from: usize, to: usize, first: bool) {
     let mut lines = Vec::new();
-    if !first {
-        lines.push(format!("rule del to {POD} lookup main priority 512"));
-        lines.push(format!(
-            "rule del from {POD} lookup {ENI_TABLE} priority 1536"
-        ));
-    } else {
+    if first {
         lines.push(format!(
             "route add default via {GATEWAY} dev eni table {ENI_TABLE}"
         ));
+    } else {
+        for pod in [POD, PEER] {
+            lines.push(format!("rule del to {pod} lookup main priority 512"));
+            lines.push(format!(
+                "rule del from {pod} lookup {ENI_TABLE} priority 1536"
+            ));
+        }
     }
-    for i in from..to {
-        let other = other_pod(i);
-        lines.push(format!("rule add to {other} lookup main priority 512"));
+    let pods = (from..to).map(other_pod).chain([PEER, POD]);
+    for pod in pods {
+        lines.push(format!("rule add to {pod} lookup main priority 512"));
         lines.push(format!(
-            "rule add from {other} lookup {ENI_TABLE} priority 1536"
+            "rule add from {pod} lookup {ENI_TABLE} priority 1536"
         ));
     }
-    lines.push(format!("rule add to {POD} lookup main priority 512"));
-    lines.push(format!(
-        "rule add from {POD} lookup {ENI_TABLE} priority 1536"
-    ));
     ip_batch(node, &lines);
 }
 
-/// eniflow's programs on the node's ENI and the pod's veth, with the pod and the ENI in its maps.
-fn install_eniflow(routed: &Routed, spoofer: &(Netns, String), pins: &Pins) {
-    let eni_mac = mac_of(&routed.node, "eni");
-    let host_mac = mac_of(&routed.node, &routed.host_veth);
-    let pod_mac = mac_of(&routed.pod, "eth0");
-    let eni_ifindex = routed.node.ifindex("eni");
-    let host_veth = routed.host_veth.clone();
-    let spoofer_port = PodPort {
-        addr: SPOOFER,
+/// A pod's entry in eniflow's maps: `pod`'s eth0 behind `host_veth` of `node`.
+fn port_of(node: &Netns, pod: &Netns, host_veth: &str, addr: Ipv4Addr) -> PodPort {
+    PodPort {
+        addr,
         eni_id: "eni-bench".into(),
-        host_ifindex: routed.node.ifindex(&spoofer.1),
-        host_mac: mac_of(&routed.node, &spoofer.1),
-        pod_mac: mac_of(&spoofer.0, "eth0"),
+        host_ifindex: node.ifindex(host_veth),
+        host_mac: mac_of(node, host_veth),
+        pod_mac: mac_of(pod, "eth0"),
         branch: None,
-    };
-    let spoofer_veth = spoofer.1.clone();
+    }
+}
+
+/// eniflow's programs on the node's ENI and the pods' veths, with the pods (the measured one,
+/// its peer, the flooder) and the ENI in its maps.
+fn install_eniflow(routed: &Routed, spoofer: &(Netns, String), pins: &Pins) {
+    let node = &routed.node;
+    let eni_mac = mac_of(node, "eni");
+    let eni_ifindex = node.ifindex("eni");
+    let pods = vec![
+        (
+            HOST_VETH.to_owned(),
+            port_of(node, &routed.pod, HOST_VETH, POD),
+        ),
+        (
+            PEER_VETH.to_owned(),
+            port_of(node, &routed.peer, PEER_VETH, PEER),
+        ),
+        (
+            spoofer.1.clone(),
+            port_of(node, &spoofer.0, &spoofer.1, SPOOFER),
+        ),
+    ];
     let pins = pins.clone();
-    routed.node.within(move || {
+    node.within(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -288,19 +338,13 @@ fn install_eniflow(routed: &Routed, spoofer: &(Netns, String), pins: &Pins) {
                 .set_enis(vec![eni], &[(Ipv4Addr::new(10, 0, 0, 0), 8)])
                 .await
                 .expect("ENI table");
-            let pod = PodPort {
-                addr: POD,
-                eni_id: "eni-bench".into(),
-                host_ifindex: datapath::ifindex(&host_veth).expect("the host veth"),
-                host_mac,
-                pod_mac,
-                branch: None,
-            };
-            plane.add_pod(&host_veth, pod).await.expect("add the pod");
-            plane
-                .add_pod(&spoofer_veth, spoofer_port)
-                .await
-                .expect("add the flooding pod");
+            for (host_veth, port) in pods {
+                let addr = port.addr;
+                plane
+                    .add_pod(&host_veth, port)
+                    .await
+                    .unwrap_or_else(|e| panic!("add the pod {addr}: {e}"));
+            }
         });
     });
 }
@@ -333,7 +377,16 @@ fn netserver(ns: &Netns) -> Child {
         .expect("start netserver")
 }
 
-/// One netperf run from `ns` to `server`: transactions/s (TCP_RR) or Mbit/s (TCP_STREAM).
+/// What a netperf test's THROUGHPUT is in (`test` may carry a prefix naming its flow).
+fn unit(test: &str) -> &'static str {
+    if test.ends_with("TCP_STREAM") {
+        "Mbit/s"
+    } else {
+        "trans/s"
+    }
+}
+
+/// One netperf run from `ns` to `server`, in `unit(test)`.
 fn netperf(ns: &Netns, server: &str, test: &str) -> f64 {
     for _ in 0..3 {
         let out = Command::new("nsenter")
@@ -449,6 +502,74 @@ fn flood(spoofer: &Netns, host_mac: [u8; 6], stop: &std::sync::atomic::AtomicBoo
     })
 }
 
+/// One eniflow program's cost per run and the no-op's on the same hook.
+struct ProgramCost {
+    program: &'static str,
+    hook: String,
+    runs: u64,
+    ns: f64,
+    noop_runs: u64,
+    noop_ns: f64,
+}
+
+/// Each program's average run time while the measured pod does TCP_RR through eniflow, and a
+/// no-op's on the same hook while it does the same through the ip-rules node. Statistics are on
+/// only while this runs (BPF_ENABLE_STATS: the kernel turns them off when the descriptor closes,
+/// so nothing is left to restore, even if the bench dies).
+fn program_costs(fast: &Routed, rules: &Routed) -> Vec<ProgramCost> {
+    let noops = Noops::attach(&rules.node, &HOOKS.map(|(_, ifname, hook)| (ifname, hook)));
+    let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
+    let before = bpftool::prog_runs();
+    for _ in 0..ROUNDS {
+        netperf(&fast.pod, SERVER, "TCP_RR");
+        netperf(&rules.pod, SERVER, "TCP_RR");
+    }
+    let after = bpftool::prog_runs();
+    drop(stats);
+    // (runs, ns per run) of the program with `id`.
+    let moved = |id: u32| {
+        let was = before
+            .iter()
+            .find(|p| p.id == id)
+            .cloned()
+            .unwrap_or_default();
+        let now = after
+            .iter()
+            .find(|p| p.id == id)
+            .expect("a program that stayed loaded");
+        let runs = now.run_cnt - was.run_cnt;
+        let ns = (now.run_time_ns - was.run_time_ns) as f64 / runs.max(1) as f64;
+        (runs, ns)
+    };
+    HOOKS
+        .iter()
+        .zip(&noops.ids)
+        .map(|((program, ifname, hook), noop)| {
+            // eniflow's programs are the only ones of their names the bench loads.
+            let ids: Vec<u32> = after
+                .iter()
+                .filter(|p| p.name == *program)
+                .map(|p| p.id)
+                .collect();
+            assert_eq!(ids.len(), 1, "one {program} program loaded, found {ids:?}");
+            let (runs, ns) = moved(ids[0]);
+            let (noop_runs, noop_ns) = moved(*noop);
+            let direction = if *hook == TcAttachType::Ingress { "ingress" } else { "egress" };
+            println!(
+                "  {program:<12} {runs:>8} runs {ns:>6.0} ns/run; no-op on {ifname} {direction}: {noop_runs:>8} runs {noop_ns:>6.0} ns/run"
+            );
+            ProgramCost {
+                program,
+                hook: format!("{ifname} {direction}"),
+                runs,
+                ns,
+                noop_runs,
+                noop_ns,
+            }
+        })
+        .collect()
+}
+
 fn main() {
     require_root();
     for tool in ["netperf", "netserver"] {
@@ -471,6 +592,8 @@ fn main() {
         netserver(&floor.right),
         netserver(&rules.vpc),
         netserver(&fast.vpc),
+        netserver(&rules.peer),
+        netserver(&fast.peer),
     ];
 
     println!(
@@ -479,6 +602,7 @@ fn main() {
     let mut others = 0;
     let mut measured = Vec::new();
     let mut scrape = None;
+    let mut costs = Vec::new();
     for (n, count) in POD_COUNTS.into_iter().enumerate() {
         grow_rules(&rules.node, others, count - 1, n == 0);
         grow_map(&pins, others, count - 1);
@@ -487,26 +611,31 @@ fn main() {
             scrape = Some(scrape_cost(&pins, 50));
         }
         let rule_count = rules.node.ip(&["rule", "show"]).lines().count();
-        for test in ["TCP_RR", "TCP_STREAM"] {
+        if count == 1 || count == 1000 {
+            println!(
+                "\nper-run cost of each program with {count} pods (TCP_RR, kernel accounting):"
+            );
+            costs.push((count, program_costs(&fast, &rules)));
+        }
+        let to_vpc = TESTS.map(|test| (test.to_owned(), test, SERVER.to_owned()));
+        let to_peer =
+            PEER_TESTS.map(|test| (format!("{PEER_FLOW} {test}"), test, PEER.to_string()));
+        for (name, test, server) in to_vpc.into_iter().chain(to_peer) {
             let mut results: Vec<Vec<f64>> = vec![Vec::new(); 3];
             for _ in 0..ROUNDS {
                 for (i, way) in Way::ALL.iter().enumerate() {
                     let value = match way {
                         Way::Floor => netperf(&floor.left, &floor_server, test),
-                        Way::IpRules => netperf(&rules.pod, SERVER, test),
-                        Way::Eniflow => netperf(&fast.pod, SERVER, test),
+                        Way::IpRules => netperf(&rules.pod, &server, test),
+                        Way::Eniflow => netperf(&fast.pod, &server, test),
                     };
                     results[i].push(value);
                 }
             }
             let medians: Vec<f64> = results.iter_mut().map(|r| median(r)).collect();
-            let unit = if test == "TCP_RR" {
-                "trans/s"
-            } else {
-                "Mbit/s"
-            };
+            let unit = unit(test);
             println!(
-                "\n{count} pods on the node ({rule_count} ip rules in the ip-rules node), {test}:"
+                "\n{count} pods on the node ({rule_count} ip rules in the ip-rules node), {name}:"
             );
             for (way, value) in Way::ALL.iter().zip(&medians) {
                 let ratio = value / medians[0];
@@ -516,7 +645,7 @@ fn main() {
                     bar(ratio)
                 );
             }
-            measured.push((count, test, medians));
+            measured.push((count, name, medians));
         }
     }
 
@@ -550,6 +679,7 @@ fn main() {
 
     write_part(
         &measured,
+        &costs,
         (quiet, flooded, sent, counted),
         (scrape_ms, pods_ms),
     );
@@ -571,26 +701,28 @@ fn main() {
 
 /// The report's data-plane part: a table and a figure per test, the flood and the scrape.
 fn write_part(
-    measured: &[(usize, &str, Vec<f64>)],
+    measured: &[(usize, String, Vec<f64>)],
+    costs: &[(usize, Vec<ProgramCost>)],
     (quiet, flooded, sent, counted): (f64, f64, u64, u64),
     (scrape_ms, pods_ms): (f64, f64),
 ) {
     let mut part = Part {
         name: "datapath".into(),
-        title: "Packets: pod to VPC host".into(),
+        title: "Packets: pod to VPC host, pod to pod".into(),
         method: format!(
-            "netperf, {SECONDS} s per run, {ROUNDS} interleaved rounds, median; ratios to the floor (one veth) in the same round. The ip-rules way routes the pod the VPC CNI way (two rules per pod); eniflow's programs keep every counter (per pod, per hook, drops) on."
+            "netperf, {SECONDS} s per run, {ROUNDS} interleaved rounds, median; ratios to the floor (one veth) in the same round. TCP_CRR opens a new connection per transaction. Pod to pod: the measured pod to a second pod on the same node and ENI (the floor is still one veth). The ip-rules way routes the pod the VPC CNI way (two rules per pod); eniflow's programs keep every counter (per pod, per hook, drops) on."
         ),
         ..Default::default()
     };
     let mut data = Vec::new();
-    for test in ["TCP_RR", "TCP_STREAM"] {
-        let rows: Vec<_> = measured.iter().filter(|(_, t, _)| *t == test).collect();
-        let unit = if test == "TCP_RR" {
-            "trans/s"
-        } else {
-            "Mbit/s"
-        };
+    // Every count measured the same tests, in the same order.
+    let names = measured
+        .iter()
+        .filter(|(count, _, _)| *count == POD_COUNTS[0])
+        .map(|(_, name, _)| name);
+    for test in names {
+        let rows: Vec<_> = measured.iter().filter(|(_, t, _)| t == test).collect();
+        let unit = unit(test);
         part.tables.push(Table {
             caption: format!("{test} ({unit}; ratio to the floor)"),
             header: ["pods", "floor", "per-pod ip rules", "eniflow"]
@@ -619,7 +751,7 @@ fn write_part(
             })
             .collect();
         let file = report::line_chart(
-            &format!("datapath-{}.svg", test.to_lowercase()),
+            &format!("datapath-{}.svg", test.to_lowercase().replace(' ', "-")),
             &format!("{test}: ratio to the floor against pods on the node"),
             ("pods on the node", "ratio to the floor"),
             &series,
@@ -635,6 +767,28 @@ fn write_part(
             }));
         }
     }
+    part.tables.push(Table {
+        caption: format!("Per-packet cost of each program (kernel accounting, run_time_ns / run_cnt, during {ROUNDS} x {SECONDS} s of TCP_RR), beside the lab's no-op program on the same hook of the ip-rules node; net = program - no-op"),
+        header: ["pods", "program (hook)", "runs", "ns per run", "no-op ns per run", "net ns", "ratio to no-op"]
+            .map(String::from)
+            .to_vec(),
+        rows: costs
+            .iter()
+            .flat_map(|(count, programs)| {
+                programs.iter().map(move |c| {
+                    vec![
+                        count.to_string(),
+                        format!("{} ({})", c.program, c.hook),
+                        c.runs.to_string(),
+                        format!("{:.0}", c.ns),
+                        format!("{:.0}", c.noop_ns),
+                        format!("{:.0}", c.ns - c.noop_ns),
+                        format!("{:.2}", c.ns / c.noop_ns),
+                    ]
+                })
+            })
+            .collect(),
+    });
     part.tables.push(Table {
         caption: format!(
             "Drops under a flood ({} pods): another pod on the node floods spoofed UDP, every packet dropped at pod_egress and counted, a sample (at most 1000/s per CPU) reported to the monitor",
@@ -661,8 +815,20 @@ fn write_part(
             format!("{pods_ms:.2} ms"),
         ]],
     });
+    let costs: Vec<_> = costs
+        .iter()
+        .flat_map(|(count, programs)| {
+            programs.iter().map(move |c| {
+                serde_json::json!({
+                    "pods": count, "program": c.program, "hook": c.hook, "runs": c.runs,
+                    "ns_per_run": c.ns, "noop_runs": c.noop_runs, "noop_ns_per_run": c.noop_ns,
+                })
+            })
+        })
+        .collect();
     part.data = serde_json::json!({
         "rows": data,
+        "program_costs": costs,
         "flood": { "quiet": quiet, "flooded": flooded, "sent": sent, "counted": counted },
         "scrape_ms": { "metrics": scrape_ms, "pods": pods_ms },
     });

@@ -14,6 +14,7 @@ use eniflow_tests::{
     env_number,
     lab::LabSpec,
     netns::Netns,
+    procfs::status_field,
     report::{self, percentile, Part, Series, Table},
     require_root,
 };
@@ -30,18 +31,6 @@ const GAUGES: [(&str, &str); 6] = [
     ("attachment records", ""),
     ("link pins", ""),
 ];
-
-/// A field of /proc/<pid>/status, as its number (`VmRSS:  1234 kB` → 1234).
-fn status_field(pid: u32, field: &str) -> f64 {
-    let status =
-        std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the agent's status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|rest| rest.trim_start_matches(':').split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
 
 fn sample(node: &PodNode, pid: u32) -> [f64; 6] {
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());

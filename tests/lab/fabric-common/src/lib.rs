@@ -16,6 +16,9 @@ pub const TRUNK_OUT: &str = "lab_trunk_out";
 pub const TAPS: &str = "lab_taps";
 pub const TAP_FIRST_PROGRAM: &str = "lab_tap_first";
 pub const TAP_LAST_PROGRAM: &str = "lab_tap_last";
+/// Does nothing (TC_ACT_UNSPEC): the benches' yardstick for what a tc hook and the kernel's
+/// own run-time accounting cost, measured beside eniflow's programs.
+pub const NOOP_PROGRAM: &str = "lab_noop";
 pub const TAP_FIRST: u32 = 0;
 pub const TAP_LAST: u32 = 1;
 

@@ -123,6 +123,12 @@ pub fn lab_tap_last(ctx: TcContext) -> i32 {
     tap(&ctx, TAP_LAST)
 }
 
+/// Nothing at all: what a program on a tc hook costs before it does any work.
+#[classifier]
+pub fn lab_noop(_ctx: TcContext) -> i32 {
+    TC_ACT_UNSPEC
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
