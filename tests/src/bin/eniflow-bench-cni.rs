@@ -137,12 +137,17 @@ struct Sampled {
     shim_rss_kib: u64,
 }
 
-/// The sum of the exposition's samples whose series starts with `prefix` (a name and labels).
-fn metric_sum(exposition: &str, prefix: &str) -> f64 {
+/// The sum of the exposition's samples of `name` that carry the label pair `label` (any pair
+/// when empty; the encoder orders labels by name, so they are matched one by one).
+fn metric_sum(exposition: &str, name: &str, label: &str) -> f64 {
     exposition
         .lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (labels, value) = rest.rsplit_once(' ')?;
+            let labelled = labels.is_empty() || labels.starts_with('{');
+            (labelled && labels.contains(label)).then(|| value.parse::<f64>().ok())?
+        })
         .sum()
 }
 
@@ -159,8 +164,8 @@ impl AgentTimes {
         let text = prometheus::scrape_agent(&node.lab.node.netns);
         let series = |name: &str, labels: &str| {
             (
-                metric_sum(&text, &format!("{name}_sum{{{labels}")),
-                metric_sum(&text, &format!("{name}_count{{{labels}")),
+                metric_sum(&text, &format!("{name}_sum"), labels),
+                metric_sum(&text, &format!("{name}_count"), labels),
             )
         };
         AgentTimes {
@@ -216,7 +221,7 @@ fn restart_with_pods(node: &mut PodNode) -> (f64, f64) {
     }
     let until_add = started.elapsed().as_secs_f64() * 1000.0;
     let text = prometheus::scrape_agent(&node.lab.node.netns);
-    let startup_s = metric_sum(&text, "awscni_ipamd_startup_duration_seconds_sum");
+    let startup_s = metric_sum(&text, "awscni_ipamd_startup_duration_seconds_sum", "");
     for (n, pod) in pods.iter().enumerate() {
         let name = format!("restart-{n}");
         let del = node.cni("DEL", &name, Some(pod), "eth0", &pod_args(&name));

@@ -776,14 +776,16 @@ fn write_part(
             .iter()
             .flat_map(|(count, programs)| {
                 programs.iter().map(move |c| {
+                    // A program this traffic never reached has no cost to show.
+                    let shown = |text: String| if c.runs == 0 { "-".into() } else { text };
                     vec![
                         count.to_string(),
                         format!("{} ({})", c.program, c.hook),
                         c.runs.to_string(),
-                        format!("{:.0}", c.ns),
+                        shown(format!("{:.0}", c.ns)),
                         format!("{:.0}", c.noop_ns),
-                        format!("{:.0}", c.ns - c.noop_ns),
-                        format!("{:.2}", c.ns / c.noop_ns),
+                        shown(format!("{:.0}", c.ns - c.noop_ns)),
+                        shown(format!("{:.2}", c.ns / c.noop_ns)),
                     ]
                 })
             })
