@@ -75,7 +75,8 @@ pub fn per_cpu_sum(formatted: &Value, field: &str) -> u64 {
 }
 
 /// One loaded program's run-time accounting as `bpftool -j prog show` prints it (the counters
-/// move only while `kernel.bpf_stats_enabled` is 1).
+/// move only while statistics are on: `kernel.bpf_stats_enabled`, or a BPF_ENABLE_STATS
+/// descriptor held open).
 #[derive(Clone, Debug, Default)]
 pub struct ProgRuns {
     pub id: u32,

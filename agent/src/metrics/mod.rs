@@ -119,11 +119,11 @@ const STATES: [(AddressState, &str); 4] = [
 const CNI_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
-/// Latency buckets of an EC2 call, in milliseconds (VPC CNI's unit for this series).
 /// Latency buckets of one ADD step, in seconds (tens of microseconds to tens of milliseconds).
 const STEP_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
 ];
+/// Latency buckets of an EC2 call, in milliseconds (VPC CNI's unit for this series).
 const EC2_BUCKETS_MS: &[f64] = &[
     10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
 ];
