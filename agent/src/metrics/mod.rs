@@ -500,11 +500,7 @@ impl Metrics {
             Ok(kernel) => families.extend(kernel),
             Err(e) => tracing::warn!("metrics: the kernel's counters: {e}"),
         }
-        let mut out = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
-            tracing::warn!("metrics: encoding: {e}");
-        }
-        String::from_utf8(out).unwrap_or_default()
+        encode(families)
     }
 
     fn read_pool(&self, ipam: &Ipam) {
@@ -545,6 +541,18 @@ impl Metrics {
                 .set(sum(state));
         }
     }
+}
+
+/// The text exposition of `families`. A family with no series yet (the kernel's counters
+/// before any packet) is left out: the encoder refuses one and would stop there, dropping
+/// every family after it.
+fn encode(mut families: Vec<MetricFamily>) -> String {
+    families.retain(|f| !f.get_metric().is_empty());
+    let mut out = Vec::new();
+    if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
+        tracing::warn!("metrics: encoding: {e}");
+    }
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// The data plane's counters as Prometheus counters: drops by hook and reason, packets and bytes
@@ -600,4 +608,32 @@ fn kernel_families(pins: &Pins) -> Result<Vec<MetricFamily>, datapath::DatapathE
         .into_iter()
         .flatten()
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_family_without_series_does_not_hide_the_ones_after_it() {
+        let family = |name: &str, observed: bool| {
+            let c = IntCounterVec::new(Opts::new(name, "help"), &["l"]).unwrap();
+            if observed {
+                c.with_label_values(&["x"]).inc();
+            }
+            c.collect()
+        };
+        let families = [
+            family("before_total", true),
+            family("empty_total", false),
+            family("after_total", true),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let text = encode(families);
+        assert!(text.contains("before_total{l=\"x\"} 1"), "{text}");
+        assert!(text.contains("after_total{l=\"x\"} 1"), "{text}");
+        assert!(!text.contains("empty_total"), "{text}");
+    }
 }
