@@ -31,7 +31,7 @@ pub struct RunArgs {
     /// pool finds through IMDS; with --ipam=false, the only ones.
     #[arg(long, env = "ENIFLOW_INTERFACES", value_delimiter = ',')]
     interfaces: Vec<String>,
-    /// tc attachment API: auto (tcx, else clsact), tcx or clsact.
+    /// tc attachment API: auto (ENIs tcx, else clsact; pods' veths clsact), tcx or clsact.
     #[arg(long, env = "ENIFLOW_ATTACH_MODE", default_value = "auto")]
     attach_mode: AttachMode,
     /// Written once every interface is attached and the pool's first refill pass is over

@@ -11,7 +11,7 @@ use std::{
 use aya::{
     maps::PerCpuHashMap,
     programs::{
-        tc::{TcAttachOptions, TcAttachType},
+        tc::{NlOptions, TcAttachOptions, TcAttachType},
         LinkOrder, SchedClassifier,
     },
     Ebpf,
@@ -20,7 +20,12 @@ use eniflow_common::{maps, DropReason, HOOK_NAMES};
 use eniflow_lab_common::{self as lab, TapKey};
 use serde_json::Value;
 
-use crate::{bpftool, cni::PodNode, netns::Netns};
+use crate::{
+    bpftool,
+    cni::PodNode,
+    hooks::{self, Dir},
+    netns::Netns,
+};
 
 static LAB_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("ENIFLOW_LAB_EBPF_EMBED"));
 
@@ -118,23 +123,32 @@ pub struct Taps {
 }
 
 impl Taps {
-    /// Attaches the taps to `ifname`'s tc ingress in `ns` (tcx: first and last in the chain).
+    /// Attaches the taps to `ifname`'s tc ingress in `ns`, first and last in the chain
+    /// eniflow's program is on: tcx (an ENI), or clsact by priority around eniflow's filter (a
+    /// pod's veth, where the agent's default attach mode uses cls_bpf).
     pub fn ingress(ns: &Netns, ifname: &str) -> Taps {
         let mut ebpf = Ebpf::load(LAB_OBJECT).expect("load the lab object");
+        let on_clsact = hooks::clsact_programs(ns, ifname, Dir::Ingress)
+            .iter()
+            .any(|(_, name)| name.starts_with("pod_") || name.starts_with("eni_"));
         ns.within(|| {
-            for (name, order) in [
-                (lab::TAP_FIRST_PROGRAM, LinkOrder::first()),
-                (lab::TAP_LAST_PROGRAM, LinkOrder::last()),
+            for (name, order, priority) in [
+                (lab::TAP_FIRST_PROGRAM, LinkOrder::first(), 1),
+                (lab::TAP_LAST_PROGRAM, LinkOrder::last(), u16::MAX),
             ] {
                 let program: &mut SchedClassifier =
                     ebpf.program_mut(name).unwrap().try_into().unwrap();
                 program.load().unwrap();
+                let options = if on_clsact {
+                    TcAttachOptions::Netlink(NlOptions {
+                        priority,
+                        ..Default::default()
+                    })
+                } else {
+                    TcAttachOptions::TcxOrder(order)
+                };
                 program
-                    .attach_with_options(
-                        ifname,
-                        TcAttachType::Ingress,
-                        TcAttachOptions::TcxOrder(order),
-                    )
+                    .attach_with_options(ifname, TcAttachType::Ingress, options)
                     .unwrap();
             }
         });

@@ -128,6 +128,11 @@ impl Hook {
         }
     }
 
+    /// Whether this is a pod's veth (rather than an ENI).
+    fn on_pod_veth(&self) -> bool {
+        [programs::POD_EGRESS, programs::POD_INGRESS].contains(&self.program)
+    }
+
     fn resolve(
         ifname: &str,
         direction: Direction,
