@@ -57,7 +57,11 @@ pub fn pod_egress(mut ctx: TcContext) -> i32 {
     if vlan_of(&ctx).is_some() {
         return state::drop(&site, own, DropReason::VlanFromPod);
     }
-    if state::pod(own).is_some_and(|p| p.pod_mac != source_mac) {
+    // Looked up once: the sender's entry serves the MAC check and the routing below. Absent, a
+    // zeroed entry stands in (no ENI, no VLAN: the stack's): an Option's unset payload carried
+    // this far is read by the verifier as uninitialised registers.
+    let (known, sender) = state::pod(own).map_or((false, Pod::default()), |p| (true, p));
+    if known && sender.pod_mac != source_mac {
         return state::drop(&site, own, DropReason::SpoofedMac);
     }
     match ethertype {
@@ -81,37 +85,31 @@ pub fn pod_egress(mut ctx: TcContext) -> i32 {
     if ip.stack_only || state::is_stack_flow(ip.saddr, ip.protocol, ip.sport) {
         return to_stack(&ip);
     }
-    let own = state::pod(ip.saddr);
     let peer = state::pod(ip.daddr);
-    let kind = state::destination(ip.daddr);
-    let strict = state::sg_strict();
-    match own {
-        Some(own) if own.vlan != 0 => {
-            // A security-group pod: in standard mode node-local traffic stays local; the rest
-            // of its VPC traffic leaves through its branch ENI, on its VLAN of the trunk.
-            if !strict {
-                if let Some(peer) = peer {
-                    return deliver(&mut ctx, &site, &peer, ip.daddr, len);
-                }
-            }
-            if kind == DEST_VPC || (strict && kind == DEST_NODE) {
-                return out_of_branch(&ctx, &site, &own, ip.saddr);
-            }
-            // Services and off-VPC: the stack (DNAT) first, then out by the branch ENI, never
-            // SNATed to the node (the ENI egress program moves it onto the pod's VLAN).
-            // SAFETY: writing the mark of the program's own skb.
-            unsafe { (*ctx.skb.skb).mark |= SG_POD_MARK };
-        }
-        _ => {
-            // In strict mode a security-group pod is reached through the VPC only.
-            if let Some(peer) = peer.filter(|p| p.vlan == 0 || !strict) {
+    if sender.vlan != 0 {
+        // A security-group pod: in standard mode node-local traffic stays local; the rest of
+        // its VPC traffic leaves through its branch ENI, on its VLAN of the trunk.
+        let strict = state::sg_strict();
+        if !strict {
+            if let Some(peer) = peer {
                 return deliver(&mut ctx, &site, &peer, ip.daddr, len);
             }
-            if kind == DEST_VPC {
-                if let Some(own) = own.filter(|p| p.eni_ifindex != 0) {
-                    return out_of_eni(&site, own.eni_ifindex, ip.saddr);
-                }
-            }
+        }
+        let kind = state::destination(ip.daddr);
+        if kind == DEST_VPC || (strict && kind == DEST_NODE) {
+            return out_of_branch(&ctx, &site, &sender, ip.saddr);
+        }
+        // Services and off-VPC: the stack (DNAT) first, then out by the branch ENI, never
+        // SNATed to the node (the ENI egress program moves it onto the pod's VLAN).
+        // SAFETY: writing the mark of the program's own skb.
+        unsafe { (*ctx.skb.skb).mark |= SG_POD_MARK };
+    } else {
+        // In strict mode a security-group pod is reached through the VPC only.
+        if let Some(peer) = peer.filter(|p| p.vlan == 0 || !state::sg_strict()) {
+            return deliver(&mut ctx, &site, &peer, ip.daddr, len);
+        }
+        if sender.eni_ifindex != 0 && state::destination(ip.daddr) == DEST_VPC {
+            return out_of_eni(&site, sender.eni_ifindex, ip.saddr);
         }
     }
     // Off-VPC, a service address, the node: the stack routes (and NATs) it, so it must also
