@@ -99,9 +99,22 @@ impl Agent {
         env: &[(&str, &str)],
         logs: Stdio,
     ) -> Self {
+        let mut agent = Self::spawn_logging(netns, bpffs_root, args, env, logs);
+        agent.wait_ready();
+        agent
+    }
+
+    /// Starts the agent without waiting for it to be ready.
+    pub fn spawn_logging(
+        netns: &str,
+        bpffs_root: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        logs: Stdio,
+    ) -> Self {
         let ready = std::env::temp_dir().join(format!("{}.ready", crate::unique_name("agent")));
         let _ = std::fs::remove_file(&ready);
-        let mut child = Command::new(binary("eniflow-agent"))
+        let child = Command::new(binary("eniflow-agent"))
             .arg("--netns")
             .arg(netns)
             .arg("--bpffs-root")
@@ -115,8 +128,18 @@ impl Agent {
             .stderr(logs)
             .spawn()
             .expect("start eniflow-agent");
+        Self {
+            child: Some(child),
+            ready,
+        }
+    }
+
+    /// Waits until the agent writes its ready file: every interface attached and the pool's
+    /// first refill pass over.
+    pub fn wait_ready(&mut self) {
+        let child = self.child.as_mut().expect("the agent runs");
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !ready.exists() {
+        while !self.ready.exists() {
             if let Some(status) = child.try_wait().expect("poll agent") {
                 panic!("eniflow-agent exited before it was ready: {status}");
             }
@@ -124,11 +147,7 @@ impl Agent {
                 Instant::now() < deadline,
                 "eniflow-agent not ready after 20 s"
             );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Self {
-            child: Some(child),
-            ready,
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 

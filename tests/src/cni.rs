@@ -85,6 +85,13 @@ impl PodNode {
 
     /// Starts an agent on this node that the caller owns (to kill and restart it at will).
     pub fn new_agent(&self, more_env: &[(&str, &str)], logs: Stdio) -> Agent {
+        let mut agent = self.spawn_agent(more_env, logs);
+        agent.wait_ready();
+        agent
+    }
+
+    /// The same, without waiting for it to be ready.
+    pub fn spawn_agent(&self, more_env: &[(&str, &str)], logs: Stdio) -> Agent {
         let mut args = self.files.args();
         args.extend(self.extra.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -92,7 +99,7 @@ impl PodNode {
         let mut env: Vec<(&str, &str)> = LAB_NODE_ENV.to_vec();
         env.extend(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         env.extend_from_slice(more_env);
-        Agent::start_logging(&netns, &self.root, &args, &env, logs)
+        Agent::spawn_logging(&netns, &self.root, &args, &env, logs)
     }
 
     pub fn socket(&self) -> String {

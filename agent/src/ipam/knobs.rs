@@ -39,6 +39,9 @@ pub struct Knobs {
     pub eni_config_label: String,
     /// ENI_CONFIG_ANNOTATION_DEF: the node annotation naming the ENIConfig.
     pub eni_config_annotation: String,
+    /// ENIFLOW_MAX_PODS: the max pods the node's kubelet runs with, when it is not the
+    /// instance type's figure (capped at 110/250 as EKS caps it): the pool holds no more.
+    pub max_pods: Option<u32>,
 }
 
 impl Knobs {
@@ -65,7 +68,17 @@ impl Knobs {
                 }
             },
         };
+        let max_pods = match count(&var, "ENIFLOW_MAX_PODS")? {
+            Some(n) if !(1..=eniflow_common::MAX_PODS).contains(&n) => {
+                return Err(KnobError(format!(
+                    "ENIFLOW_MAX_PODS={n}: must be 1 to {} (the pods eniflow's data plane holds)",
+                    eniflow_common::MAX_PODS
+                )))
+            }
+            n => n,
+        };
         Ok(Knobs {
+            max_pods,
             prefix_delegation,
             warm_eni_target: count(&var, "WARM_ENI_TARGET")?.unwrap_or(1),
             warm_ip_target: count(&var, "WARM_IP_TARGET")?.filter(|&n| n > 0),
@@ -104,6 +117,7 @@ impl Knobs {
             "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG": self.custom_network,
             "ENI_CONFIG_LABEL_DEF": self.eni_config_label,
             "ENI_CONFIG_ANNOTATION_DEF": self.eni_config_annotation,
+            "ENIFLOW_MAX_PODS": self.max_pods,
         })
     }
 
@@ -158,6 +172,10 @@ pub struct KnobArgs {
     /// The node annotation naming the ENIConfig.
     #[arg(long, env = "ENI_CONFIG_ANNOTATION_DEF")]
     pub eni_config_annotation_def: Option<String>,
+    /// The node's max pods when its kubelet's --max-pods is not the instance type's figure
+    /// (1 to 4096); unset: that figure, capped at 110/250 as EKS caps it.
+    #[arg(long, env = "ENIFLOW_MAX_PODS")]
+    pub max_pods: Option<String>,
 }
 
 impl KnobArgs {
@@ -180,6 +198,7 @@ impl KnobArgs {
             "AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG" => &self.custom_network_cfg,
             "ENI_CONFIG_LABEL_DEF" => &self.eni_config_label_def,
             "ENI_CONFIG_ANNOTATION_DEF" => &self.eni_config_annotation_def,
+            "ENIFLOW_MAX_PODS" => &self.max_pods,
             _ => return None,
         };
         value.as_deref()
@@ -262,6 +281,13 @@ mod tests {
     }
 
     #[test]
+    fn max_pods_is_the_instance_types_unless_given() {
+        assert_eq!(knobs(&[]).unwrap().max_pods, None);
+        let k = knobs(&[("ENIFLOW_MAX_PODS", "1000")]).unwrap();
+        assert_eq!(k.max_pods, Some(1000));
+    }
+
+    #[test]
     fn bad_knobs_are_named() {
         for (vars, named) in [
             (
@@ -278,6 +304,11 @@ mod tests {
                 "ENABLE_PREFIX_DELEGATION",
             ),
             (&[("IP_COOLDOWN_PERIOD", "1m")], "IP_COOLDOWN_PERIOD"),
+            (
+                &[("ENIFLOW_MAX_PODS", "0")],
+                "ENIFLOW_MAX_PODS=0: must be 1 to 4096",
+            ),
+            (&[("ENIFLOW_MAX_PODS", "5000")], "ENIFLOW_MAX_PODS=5000"),
         ] {
             let err = knobs(vars).unwrap_err().0;
             assert!(err.contains(named), "{vars:?}: {err}");

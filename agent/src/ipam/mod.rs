@@ -191,8 +191,9 @@ impl Ipam {
             pod_eni: knobs.pod_eni,
             ..Default::default()
         };
-        let max_pods = max_pods::max_pods(&instance.instance_type, &limits, &opts)
+        let computed = max_pods::max_pods(&instance.instance_type, &limits, &opts)
             .map_err(|e| IpamError::Config(format!("ENABLE_PREFIX_DELEGATION/MAX_ENI: {e}")))?;
+        let max_pods = knobs.max_pods.unwrap_or(computed);
         let unit = if knobs.prefix_delegation {
             ADDRESSES_PER_PREFIX
         } else {

@@ -1,13 +1,15 @@
 //! `cargo xtask bench` (CNI part): ADD and DEL latency, p50 and p99, with no other pod and with
-//! 250 pods on the node (249 others and the measured one), for eniflow through its real shim (executed as a container runtime
-//! executes it) and through cnitool, side by side with Debian's bridge + host-local doing the same
-//! through cnitool, in one run on the lab's node (an m5.16xlarge: max pods 250). The pool is
-//! filled first (MINIMUM_IP_TARGET=250) and released addresses are reusable at once
-//! (IP_COOLDOWN_PERIOD=0), so ADD never waits for EC2: this measures the CNI path itself.
+//! 250 pods on the node (249 others and the measured one), for eniflow through its real shim
+//! (executed as a container runtime executes it) and through cnitool, side by side with Debian's
+//! bridge + host-local doing the same through cnitool, in one run on the lab's node (an
+//! m5.16xlarge in prefix mode, its kubelet's max pods said to be 1000). The pool is filled first
+//! (MINIMUM_IP_TARGET=1000) and released addresses are reusable at once (IP_COOLDOWN_PERIOD=0),
+//! so ADD never waits for EC2: this measures the CNI path itself.
 //!
 //! Beside the latencies: where an ADD's time goes (the agent's own per-step timings from its
 //! /metrics, and the rest: the shim's exec and the gRPC round trip), the agent's memory idle and
-//! with 250 pods and its CPU per 100 ADDs, and the shim's peak memory and exec time.
+//! with 250 and 1000 pods and its CPU per 100 ADDs, the shim's peak memory and exec time, and
+//! the agent's cold start and restart.
 
 use std::{
     process::{Command, Stdio},
@@ -27,8 +29,11 @@ use eniflow_tests::{
 use serde_json::json;
 
 const SAMPLES: usize = 40;
-/// With the measured pod, the node's max pods (250).
+/// With the measured pod, EKS's max pods for the node (250).
 const BACKGROUND: usize = 249;
+/// The pods of the agent-memory row on a dense node: the node runs with prefix delegation and
+/// ENIFLOW_MAX_PODS=1000 (as a kubelet with --max-pods=1000 would), its pool full of them.
+const DENSE: usize = 1000;
 
 /// One way of running a CNI command for a pod.
 #[derive(Clone, Copy, PartialEq)]
@@ -197,10 +202,18 @@ impl AgentTimes {
     }
 }
 
-/// With BACKGROUND + 1 pods up, SIGKILLs the agent and starts another: ms until an ADD through
-/// the shim succeeds again, and the new agent's own start-up time (its metric). The pods are
+/// What a restart with pods measured, ms from the SIGKILL.
+struct Restart {
+    until_add: f64,
+    until_ready: f64,
+    /// The new agent's own start-up time (its metric: to the conflist written).
+    startup: f64,
+}
+
+/// With BACKGROUND + 1 pods up, SIGKILLs the agent and starts another: until an ADD through
+/// the shim succeeds again, and until its start-up work is over (ready file). The pods are
 /// deleted afterwards.
-fn restart_with_pods(node: &mut PodNode) -> (f64, f64) {
+fn restart_with_pods(node: &mut PodNode) -> Restart {
     let pods: Vec<Netns> = (0..=BACKGROUND).map(|_| Netns::new("rs")).collect();
     let add = |node: &PodNode, n: usize, pod: &Netns| {
         let name = format!("restart-{n}");
@@ -211,7 +224,7 @@ fn restart_with_pods(node: &mut PodNode) -> (f64, f64) {
     }
     node.agent.take().expect("the agent runs").kill();
     let started = Instant::now();
-    node.start_agent_logging(&[], Stdio::null());
+    let mut agent = node.spawn_agent(&[], Stdio::null());
     while !add(node, BACKGROUND, &pods[BACKGROUND]).ok {
         assert!(
             started.elapsed() < Duration::from_secs(60),
@@ -220,14 +233,38 @@ fn restart_with_pods(node: &mut PodNode) -> (f64, f64) {
         std::thread::sleep(Duration::from_millis(5));
     }
     let until_add = started.elapsed().as_secs_f64() * 1000.0;
-    let text = prometheus::scrape_agent(&node.lab.node.netns);
-    let startup_s = metric_sum(&text, "awscni_ipamd_startup_duration_seconds_sum", "");
+    agent.wait_ready();
+    let until_ready = started.elapsed().as_secs_f64() * 1000.0;
+    node.agent = Some(agent);
     for (n, pod) in pods.iter().enumerate() {
         let name = format!("restart-{n}");
         let del = node.cni("DEL", &name, Some(pod), "eth0", &pod_args(&name));
         assert!(del.ok, "DEL {name}: {}", del.json);
     }
-    (until_add, startup_s * 1000.0)
+    Restart {
+        until_add,
+        until_ready,
+        startup: startup_ms(node),
+    }
+}
+
+/// The running agent's start-up time, from its start to the conflist written (its metric).
+fn startup_ms(node: &PodNode) -> f64 {
+    let text = prometheus::scrape_agent(&node.lab.node.netns);
+    metric_sum(&text, "awscni_ipamd_startup_duration_seconds_sum", "") * 1000.0
+}
+
+/// The agent's RSS (KiB) with DENSE pods added through the shim, which are deleted afterwards.
+fn rss_with_dense_pods(bench: &Bench) -> f64 {
+    let pods: Vec<Netns> = (0..DENSE).map(|_| Netns::new("dn")).collect();
+    for (n, pod) in pods.iter().enumerate() {
+        bench.cni(Path::EniflowShim, "ADD", 20_000 + n, pod);
+    }
+    let rss = bench.agent_rss_kib();
+    for (n, pod) in pods.iter().enumerate() {
+        bench.cni(Path::EniflowShim, "DEL", 20_000 + n, pod);
+    }
+    rss
 }
 
 /// Wall time (ms) of each of SAMPLES shim execs for VERSION, which the shim answers alone.
@@ -264,9 +301,16 @@ async fn main() {
         hosts: false,
         ..Default::default()
     };
-    let knobs = [("MINIMUM_IP_TARGET", "250"), ("IP_COOLDOWN_PERIOD", "0")];
+    let dense = DENSE.to_string();
+    let knobs = [
+        ("ENABLE_PREFIX_DELEGATION", "true"),
+        ("ENIFLOW_MAX_PODS", dense.as_str()),
+        ("MINIMUM_IP_TARGET", dense.as_str()),
+        ("IP_COOLDOWN_PERIOD", "0"),
+    ];
     let mut node = PodNode::start_custom(spec, &[], &knobs).await;
-    // Wait for the pool to hold max pods' worth of addresses.
+    let cold_start = startup_ms(&node);
+    // Wait for the pool to hold the dense row's addresses (/28 prefixes of 16).
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let view = node.lab.emulator.view();
@@ -275,9 +319,9 @@ async fn main() {
             .unwrap()
             .iter()
             .filter(|e| e["instance_id"] == node.lab.node.id.as_str())
-            .map(|e| e["private_ips"].as_array().unwrap().len() - 1)
+            .map(|e| e["prefixes"].as_array().map_or(0, Vec::len) * 16)
             .sum();
-        if held >= 250 {
+        if held >= DENSE {
             break;
         }
         assert!(
@@ -373,6 +417,7 @@ async fn main() {
         }
     }
     let _ = node.lab.node.netns.ip(&["link", "del", "cnibench0"]);
+    let rss_dense = rss_with_dense_pods(&bench);
     let peak_rss = procfs::status_field(bench.agent_pid(), "VmHWM");
     let restart = restart_with_pods(&mut node);
 
@@ -420,6 +465,7 @@ async fn main() {
     let cost_rows = vec![
         vec!["agent RSS, pool full, no pods".into(), mib(idle_rss)],
         vec![format!("agent RSS, {} pods", BACKGROUND + 1), mib(rss_250)],
+        vec![format!("agent RSS, {DENSE} pods"), mib(rss_dense)],
         vec!["agent peak RSS over the run (VmHWM)".into(), mib(peak_rss)],
         vec![
             "agent CPU per 100 ADDs (through the shim)".into(),
@@ -443,12 +489,20 @@ async fn main() {
                     "restart: SIGKILL with {} pods, until an ADD succeeds",
                     BACKGROUND + 1
                 ),
-                format!("{:.0} ms", restart.0),
+                format!("{:.0} ms", restart.until_add),
             ],
             vec![
-                "restart: the agent's own start-up time (awscni_ipamd_startup_duration_seconds)"
+                "restart: until its start-up work is over (ENIs re-adopted, the pool reconciled with EC2: its ready file)".into(),
+                format!("{:.0} ms", restart.until_ready),
+            ],
+            vec![
+                "restart: the agent's own start-up time, to the conflist written (awscni_ipamd_startup_duration_seconds)"
                     .into(),
-                format!("{:.0} ms", restart.1),
+                format!("{:.0} ms", restart.startup),
+            ],
+            vec![
+                "cold start (a node's first start, empty pool): to the conflist written".into(),
+                format!("{cold_start:.0} ms"),
             ],
         ],
     ]
@@ -468,7 +522,7 @@ async fn main() {
         name: "cni".into(),
         title: "Pods: CNI ADD and DEL latency".into(),
         method: format!(
-            "{SAMPLES} pods added and deleted one after another on the lab's node (m5.16xlarge, max pods 250), with 0 and {BACKGROUND} other pods; the pool is full first and released addresses are reusable at once, so ADD never waits for EC2. eniflow through its shim run as a runtime runs it and through cnitool, Debian's bridge + host-local through cnitool, in one run."
+            "{SAMPLES} pods added and deleted one after another on the lab's node (m5.16xlarge, prefix delegation, ENIFLOW_MAX_PODS={DENSE} for the memory row), with 0 and {BACKGROUND} other pods; the pool is full first and released addresses are reusable at once, so ADD never waits for EC2. eniflow through its shim run as a runtime runs it and through cnitool, Debian's bridge + host-local through cnitool, in one run."
         ),
         tables: vec![
             Table {
@@ -507,11 +561,12 @@ async fn main() {
                 "other_pods": bg, "agent": agent, "wall": wall,
                 "steps": AddStep::ALL.iter().zip(steps).map(|(s, ms)| (s.name(), *ms)).collect::<std::collections::BTreeMap<_, _>>(),
             })).collect::<Vec<_>>(),
-            "agent_rss_kib": { "idle": idle_rss, "pods_250": rss_250, "peak": peak_rss },
+            "agent_rss_kib": { "idle": idle_rss, "pods_250": rss_250, "pods_1000": rss_dense, "peak": peak_rss },
             "agent_cpu_s_per_100_adds": cpu_per_100,
             "shim_peak_rss_kib": shim_rss,
             "shim_version_exec_ms": version_execs,
-            "restart_ms": { "until_add_ok": restart.0, "agent_startup": restart.1 },
+            "restart_ms": { "until_add_ok": restart.until_add, "until_ready": restart.until_ready, "agent_startup": restart.startup },
+            "cold_start_to_conflist_ms": cold_start,
         }),
     }
     .write();

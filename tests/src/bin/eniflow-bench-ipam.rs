@@ -69,6 +69,12 @@ impl Tally {
             .sum()
     }
 
+    /// Calls (mutating) per pod added, `pods` in all.
+    fn per_pod(&self, pods: u64) -> String {
+        let per = |n: u64| n as f64 / pods as f64;
+        format!("{:.2} ({:.2})", per(self.total()), per(self.mutating()))
+    }
+
     fn add(&mut self, ipam: &Ipam) {
         for ((action, _), n) in ipam.ec2().calls() {
             *self.calls.entry(action).or_default() += n;
@@ -210,9 +216,9 @@ async fn main() {
     println!("## (a) one c5.4xlarge going 0 → 110 → 0 pods, one pod at a time");
     println!();
     println!(
-        "| knobs | EC2 calls (mutating) | ADDs that waited | idle at 110 | peak idle | idle at 0 |"
+        "| knobs | EC2 calls (mutating) | per pod added | ADDs that waited | idle at 110 | peak idle | idle at 0 |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     let mut details = Vec::new();
     let mut part = Part {
         name: "ipam".into(),
@@ -232,6 +238,7 @@ async fn main() {
         let row = vec![
             knobs.name.to_owned(),
             format!("{} ({})", tally.total(), tally.mutating()),
+            tally.per_pod(110),
             tally.waits.to_string(),
             at_110.to_string(),
             tally.peak_idle.to_string(),
@@ -274,8 +281,8 @@ async fn main() {
     println!();
     println!("## (b) five m5.large nodes, one replica of a 5-replica deployment each");
     println!();
-    println!("| knobs | EC2 calls (mutating) | ADDs that waited | idle addresses, 5 nodes |");
-    println!("|---|---|---|---|");
+    println!("| knobs | EC2 calls (mutating) | per pod added | ADDs that waited | idle addresses, 5 nodes |");
+    println!("|---|---|---|---|---|");
     for knobs in [
         &VPC_CNI_DEFAULTS,
         &VPC_CNI_PREFIXES,
@@ -286,6 +293,7 @@ async fn main() {
         let row = vec![
             knobs.name.to_owned(),
             format!("{} ({})", tally.total(), tally.mutating()),
+            tally.per_pod(5),
             tally.waits.to_string(),
             idle_total.to_string(),
         ];
@@ -304,6 +312,7 @@ async fn main() {
             header: [
                 "knobs",
                 "EC2 calls (mutating)",
+                "calls per pod added (mutating)",
                 "ADDs that waited",
                 "idle at 110",
                 "peak idle",
@@ -318,6 +327,7 @@ async fn main() {
             header: [
                 "knobs",
                 "EC2 calls (mutating)",
+                "calls per pod added (mutating)",
                 "ADDs that waited",
                 "idle addresses, 5 nodes",
             ]
