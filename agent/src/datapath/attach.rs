@@ -211,24 +211,31 @@ async fn attach_clsact(
         )
         .await?;
     }
-    let existed = tc::has_clsact(&dp.nl, hook.ifindex).await?;
-    let created = if existed {
-        0
-    } else {
-        ATTACH_FLAG_CREATED_CLSACT
-    };
-    let attachment = Attachment {
+    // The record goes in first, claiming no qdisc: a crash before the claim below leaves at
+    // worst an empty clsact qdisc that uninstall keeps, never one of another tool's removed.
+    let mut attachment = Attachment {
         mode: ATTACH_MODE_CLSACT,
-        flags: (inherited_flags & ATTACH_FLAG_CREATED_CLSACT) | created,
+        flags: inherited_flags & ATTACH_FLAG_CREATED_CLSACT,
         priority: u32::from(CLSACT_PRIORITY),
         handle: CLSACT_HANDLE,
     };
     record(dp, hook, attachment)?;
-    let result = (|| {
-        if !existed {
-            aya_tc::qdisc_add_clsact(&hook.ifname)
-                .map_err(|e| attach_error(hook, format!("add clsact qdisc: {e}")))?;
+    // Tried rather than looked up: the kernel lists qdiscs of every interface for the lookup, a
+    // cost that grew with the pods on the node (an ADD's attach took 0.6 ms with none and 2.8 ms
+    // with 249).
+    let created = match aya_tc::qdisc_add_clsact(&hook.ifname) {
+        Ok(()) => true,
+        Err(aya_tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => false,
+        Err(e) => {
+            let _ = dp.attachments()?.remove(&hook.key());
+            return Err(attach_error(hook, format!("add clsact qdisc: {e}")));
         }
+    };
+    if created {
+        attachment.flags |= ATTACH_FLAG_CREATED_CLSACT;
+        record(dp, hook, attachment)?;
+    }
+    let result = (|| {
         let program = dp.program(hook.program)?;
         let id = program
             .attach_with_options(
@@ -251,7 +258,7 @@ async fn attach_clsact(
     })();
     if result.is_err() {
         // Unwind: nothing half-attached stays behind.
-        if !existed {
+        if created {
             let _ = tc::delete_clsact(&dp.nl, hook.ifindex).await;
         }
         let _ = dp.attachments()?.remove(&hook.key());

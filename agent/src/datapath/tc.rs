@@ -1,5 +1,5 @@
-//! Netlink queries and removals for the clsact path: which qdisc and bpf filters an interface
-//! has, and deleting exactly the ones eniflow made.
+//! Netlink queries and removals for the clsact path: the bpf filters on an interface, and
+//! deleting exactly the filters and qdisc eniflow made.
 
 use futures_util::TryStreamExt;
 use rtnetlink::{
@@ -31,23 +31,6 @@ fn parent(direction: Direction) -> TcHandle {
             Direction::Egress => TcHandle::MIN_EGRESS,
         },
     }
-}
-
-/// Whether the interface has a clsact qdisc.
-pub async fn has_clsact(nl: &Handle, ifindex: u32) -> Result<bool, rtnetlink::Error> {
-    let qdiscs: Vec<TcMessage> = nl
-        .qdisc()
-        .get()
-        .index(ifindex as i32)
-        .execute()
-        .try_collect()
-        .await?;
-    Ok(qdiscs.iter().any(|q| {
-        q.header.index == ifindex as i32
-            && q.attributes
-                .iter()
-                .any(|a| matches!(a, TcAttribute::Kind(k) if k == "clsact"))
-    }))
 }
 
 /// The cls_bpf filters on one clsact hook (none when there is no clsact qdisc).
