@@ -33,7 +33,7 @@ pub struct PodNode {
 pub struct Answer {
     pub ok: bool,
     pub json: Value,
-    /// The shim process's peak resident memory, KiB (the kernel's ru_maxrss).
+    /// The shim process's peak resident memory, KiB (ru_maxrss, forked from `eniflow-peak-rss`).
     pub peak_rss_kib: u64,
 }
 
@@ -347,7 +347,10 @@ pub struct ShimCall<'a> {
 
 /// Runs the shim with `call`'s environment and `config` on stdin; returns what it printed.
 pub fn shim(call: &ShimCall, config: &Value) -> Answer {
-    let mut child = Command::new(agent::binary("eniflow-cni"))
+    let report = std::env::temp_dir().join(format!("{}.rss", crate::unique_name("shim")));
+    let mut child = Command::new(agent::binary("eniflow-peak-rss"))
+        .arg(&report)
+        .arg(agent::binary("eniflow-cni"))
         .env_clear()
         .env("ENIFLOW_CNI_LOG", call.log)
         .env("CNI_COMMAND", call.command)
@@ -383,7 +386,17 @@ pub fn shim(call: &ShimCall, config: &Value) -> Answer {
         .read_to_end(&mut stdout)
         .unwrap();
     let stdout = String::from_utf8_lossy(&stdout);
-    let (ok, peak_rss_kib) = wait_with_peak_rss(child);
+    let ok = child.wait().expect("wait for the shim").success();
+    let peak_rss_kib = std::fs::read_to_string(&report)
+        .ok()
+        .and_then(|kib| kib.trim().parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "the shim's peak RSS was not reported in {}",
+                report.display()
+            )
+        });
+    let _ = std::fs::remove_file(&report);
     let json = if stdout.trim().is_empty() {
         Value::Null
     } else {
@@ -397,22 +410,19 @@ pub fn shim(call: &ShimCall, config: &Value) -> Answer {
     }
 }
 
-/// Waits for `child` (its pipes already drained): whether it exited 0, and its peak RSS in KiB.
-fn wait_with_peak_rss(child: std::process::Child) -> (bool, u64) {
-    let pid = child.id() as libc::pid_t;
-    let mut status = 0;
-    // SAFETY: rusage is plain data the kernel fills; the child is ours and not yet reaped
-    // (std's Child never waits on drop).
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(
-        reaped,
-        pid,
-        "wait4 the shim: {}",
-        std::io::Error::last_os_error()
-    );
-    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-    (ok, usage.ru_maxrss as u64)
+/// The least peak RSS (KiB) `shim` can report: its launcher's own size, what a program forked
+/// from it starts at (measured on `true`).
+pub fn peak_rss_floor_kib() -> u64 {
+    let report = std::env::temp_dir().join(format!("{}.rss", crate::unique_name("floor")));
+    let status = Command::new(agent::binary("eniflow-peak-rss"))
+        .arg(&report)
+        .arg("true")
+        .status()
+        .expect("run eniflow-peak-rss");
+    assert!(status.success(), "eniflow-peak-rss true: {status}");
+    let kib = std::fs::read_to_string(&report).unwrap();
+    let _ = std::fs::remove_file(&report);
+    kib.trim().parse().unwrap()
 }
 
 /// cnitool as `cargo xtask setup` builds it (`ENIFLOW_CNITOOL` overrides).
