@@ -28,7 +28,7 @@ pub struct KubeError {
 }
 
 impl KubeError {
-    fn new(message: impl Into<String>) -> KubeError {
+    pub(crate) fn new(message: impl Into<String>) -> KubeError {
         KubeError {
             status: None,
             message: message.into(),

@@ -4,6 +4,7 @@
 pub mod addressing;
 pub mod bpffs;
 pub mod cni;
+pub mod cninode;
 pub mod datapath;
 pub mod ec2;
 pub mod eni_links;
@@ -20,4 +21,5 @@ pub mod metrics;
 pub mod monitor;
 pub mod netlink;
 pub mod snat;
+pub mod startup_taint;
 pub mod status;

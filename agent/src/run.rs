@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use aws_config::imds;
 use eniflow_agent::{
     cni::{self, conflist},
+    cninode,
     datapath::{self, AttachMode, Datapath, Pins, Plane},
     ec2::{self, Ec2},
     eni_links, files, install,
@@ -21,6 +22,7 @@ use eniflow_agent::{
     kube::{Cluster, ClusterArgs},
     metrics,
     snat::{self, SnatArgs},
+    startup_taint,
 };
 
 /// `eniflow-agent run`: every setting, as a flag or its environment variable (VPC CNI's names
@@ -149,6 +151,10 @@ pub struct RunArgs {
     /// No metrics listener (VPC CNI's DISABLE_METRICS).
     #[arg(long, env = "DISABLE_METRICS")]
     disable_metrics: bool,
+    /// Each added pod gets the annotation vpc.amazonaws.com/pod-ips with its address (VPC
+    /// CNI's ANNOTATE_POD_IP; needs the cluster, and RBAC to patch pods).
+    #[arg(long, env = "ANNOTATE_POD_IP")]
+    annotate_pod_ip: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -190,6 +196,9 @@ pub async fn run(pins: Pins, args: RunArgs) -> Result<()> {
     }
     let cluster = Cluster::connect(&args.cluster)?;
     let with_api_server = cluster.is_some();
+    if args.annotate_pod_ip && !with_api_server {
+        anyhow::bail!("ANNOTATE_POD_IP: annotating pods needs the Kubernetes API, and the agent runs off a cluster (no --kube-api-server, no KUBERNETES_SERVICE_HOST)");
+    }
     let pod_eni = knobs.pod_eni;
     // The pool starts before the data plane, so EC2 or IMDS trouble attaches nothing either.
     let ipam = if args.ipam {
@@ -239,11 +248,24 @@ pub async fn run(pins: Pins, args: RunArgs) -> Result<()> {
             ipam.clone(),
             snat,
         ));
+        let api = cluster.as_ref().map(|c| (c.kube.clone(), c.node.clone()));
+        let pod_ips = api
+            .as_ref()
+            .filter(|_| args.annotate_pod_ip)
+            .map(|(kube, _)| cni::pod_ips::PodIps::new(kube.clone()));
         // Security-group pods' annotations are read from the API when it is there.
         let pod_annotations = cluster
             .filter(|_| pod_eni)
             .map(|c| cni::branch::FromApi::new(c.kube, args.pod_eni_wait));
-        serve_cni(ipam.clone(), plane, &args, branch_pods, pod_annotations).await?;
+        serve_cni(
+            ipam.clone(),
+            plane,
+            &args,
+            branch_pods,
+            pod_annotations,
+            pod_ips,
+        )
+        .await?;
         let conflist = conflist::Conflist {
             socket: args.socket.clone(),
             log_file: args.cni_log_file.clone(),
@@ -254,6 +276,9 @@ pub async fn run(pins: Pins, args: RunArgs) -> Result<()> {
             .write(&args.cni_conflist)
             .with_context(|| format!("write {}", args.cni_conflist.display()))?;
         tracing::info!("node network-ready: wrote {}", args.cni_conflist.display());
+        if let Some((kube, node)) = api {
+            startup_taint::remove_when_ready(kube, node, ipam.clone());
+        }
         metrics::get().started(started.elapsed(), with_api_server);
     }
     if let Some(path) = &args.ready_file {
@@ -300,6 +325,7 @@ fn settings(args: &RunArgs) -> serde_json::Value {
         "cni_conflist": args.cni_conflist,
         "cni_chain": args.cni_chain,
         "metrics_address": args.metrics_address.to_string(),
+        "ANNOTATE_POD_IP": args.annotate_pod_ip,
     })
 }
 
@@ -310,18 +336,23 @@ async fn serve_cni(
     args: &RunArgs,
     branches: Arc<cni::branch::BranchPods>,
     pod_annotations: Option<cni::branch::FromApi>,
+    pod_ips: Option<cni::pod_ips::PodIps>,
 ) -> Result<()> {
     install::ensure_sysctl(install::IP_FORWARD, "1")
         .context("IPv4 forwarding (net.ipv4.ip_forward) for pod traffic")?;
     let host = eniflow_agent::netlink::connect().context("open a route netlink socket")?;
     plane.set_sg_strict(args.sg_mode == SgMode::Strict)?;
     let sources = cni::seams::Sources::new(ipam.clone(), branches, pod_annotations);
-    let pods = Arc::new(cni::lifecycle::Lifecycle::new(
+    let mut pods = cni::lifecycle::Lifecycle::new(
         sources,
         cni::seams::HostWiring::new(host),
         plane,
         args.veth_prefix.clone(),
-    ));
+    );
+    if let Some(pod_ips) = pod_ips {
+        pods = pods.with_pod_ips(pod_ips);
+    }
+    let pods = Arc::new(pods);
     let released = pods.release_unwired().await;
     if released > 0 {
         tracing::info!("released {released} address(es) of pods deleted while the agent was away");
@@ -405,6 +436,19 @@ async fn start_pool(
     );
     if let Some(cluster) = cluster {
         cluster.publish_max_pods(max_pods);
+        let pod_eni = pool.config().knobs.pod_eni;
+        if pod_eni && !pool.trunk_fits() {
+            tracing::error!(
+                "ENABLE_POD_ENI: the node's ENI slots are all taken, none is left for a trunk; security-group pods will not be scheduled here"
+            );
+        }
+        let custom = pool
+            .config()
+            .custom_network
+            .as_ref()
+            .map(|c| c.name.as_str());
+        let features = cninode::wanted(custom, pod_eni && pool.trunk_fits());
+        cninode::advertise(cluster.kube.clone(), cluster.node.clone(), features);
     }
     Ok((Arc::new(pool), imds))
 }

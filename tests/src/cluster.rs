@@ -292,7 +292,8 @@ pub struct KubeletNode {
 
 impl KubeletNode {
     /// Starts containerd and kubelet for node `name` (address `node_ip`, at most `max_pods`
-    /// pods) in `netns`, with `images` (archives) imported, registered with `plane`.
+    /// pods) in `netns`, with `images` (archives) imported, registered with `plane` and with
+    /// `taints` (kubelet's `--register-with-taints`).
     pub fn start(
         plane: &ControlPlane,
         netns: &Netns,
@@ -300,6 +301,7 @@ impl KubeletNode {
         node_ip: &str,
         max_pods: u32,
         images: &[PathBuf],
+        taints: &[&str],
     ) -> KubeletNode {
         let dir = std::env::temp_dir().join(crate::unique_name("kubelet"));
         fs::create_dir_all(&dir).unwrap();
@@ -348,7 +350,7 @@ impl KubeletNode {
             "system:nodes",
         );
         let file = |p: &Path| p.display().to_string();
-        let args = vec![
+        let mut args = vec![
             format!("--kubeconfig={}", file(&kubeconfig)),
             "--root-dir=/var/lib/kubelet".into(),
             format!("--cert-dir={}", file(&dir.join("kubelet-pki"))),
@@ -376,6 +378,9 @@ impl KubeletNode {
             "--image-gc-high-threshold=100".into(),
             "--serialize-image-pulls=false".into(),
         ];
+        if !taints.is_empty() {
+            args.push(format!("--register-with-taints={}", taints.join(",")));
+        }
         let kubelet = node.spawn("kubelet", &bin("kubelet").display().to_string(), &args);
         node.kubelet = Some(kubelet);
         // Services by iptables in the node's namespace; the machine's conntrack settings are

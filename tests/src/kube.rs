@@ -21,6 +21,7 @@ const ADMIN_TOKEN: &str = "lab-admin-token";
 const AGENT_TOKEN: &str = "lab-agent-token";
 /// The agent's service account, as deploy/rbac.yaml binds it.
 const AGENT_USER: &str = "system:serviceaccount:kube-system:eniflow-agent";
+pub const CNINODES: &str = "/apis/vpcresources.k8s.aws/v1alpha1/cninodes";
 
 pub struct KubeApi {
     netns: String,
@@ -403,30 +404,32 @@ impl KubeApi {
         answer
     }
 
-    /// Applies deploy/'s manifests the agent needs in a cluster (its RBAC, the ENIConfig CRD),
-    /// each document to the collection its kind belongs to.
+    /// Applies deploy/'s manifests the agent needs in a cluster (its RBAC, the ENIConfig CRD).
     pub fn apply_deploy_manifests(&self) {
-        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
         for file in ["rbac.yaml", "eniconfig-crd.yaml"] {
-            let text = std::fs::read_to_string(deploy.join(file)).unwrap();
-            for doc in text.split("\n---\n").filter(|d| d.contains("kind:")) {
-                let kind = doc
-                    .lines()
-                    .find_map(|l| l.strip_prefix("kind: "))
-                    .unwrap_or_else(|| panic!("{file}: a document without a top-level kind"));
-                let path = match kind.trim() {
-                    "ServiceAccount" => "/api/v1/namespaces/kube-system/serviceaccounts",
-                    "ClusterRole" => "/apis/rbac.authorization.k8s.io/v1/clusterroles",
-                    "ClusterRoleBinding" => {
-                        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings"
-                    }
-                    "CustomResourceDefinition" => {
-                        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
-                    }
-                    other => panic!("{file}: no collection known for kind {other}"),
-                };
-                self.create(path, doc);
-            }
+            self.apply_deploy_file(file);
+        }
+    }
+
+    /// Applies one of deploy/'s files, each document to the collection its kind belongs to.
+    pub fn apply_deploy_file(&self, file: &str) {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy");
+        let text = std::fs::read_to_string(deploy.join(file)).unwrap();
+        for doc in text.split("\n---\n").filter(|d| d.contains("kind:")) {
+            let kind = doc
+                .lines()
+                .find_map(|l| l.strip_prefix("kind: "))
+                .unwrap_or_else(|| panic!("{file}: a document without a top-level kind"));
+            let path = match kind.trim() {
+                "ServiceAccount" => "/api/v1/namespaces/kube-system/serviceaccounts",
+                "ClusterRole" => "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+                "ClusterRoleBinding" => "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+                "CustomResourceDefinition" => {
+                    "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+                }
+                other => panic!("{file}: no collection known for kind {other}"),
+            };
+            self.create(path, doc);
         }
     }
 
@@ -455,6 +458,65 @@ impl KubeApi {
             );
             std::thread::sleep(Duration::from_millis(300));
         }
+    }
+
+    /// Installs the CNINode CRD (tests/lab/manifests: on EKS it is EKS's own) and creates the
+    /// node's CNINode with `features`, as the VPC resource controller creates it; retries while
+    /// the CRD is being established.
+    pub fn create_cninode(&self, node: &str, features: Value) {
+        let crd = Path::new(env!("CARGO_MANIFEST_DIR")).join("lab/manifests/cninode-crd.yaml");
+        let crd = std::fs::read_to_string(crd).unwrap();
+        let (status, answer) = self.call(
+            "POST",
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+            Some(&crd),
+        );
+        assert!(
+            status == 201 || status == 409,
+            "the CNINode CRD: {status} {answer}"
+        );
+        let object = serde_json::json!({
+            "apiVersion": "vpcresources.k8s.aws/v1alpha1",
+            "kind": "CNINode",
+            "metadata": { "name": node },
+            "spec": { "features": features },
+        })
+        .to_string();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, answer) = self.call("POST", CNINODES, Some(&object));
+            if status == 201 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "CNINode {node}: {status} {answer}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// Watches the collection at `path` (a query string allowed) for `seconds`, in a thread:
+    /// every event the API sent, in order, the first one the objects as they were.
+    pub fn watch(&self, path: &str, seconds: u32) -> std::thread::JoinHandle<Vec<Value>> {
+        let separator = if path.contains('?') { '&' } else { '?' };
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.netns))
+            .args(["curl", "--http1.1", "-sS", "-N", "--max-time"])
+            .arg((seconds + 10).to_string())
+            .arg("--cacert")
+            .arg(self.dir.join("ca.crt"))
+            .args(["-H", &format!("Authorization: Bearer {ADMIN_TOKEN}")])
+            .arg(format!(
+                "https://127.0.0.1:{API_PORT}{path}{separator}watch=1&timeoutSeconds={seconds}"
+            ));
+        std::thread::spawn(move || {
+            let out = cmd.output().expect("run curl");
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect()
+        })
     }
 
     /// An object's annotations.

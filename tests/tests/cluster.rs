@@ -15,6 +15,10 @@ use eniflow_tests::{
 };
 use serde_json::{json, Value};
 
+/// The taint the lab's node registers with until eniflow can wire its pods.
+const STARTUP_TAINT_KEY: &str = "eniflow.io/agent-not-ready";
+const STARTUP_TAINT: &str = "eniflow.io/agent-not-ready:NoSchedule";
+
 /// Waits until the Deployment `app` has exactly `n` pods, all Ready.
 fn wait_for_web(plane: &ControlPlane, nodes: &[&KubeletNode], app: &str, n: usize) -> Vec<WebPod> {
     wait_for(
@@ -78,6 +82,7 @@ async fn the_node_turns_ready_with_the_daemonset_and_pods_get_vpc_and_branch_eni
         &lab.node.primary_ip,
         max_pods,
         &[archive],
+        &[STARTUP_TAINT],
     );
     let image = deployed_image();
     assert!(
@@ -103,6 +108,21 @@ async fn the_node_turns_ready_with_the_daemonset_and_pods_get_vpc_and_branch_eni
                 node.log("kubelet")
             )
         },
+    );
+
+    let startup_tainted = || {
+        plane.get(&["node", "lab-node"])["spec"]["taints"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["key"] == STARTUP_TAINT_KEY))
+    };
+    assert!(
+        startup_tainted(),
+        "kubelet registered the node without the startup taint"
+    );
+    // A pod tolerating nothing waits for the node to be able to wire it.
+    plane.api.create(
+        "/apis/apps/v1/namespaces/default/deployments",
+        &web_deployment("early", 1),
     );
 
     let mut env = lab_agent_env();
@@ -162,6 +182,13 @@ async fn the_node_turns_ready_with_the_daemonset_and_pods_get_vpc_and_branch_eni
         },
     );
     assert_eq!(published().0, max_pods.to_string(), "kubelet's capacity");
+    wait_for(
+        "the agent to take the startup taint off",
+        Duration::from_secs(30),
+        || !startup_tainted(),
+        || plane.get(&["node", "lab-node"])["spec"].to_string(),
+    );
+    wait_for_web(&plane, &[&node], "early", 1);
 
     // A Deployment placed by the scheduler: every pod gets a VPC address and passes its probe.
     plane.api.create(
@@ -296,6 +323,7 @@ async fn a_deployment_over_two_nodes_keeps_working_through_scaling_an_agent_cras
                 &instance.primary_ip,
                 max_pods,
                 std::slice::from_ref(&archive),
+                &[],
             )
         })
         .collect();

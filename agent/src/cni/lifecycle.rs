@@ -17,6 +17,7 @@ use super::{
     error::{CniError, ErrorList},
     holds::{Hold, Want},
     plumbing::{Pod, Wired},
+    pod_ips::PodIps,
     request::{host_veth_name, Request},
     result,
     seams::{Addresses, DataPlane, Wiring},
@@ -37,6 +38,8 @@ pub struct Lifecycle<A, W, D> {
     plane: Arc<D>,
     /// AWS_VPC_K8S_CNI_VETHPREFIX: host veth names start with it.
     veth_prefix: String,
+    /// ANNOTATE_POD_IP: added pods' addresses go on the pods.
+    pod_ips: Option<PodIps>,
 }
 
 fn owner(r: &Request) -> Owner {
@@ -54,7 +57,14 @@ impl<A: Addresses, W: Wiring, D: DataPlane> Lifecycle<A, W, D> {
             wiring,
             plane,
             veth_prefix,
+            pod_ips: None,
         }
+    }
+
+    /// Annotates each added pod with its address (ANNOTATE_POD_IP).
+    pub fn with_pod_ips(mut self, pod_ips: PodIps) -> Self {
+        self.pod_ips = Some(pod_ips);
+        self
     }
 
     /// The host veth of a pod's container (VPC CNI's naming).
@@ -132,6 +142,11 @@ impl<A: Addresses, W: Wiring, D: DataPlane> Lifecycle<A, W, D> {
             r.pod_name,
             pod.host_veth
         );
+        if let Some(pod_ips) = &self.pod_ips {
+            pod_ips
+                .annotate(&r.pod_namespace, &r.pod_name, pod.ipv4)
+                .await;
+        }
         Ok(result::added(&result::Added {
             cni_version: &r.cni_version,
             host_veth: &pod.host_veth,

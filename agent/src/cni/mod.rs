@@ -7,6 +7,7 @@ pub mod error;
 pub mod holds;
 pub mod lifecycle;
 pub mod plumbing;
+pub mod pod_ips;
 pub mod probe;
 pub mod request;
 pub mod result;

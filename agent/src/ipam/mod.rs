@@ -438,6 +438,12 @@ impl Ipam {
         self.max_enis
     }
 
+    /// Whether the node has its trunk, or a free ENI slot for one.
+    pub fn trunk_fits(&self) -> bool {
+        let pool = self.lock();
+        pool.has_trunk() || (pool.enis().len() as u32) < self.max_enis
+    }
+
     pub fn capacity(&self) -> warm::Capacity {
         self.capacity
     }

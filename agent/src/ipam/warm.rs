@@ -18,7 +18,8 @@ pub struct Pool {
 }
 
 impl Pool {
-    fn available(&self) -> u32 {
+    /// Free now: neither held by a pod nor cooling.
+    pub fn available(&self) -> u32 {
         self.total.saturating_sub(self.assigned + self.cooling)
     }
 }

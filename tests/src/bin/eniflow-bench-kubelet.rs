@@ -127,6 +127,7 @@ async fn main() {
         &lab.node.primary_ip,
         max_pods,
         &[archive],
+        &[],
     );
 
     plane.api.create(
