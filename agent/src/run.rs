@@ -155,6 +155,17 @@ pub struct RunArgs {
     /// CNI's ANNOTATE_POD_IP; needs the cluster, and RBAC to patch pods).
     #[arg(long, env = "ANNOTATE_POD_IP")]
     annotate_pod_ip: bool,
+    /// EKS's network policy agent hears of each pod (VPC CNI's knob): none (or unset),
+    /// standard or strict; an ADD the policy agent does not confirm fails and is undone.
+    #[arg(long, env = "NETWORK_POLICY_ENFORCING_MODE")]
+    network_policy_enforcing_mode: Option<String>,
+    /// The network policy agent's socket.
+    #[arg(
+        long,
+        env = "ENIFLOW_NETWORK_POLICY_SOCKET",
+        default_value = cni::network_policy::DEFAULT_SOCKET
+    )]
+    network_policy_socket: PathBuf,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -196,6 +207,9 @@ pub async fn run(pins: Pins, args: RunArgs) -> Result<()> {
     }
     let cluster = Cluster::connect(&args.cluster)?;
     let with_api_server = cluster.is_some();
+    let policy_mode =
+        cni::network_policy::Mode::parse(args.network_policy_enforcing_mode.as_deref())
+            .map_err(anyhow::Error::msg)?;
     if args.annotate_pod_ip && !with_api_server {
         anyhow::bail!("ANNOTATE_POD_IP: annotating pods needs the Kubernetes API, and the agent runs off a cluster (no --kube-api-server, no KUBERNETES_SERVICE_HOST)");
     }
@@ -257,13 +271,20 @@ pub async fn run(pins: Pins, args: RunArgs) -> Result<()> {
         let pod_annotations = cluster
             .filter(|_| pod_eni)
             .map(|c| cni::branch::FromApi::new(c.kube, args.pod_eni_wait));
+        let network_policy = policy_mode.map(|mode| cni::network_policy::NetworkPolicy {
+            socket: args.network_policy_socket.clone(),
+            mode,
+        });
         serve_cni(
             ipam.clone(),
             plane,
             &args,
             branch_pods,
-            pod_annotations,
-            pod_ips,
+            Outside {
+                pod_annotations,
+                pod_ips,
+                network_policy,
+            },
         )
         .await?;
         let conflist = conflist::Conflist {
@@ -326,7 +347,19 @@ fn settings(args: &RunArgs) -> serde_json::Value {
         "cni_chain": args.cni_chain,
         "metrics_address": args.metrics_address.to_string(),
         "ANNOTATE_POD_IP": args.annotate_pod_ip,
+        "NETWORK_POLICY_ENFORCING_MODE": args.network_policy_enforcing_mode,
+        "network_policy_socket": args.network_policy_socket,
     })
+}
+
+/// What the CNI path asks of and tells others beyond the node's pool and data plane.
+struct Outside {
+    /// Security-group pods' branch ENIs, from the API.
+    pod_annotations: Option<cni::branch::FromApi>,
+    /// ANNOTATE_POD_IP.
+    pod_ips: Option<cni::pod_ips::PodIps>,
+    /// NETWORK_POLICY_ENFORCING_MODE.
+    network_policy: Option<cni::network_policy::NetworkPolicy>,
 }
 
 /// Serves the CNI shim on the agent's socket; pods' traffic is forwarded by this namespace.
@@ -335,13 +368,21 @@ async fn serve_cni(
     plane: Arc<Plane>,
     args: &RunArgs,
     branches: Arc<cni::branch::BranchPods>,
-    pod_annotations: Option<cni::branch::FromApi>,
-    pod_ips: Option<cni::pod_ips::PodIps>,
+    outside: Outside,
 ) -> Result<()> {
+    let Outside {
+        pod_annotations,
+        pod_ips,
+        network_policy,
+    } = outside;
     install::ensure_sysctl(install::IP_FORWARD, "1")
         .context("IPv4 forwarding (net.ipv4.ip_forward) for pod traffic")?;
     let host = eniflow_agent::netlink::connect().context("open a route netlink socket")?;
-    plane.set_sg_strict(args.sg_mode == SgMode::Strict)?;
+    plane.set_modes(datapath::Modes {
+        sg_strict: args.sg_mode == SgMode::Strict,
+        // The policy agent's programs on pods' veths must see what reaches the pods.
+        deliver_through_veth: network_policy.is_some(),
+    })?;
     let sources = cni::seams::Sources::new(ipam.clone(), branches, pod_annotations);
     let mut pods = cni::lifecycle::Lifecycle::new(
         sources,
@@ -351,6 +392,9 @@ async fn serve_cni(
     );
     if let Some(pod_ips) = pod_ips {
         pods = pods.with_pod_ips(pod_ips);
+    }
+    if let Some(network_policy) = network_policy {
+        pods = pods.with_network_policy(network_policy);
     }
     let pods = Arc::new(pods);
     let released = pods.release_unwired().await;

@@ -33,8 +33,8 @@ pub struct PodNode {
 pub struct Answer {
     pub ok: bool,
     pub json: Value,
-    /// The shim process's peak resident memory, KiB (ru_maxrss, forked from `eniflow-peak-rss`).
-    pub peak_rss_kib: u64,
+    /// The shim process's peak resident memory, KiB, when run by `shim_peak_rss`.
+    pub peak_rss_kib: Option<u64>,
 }
 
 impl PodNode {
@@ -347,10 +347,27 @@ pub struct ShimCall<'a> {
 
 /// Runs the shim with `call`'s environment and `config` on stdin; returns what it printed.
 pub fn shim(call: &ShimCall, config: &Value) -> Answer {
+    run_shim(call, config, None)
+}
+
+/// The same, the shim forked from `eniflow-peak-rss` so that its peak RSS is its own (spawned
+/// from a large process its peak starts at that process's size); the launcher's fork and exec
+/// make the call slower, so latencies are measured with `shim`.
+pub fn shim_peak_rss(call: &ShimCall, config: &Value) -> Answer {
     let report = std::env::temp_dir().join(format!("{}.rss", crate::unique_name("shim")));
-    let mut child = Command::new(agent::binary("eniflow-peak-rss"))
-        .arg(&report)
-        .arg(agent::binary("eniflow-cni"))
+    run_shim(call, config, Some(&report))
+}
+
+fn run_shim(call: &ShimCall, config: &Value, rss_report: Option<&std::path::Path>) -> Answer {
+    let mut command = match rss_report {
+        Some(report) => {
+            let mut launcher = Command::new(agent::binary("eniflow-peak-rss"));
+            launcher.arg(report).arg(agent::binary("eniflow-cni"));
+            launcher
+        }
+        None => Command::new(agent::binary("eniflow-cni")),
+    };
+    let mut child = command
         .env_clear()
         .env("ENIFLOW_CNI_LOG", call.log)
         .env("CNI_COMMAND", call.command)
@@ -387,16 +404,14 @@ pub fn shim(call: &ShimCall, config: &Value) -> Answer {
         .unwrap();
     let stdout = String::from_utf8_lossy(&stdout);
     let ok = child.wait().expect("wait for the shim").success();
-    let peak_rss_kib = std::fs::read_to_string(&report)
-        .ok()
-        .and_then(|kib| kib.trim().parse().ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "the shim's peak RSS was not reported in {}",
-                report.display()
-            )
-        });
-    let _ = std::fs::remove_file(&report);
+    let peak_rss_kib = rss_report.map(|report| {
+        let kib = std::fs::read_to_string(report)
+            .ok()
+            .and_then(|kib| kib.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no peak RSS reported in {}", report.display()));
+        let _ = std::fs::remove_file(report);
+        kib
+    });
     let json = if stdout.trim().is_empty() {
         Value::Null
     } else {

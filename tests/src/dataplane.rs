@@ -173,6 +173,38 @@ impl Taps {
     }
 }
 
+/// A stand-in for EKS's network policy agent's programs on a pod's host veth, attached as it
+/// attaches them (clsact cls_bpf, priority 1, handle 1, both directions; `lab::POLICY_PROGRAM`);
+/// detached when dropped.
+pub struct PolicyPrograms {
+    _ebpf: Ebpf,
+}
+
+impl PolicyPrograms {
+    pub fn attach(ns: &Netns, host_veth: &str) -> PolicyPrograms {
+        let mut ebpf = Ebpf::load(LAB_OBJECT).expect("load the lab object");
+        ns.within(|| {
+            let program: &mut SchedClassifier = ebpf
+                .program_mut(lab::POLICY_PROGRAM)
+                .unwrap()
+                .try_into()
+                .unwrap();
+            program.load().unwrap();
+            for hook in [TcAttachType::Ingress, TcAttachType::Egress] {
+                let options = TcAttachOptions::Netlink(NlOptions {
+                    priority: 1,
+                    handle: 1.into(),
+                    classid: None,
+                });
+                program
+                    .attach_with_options(host_veth, hook, options)
+                    .unwrap_or_else(|e| panic!("attach the policy stand-in to {host_veth}: {e}"));
+            }
+        });
+        PolicyPrograms { _ebpf: ebpf }
+    }
+}
+
 /// The lab's no-op program on tc hooks (one loaded program per hook, so each has its own
 /// run-time accounting); detached when dropped.
 pub struct Noops {

@@ -13,6 +13,7 @@ pub mod images;
 pub mod kube;
 pub mod lab;
 pub mod netns;
+pub mod network_policy;
 pub mod procfs;
 pub mod prometheus;
 pub mod raw;

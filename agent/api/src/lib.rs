@@ -1,10 +1,16 @@
 //! The contract between `eniflow-cni` and `eniflow-agent`: the gRPC service on the agent's unix
-//! socket, the protocol versions each side speaks, the CNI spec versions and error codes.
+//! socket, the protocol versions each side speaks, the CNI spec versions and error codes; and the
+//! network policy agent's service, which the agent calls for each pod.
 
 use std::path::{Path, PathBuf};
 
 pub mod v1 {
     tonic::include_proto!("eniflow.v1");
+}
+
+/// EKS's network policy agent's node-local service (`rpc.NPBackend`).
+pub mod network_policy {
+    tonic::include_proto!("rpc");
 }
 
 /// The agent's unix socket (mode 0600, root only).
@@ -36,6 +42,8 @@ pub mod cni_errors {
     pub const PROTOCOL_MISMATCH: u32 = 101;
     /// Wiring the pod's interface failed (the message says which step).
     pub const PLUMBING_FAILED: u32 = 102;
+    /// The network policy agent did not take the pod (NETWORK_POLICY_ENFORCING_MODE).
+    pub const NETWORK_POLICY_FAILED: u32 = 103;
 }
 
 /// Whether a peer speaking `protocol` can be served.
@@ -43,7 +51,7 @@ pub fn compatible(protocol: u32) -> bool {
     (OLDEST_PROTOCOL..=PROTOCOL + 1).contains(&protocol)
 }
 
-/// A gRPC channel to the agent's unix socket.
+/// A gRPC channel to a unix socket (the agent's, or the network policy agent's).
 pub async fn connect(socket: &Path) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     let socket: PathBuf = socket.to_owned();
     // The URI is required by the API but unused: the connector dials the socket.

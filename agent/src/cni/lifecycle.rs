@@ -16,6 +16,7 @@ use serde_json::Value;
 use super::{
     error::{CniError, ErrorList},
     holds::{Hold, Want},
+    network_policy::NetworkPolicy,
     plumbing::{Pod, Wired},
     pod_ips::PodIps,
     request::{host_veth_name, Request},
@@ -40,6 +41,8 @@ pub struct Lifecycle<A, W, D> {
     veth_prefix: String,
     /// ANNOTATE_POD_IP: added pods' addresses go on the pods.
     pod_ips: Option<PodIps>,
+    /// NETWORK_POLICY_ENFORCING_MODE: the policy agent hears of each pod.
+    network_policy: Option<NetworkPolicy>,
 }
 
 fn owner(r: &Request) -> Owner {
@@ -58,7 +61,14 @@ impl<A: Addresses, W: Wiring, D: DataPlane> Lifecycle<A, W, D> {
             plane,
             veth_prefix,
             pod_ips: None,
+            network_policy: None,
         }
+    }
+
+    /// Tells the network policy agent of each pod wired and taken apart.
+    pub fn with_network_policy(mut self, network_policy: NetworkPolicy) -> Self {
+        self.network_policy = Some(network_policy);
+        self
     }
 
     /// Annotates each added pod with its address (ANNOTATE_POD_IP).
@@ -135,6 +145,22 @@ impl<A: Addresses, W: Wiring, D: DataPlane> Lifecycle<A, W, D> {
             }
         };
         let pod = self.pod(r, &hold);
+        if let Some(policy) = &self.network_policy {
+            if let Err(e) = policy.enforce(&r.pod_namespace, &r.pod_name).await {
+                // A first ADD leaves nothing; a repeated one keeps what the first made.
+                if !repeated {
+                    let veths = BTreeSet::from([pod.host_veth.clone()]);
+                    let mut errors = ErrorList::default();
+                    if self.unplug(Some(&hold), &veths, &mut errors).await {
+                        self.addresses.undo(&hold).await;
+                    }
+                    if let Err(left) = errors.into_result() {
+                        tracing::warn!("unwinding {}: {}", r.container_id, left.msg);
+                    }
+                }
+                return Err(e);
+            }
+        }
         tracing::info!(
             "ADD {} {}/{}: {hold}, veth {}",
             r.container_id,
@@ -217,7 +243,13 @@ impl<A: Addresses, W: Wiring, D: DataPlane> Lifecycle<A, W, D> {
         if let Some(hold) = &hold {
             veths.insert(self.veth(hold));
         }
-        self.unwire(hold.as_ref(), &veths).await
+        self.unwire(hold.as_ref(), &veths).await?;
+        if let Some(policy) = &self.network_policy {
+            if !r.pod_name.is_empty() {
+                policy.forget(&r.pod_namespace, &r.pod_name).await;
+            }
+        }
+        Ok(())
     }
 
     /// Takes the pod out of the maps (first, so nothing is steered into a veth being deleted),

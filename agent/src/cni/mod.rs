@@ -6,6 +6,7 @@ pub mod conflist;
 pub mod error;
 pub mod holds;
 pub mod lifecycle;
+pub mod network_policy;
 pub mod plumbing;
 pub mod pod_ips;
 pub mod probe;

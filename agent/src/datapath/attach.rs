@@ -14,9 +14,11 @@ use eniflow_common::{Attachment, ATTACH_FLAG_CREATED_CLSACT, ATTACH_MODE_CLSACT,
 use super::{tc, Datapath, DatapathError, Hook};
 
 /// cls_bpf priority and handle of eniflow's filters: fixed, so a restarted agent and uninstall
-/// find exactly their own filter among other tools' filters on the same hook.
+/// find exactly their own filter among other tools' filters on the same hook. The handle is not
+/// 1: EKS's network policy agent removes its filter from a pod's veth by handle 1 whatever the
+/// priority, and would take eniflow's where its own is missing.
 pub const CLSACT_PRIORITY: u16 = 0x2e4e;
-pub const CLSACT_HANDLE: u32 = 1;
+pub const CLSACT_HANDLE: u32 = 0x2e4e;
 
 /// Which tc attachment API to use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -16,7 +16,7 @@ use aya::maps::{
 };
 use eniflow_common::{
     maps, BranchPort, Config, Destination, Drops, Eni, FlowBudget, Pod, PodStats, TrunkVlan, Veth,
-    CONFIG_SG_STRICT, DEST_NODE, DEST_VPC, ENI_ROLE_TRUNK, HOOKS,
+    CONFIG_DELIVER_THROUGH_VETH, CONFIG_SG_STRICT, DEST_NODE, DEST_VPC, ENI_ROLE_TRUNK, HOOKS,
 };
 
 use super::{DatapathError, Pins};
@@ -45,6 +45,16 @@ pub struct PodPort {
     pub pod_mac: [u8; 6],
     /// A security-group pod's branch ENI (then `eni_id` is the trunk's).
     pub branch: Option<BranchLink>,
+}
+
+/// How the programs deliver and route, node-wide (the `config` map).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Modes {
+    /// POD_SECURITY_GROUP_ENFORCING_MODE=strict: all of a security-group pod's traffic goes
+    /// through the VPC.
+    pub sg_strict: bool,
+    /// A network policy agent's programs on pods' veths must see what reaches the pods.
+    pub deliver_through_veth: bool,
 }
 
 /// How a security-group pod is reached through the trunk.
@@ -181,8 +191,14 @@ impl Forwarding {
     }
 
     /// Security-group pods in strict (true) or standard mode.
-    pub fn set_sg_strict(&mut self, strict: bool) -> Result<(), DatapathError> {
-        let flags = if strict { CONFIG_SG_STRICT } else { 0 };
+    pub fn set_modes(&mut self, modes: Modes) -> Result<(), DatapathError> {
+        let mut flags = 0;
+        if modes.sg_strict {
+            flags |= CONFIG_SG_STRICT;
+        }
+        if modes.deliver_through_veth {
+            flags |= CONFIG_DELIVER_THROUGH_VETH;
+        }
         self.config
             .set(0, Config { flags }, 0)
             .map_err(map_error(maps::CONFIG))

@@ -22,7 +22,7 @@ use eniflow_common::{
 
 pub use attach::{AttachMode, Outcome};
 pub use forwarding::{
-    read_hook_drops, read_pod_stats, read_pods, BranchLink, EniPort, Forwarding, PodPort,
+    read_hook_drops, read_pod_stats, read_pods, BranchLink, EniPort, Forwarding, Modes, PodPort,
 };
 pub use pins::Pins;
 pub use pods::{KnownPod, Plane};

@@ -4,7 +4,7 @@
 
 use std::{net::Ipv4Addr, sync::Mutex, time::Instant};
 
-use super::{BranchLink, Datapath, DatapathError, EniPort, Forwarding, PodPort};
+use super::{BranchLink, Datapath, DatapathError, EniPort, Forwarding, Modes, PodPort};
 use crate::metrics::AddStep;
 
 pub struct Plane {
@@ -123,9 +123,9 @@ impl Plane {
         self.forwarding().trunk().cloned()
     }
 
-    /// Security-group pods in strict (true) or standard mode.
-    pub fn set_sg_strict(&self, strict: bool) -> Result<(), DatapathError> {
-        self.forwarding().set_sg_strict(strict)
+    /// The node-wide modes of delivery and routing.
+    pub fn set_modes(&self, modes: Modes) -> Result<(), DatapathError> {
+        self.forwarding().set_modes(modes)
     }
 
     /// The ifindexes of the ENIs in the table.

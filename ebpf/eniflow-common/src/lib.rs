@@ -451,6 +451,15 @@ pub const SG_POD_MARK: u32 = 0x2000;
 /// `Config::flags`: security-group pods in strict mode (all their traffic, node-local too, goes
 /// through the VPC and its security groups); unset: standard mode (node-local stays local).
 pub const CONFIG_SG_STRICT: u32 = 1;
+/// `Config::flags`: pods are delivered through their host veth (`bpf_redirect` to its egress)
+/// rather than straight into them (`bpf_redirect_peer`, which skips that hook), so a policy
+/// program on the veth (EKS's network policy agent's) sees every packet that reaches the pod.
+pub const CONFIG_DELIVER_THROUGH_VETH: u32 = 2;
+
+/// The skb mark bit on a packet eniflow delivers through a pod's host veth: the veth's egress
+/// program knows it from one the stack delivers (whose flow the stack may have NAT'd). Clear of
+/// the bits named at `SG_POD_MARK`; crossing into the pod's namespace clears the mark anyway.
+pub const DELIVERED_MARK: u32 = 0x1000;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -14,14 +14,15 @@ mod stats;
 use aya_ebpf::{
     bindings::{bpf_redir_neigh, bpf_redir_neigh__bindgen_ty_1, TC_ACT_REDIRECT, TC_ACT_UNSPEC},
     helpers::{
-        bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_change_type, bpf_skb_vlan_pop,
+        bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer, bpf_skb_change_type, bpf_skb_vlan_pop,
         bpf_skb_vlan_push,
     },
     macros::classifier,
     programs::TcContext,
 };
 use eniflow_common::{
-    DropReason, Pod, DEST_NODE, DEST_VPC, DIRECTION_EGRESS, DIRECTION_INGRESS, HOOK_ENI_EGRESS,
+    DropReason, Pod, DELIVERED_MARK, DEST_NODE, DEST_VPC, DIRECTION_EGRESS, DIRECTION_INGRESS,
+    HOOK_ENI_EGRESS,
     HOOK_ENI_INGRESS, HOOK_POD_EGRESS, SG_POD_MARK,
 };
 use packet::Ipv4;
@@ -119,9 +120,18 @@ pub fn pod_egress(mut ctx: TcContext) -> i32 {
 }
 
 /// tc egress of a pod's host veth: what the kernel stack delivers to the pod (packets eniflow
-/// delivers with `bpf_redirect_peer` skip this hook).
+/// delivers with `bpf_redirect_peer` skip this hook; those it delivers through the veth carry
+/// `DELIVERED_MARK`).
 #[classifier]
 pub fn pod_ingress(ctx: TcContext) -> i32 {
+    // SAFETY: reading and writing the mark of the program's own skb.
+    unsafe {
+        let skb = ctx.skb.skb;
+        if (*skb).mark & DELIVERED_MARK != 0 {
+            (*skb).mark &= !DELIVERED_MARK;
+            return TC_ACT_UNSPEC;
+        }
+    }
     let Some(veth) = state::veth(ifindex(&ctx)) else {
         return TC_ACT_UNSPEC;
     };
@@ -279,14 +289,23 @@ fn to_stack(ip: &Ipv4) -> i32 {
     TC_ACT_UNSPEC
 }
 
-/// Into `pod`, whose address is `addr`, as if its host veth had sent it.
+/// Into `pod`, whose address is `addr`, as if its host veth had sent it: straight in, or out of
+/// that veth when a policy program on it must see the packet (`CONFIG_DELIVER_THROUGH_VETH`).
 #[inline(always)]
 fn deliver(ctx: &mut TcContext, site: &Site, pod: &Pod, addr: u32, len: u64) -> i32 {
     if !packet::set_macs(ctx, &pod.pod_mac, &pod.host_mac) {
         return state::drop(site, addr, DropReason::HeaderRewriteFailed);
     }
-    // SAFETY: a helper call with plain arguments.
-    let verdict = unsafe { bpf_redirect_peer(pod.host_ifindex, 0) } as i32;
+    let verdict = if state::deliver_through_veth() {
+        // SAFETY: the program's own skb's mark; then a helper call with plain arguments.
+        unsafe {
+            (*ctx.skb.skb).mark |= DELIVERED_MARK;
+            bpf_redirect(pod.host_ifindex, 0)
+        }
+    } else {
+        // SAFETY: a helper call with plain arguments.
+        unsafe { bpf_redirect_peer(pod.host_ifindex, 0) }
+    } as i32;
     if verdict != TC_ACT_REDIRECT as i32 {
         state::count_drop(site, addr, DropReason::RedirectFailed);
         return verdict;

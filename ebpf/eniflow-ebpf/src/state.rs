@@ -11,7 +11,8 @@ use aya_ebpf::{
 };
 use eniflow_common::{
     BranchPort, Config, Destination, DropEvent, DropReason, Drops, Eni, EventClock, FlowBudget,
-    FlowKey, Pod, PodStats, TrunkVlan, Veth, CONFIG_SG_STRICT, DROP_EVENT_INTERVAL_NS,
+    FlowKey, Pod, PodStats, TrunkVlan, Veth, CONFIG_DELIVER_THROUGH_VETH, CONFIG_SG_STRICT,
+    DROP_EVENT_INTERVAL_NS,
     FLOW_MARKS_PER_SECOND, FLOW_MARK_BURST, HOOKS,
 };
 
@@ -79,9 +80,18 @@ pub fn branch(trunk_ifindex: u32, vlan: u16) -> Option<BranchPort> {
 /// Security-group pods in strict mode.
 #[inline(always)]
 pub fn sg_strict() -> bool {
-    CONFIG
-        .get(0)
-        .is_some_and(|c| c.flags & CONFIG_SG_STRICT != 0)
+    config(CONFIG_SG_STRICT)
+}
+
+/// Pods are delivered through their host veth (a policy program is on it).
+#[inline(always)]
+pub fn deliver_through_veth() -> bool {
+    config(CONFIG_DELIVER_THROUGH_VETH)
+}
+
+#[inline(always)]
+fn config(flag: u32) -> bool {
+    CONFIG.get(0).is_some_and(|c| c.flags & flag != 0)
 }
 
 /// The pod at `addr` (as loaded from the packet), copied out.

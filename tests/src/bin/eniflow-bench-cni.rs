@@ -60,8 +60,7 @@ struct Bench<'a> {
 
 impl Bench<'_> {
     /// Runs `command` (ADD or DEL) for the pod `n` in `pod` by `path`; panics on failure.
-    /// Returns the shim's peak RSS (KiB) when the shim was run directly.
-    fn cni(&self, path: Path, command: &str, n: usize, pod: &Netns) -> Option<u64> {
+    fn cni(&self, path: Path, command: &str, n: usize, pod: &Netns) {
         let args = pod_args(&format!("bench-{n}"));
         match path {
             Path::EniflowShim => {
@@ -69,7 +68,6 @@ impl Bench<'_> {
                     self.node
                         .cni(command, &format!("bench-{n}"), Some(pod), "eth0", &args);
                 assert!(answer.ok, "{command} {n}: {}", answer.json);
-                Some(answer.peak_rss_kib)
             }
             Path::EniflowCnitool | Path::BridgeCnitool => {
                 let network = match path {
@@ -94,7 +92,6 @@ impl Bench<'_> {
                     "cnitool {command} {n}: {}",
                     String::from_utf8_lossy(&out.stderr)
                 );
-                None
             }
         }
     }
@@ -105,7 +102,7 @@ impl Bench<'_> {
         for n in 0..SAMPLES {
             let pod = Netns::new("bench");
             let started = Instant::now();
-            let rss = self.cni(path, "ADD", 10_000 + n, &pod);
+            self.cni(path, "ADD", 10_000 + n, &pod);
             sampled.adds.push(started.elapsed().as_secs_f64() * 1000.0);
             if n == 0 {
                 sampled.agent_rss_kib = self.agent_rss_kib();
@@ -113,7 +110,6 @@ impl Bench<'_> {
             let started = Instant::now();
             self.cni(path, "DEL", 10_000 + n, &pod);
             sampled.dels.push(started.elapsed().as_secs_f64() * 1000.0);
-            sampled.shim_rss_kib = sampled.shim_rss_kib.max(rss.unwrap_or(0));
         }
         sampled
     }
@@ -138,8 +134,6 @@ struct Sampled {
     dels: Vec<f64>,
     /// The agent's RSS right after the first ADD (with the background pods: 250 pods).
     agent_rss_kib: f64,
-    /// The shim's peak RSS over the run's execs (0 through cnitool).
-    shim_rss_kib: u64,
 }
 
 /// The sum of the exposition's samples of `name` that carry the label pair `label` (any pair
@@ -254,6 +248,40 @@ fn startup_ms(node: &PodNode) -> f64 {
     metric_sum(&text, "awscni_ipamd_startup_duration_seconds_sum", "") * 1000.0
 }
 
+/// The shim's peak RSS (KiB) over SAMPLES ADDs (each deleted after), forked from the
+/// measuring launcher.
+fn shim_peak_rss_kib(node: &PodNode) -> u64 {
+    let log = node.files.path("cni.log");
+    let config = node.config();
+    (0..SAMPLES)
+        .map(|n| {
+            let pod = Netns::new("rss");
+            let (name, netns) = (format!("rss-{n}"), pod.path());
+            let args = pod_args(&name);
+            let add = ShimCall {
+                command: "ADD",
+                container: &name,
+                netns: &netns,
+                ifname: "eth0",
+                args: &args,
+                log: &log,
+            };
+            let added = cni::shim_peak_rss(&add, &config);
+            assert!(added.ok, "ADD {name}: {}", added.json);
+            let deleted = shim(
+                &ShimCall {
+                    command: "DEL",
+                    ..add
+                },
+                &config,
+            );
+            assert!(deleted.ok, "DEL {name}: {}", deleted.json);
+            added.peak_rss_kib.expect("measured")
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// The agent's RSS (KiB) with DENSE pods added through the shim, which are deleted afterwards.
 fn rss_with_dense_pods(bench: &Bench) -> f64 {
     let pods: Vec<Netns> = (0..DENSE).map(|_| Netns::new("dn")).collect();
@@ -365,7 +393,7 @@ async fn main() {
     let mut data = Vec::new();
     // eniflow's shim only: (other pods, the agent's mean ADD and its steps, the mean ADD wall).
     let mut breakdown = Vec::new();
-    let (mut rss_250, mut cpu_per_100, mut shim_rss) = (0.0, 0.0, 0);
+    let (mut rss_250, mut cpu_per_100) = (0.0, 0.0);
     for path in [Path::EniflowShim, Path::EniflowCnitool, Path::BridgeCnitool] {
         for background in [0, BACKGROUND] {
             let shim_path = path == Path::EniflowShim;
@@ -385,7 +413,6 @@ async fn main() {
                 let (agent_ms, steps) = AgentTimes::scrape(&node).means_since(&times_before);
                 let wall_ms = adds.iter().sum::<f64>() / adds.len() as f64;
                 breakdown.push((background, agent_ms, steps, wall_ms));
-                shim_rss = shim_rss.max(sampled.shim_rss_kib);
                 if background == BACKGROUND {
                     rss_250 = sampled.agent_rss_kib;
                 }
@@ -418,6 +445,7 @@ async fn main() {
     }
     let _ = node.lab.node.netns.ip(&["link", "del", "cnibench0"]);
     let rss_dense = rss_with_dense_pods(&bench);
+    let shim_rss = shim_peak_rss_kib(&node);
     let peak_rss = procfs::status_field(bench.agent_pid(), "VmHWM");
     let restart = restart_with_pods(&mut node);
 

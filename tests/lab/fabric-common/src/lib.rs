@@ -19,6 +19,11 @@ pub const TAP_LAST_PROGRAM: &str = "lab_tap_last";
 /// Does nothing (TC_ACT_UNSPEC): the benches' yardstick for what a tc hook and the kernel's
 /// own run-time accounting cost, measured beside eniflow's programs.
 pub const NOOP_PROGRAM: &str = "lab_noop";
+/// EKS's network policy agent's programs as they behave on a pod's host veth (cls_bpf at
+/// priority 1, a final verdict for every packet: TC_ACT_OK, or TC_ACT_SHOT for a denied one):
+/// this one denies TCP to `POLICY_DENIED_PORT`.
+pub const POLICY_PROGRAM: &str = "lab_policy";
+pub const POLICY_DENIED_PORT: u16 = 7777;
 pub const TAP_FIRST: u32 = 0;
 pub const TAP_LAST: u32 = 1;
 

@@ -12,7 +12,9 @@ use aya_ebpf::{
     macros::{btf_map, classifier},
     programs::TcContext,
 };
-use eniflow_lab_common::{Branch, BranchKey, PortMac, TapKey, TAP_FIRST, TAP_LAST};
+use eniflow_lab_common::{
+    Branch, BranchKey, PortMac, TapKey, POLICY_DENIED_PORT, TAP_FIRST, TAP_LAST,
+};
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_8021Q: u16 = 0x8100;
@@ -36,8 +38,12 @@ pub fn lab_trunk_in(ctx: TcContext) -> i32 {
     let (tagged, tci, ifindex) = unsafe { ((*skb).vlan_present, (*skb).vlan_tci, (*skb).ifindex) };
     if tagged == 0 {
         // Untagged frames are the trunk ENI's own: a branch address among them is spoofed.
-        let Ok(saddr) = ctx.load::<u32>(IP_SADDR) else { return TC_ACT_OK as i32 };
-        let ip = ctx.load::<u16>(ETHERTYPE).is_ok_and(|t| u16::from_be(t) == ETH_P_IP);
+        let Ok(saddr) = ctx.load::<u32>(IP_SADDR) else {
+            return TC_ACT_OK as i32;
+        };
+        let ip = ctx
+            .load::<u16>(ETHERTYPE)
+            .is_ok_and(|t| u16::from_be(t) == ETH_P_IP);
         // SAFETY: only tests the key's presence.
         if ip && unsafe { BRANCH_BY_ADDR.get(&saddr) }.is_some() {
             return TC_ACT_SHOT;
@@ -48,12 +54,20 @@ pub fn lab_trunk_in(ctx: TcContext) -> i32 {
     if unsafe { bpf_skb_vlan_pop(skb) } != 0 {
         return TC_ACT_SHOT;
     }
-    let Ok(ethertype) = ctx.load::<u16>(ETHERTYPE) else { return TC_ACT_SHOT };
-    let Ok(saddr) = ctx.load::<u32>(IP_SADDR) else { return TC_ACT_SHOT };
+    let Ok(ethertype) = ctx.load::<u16>(ETHERTYPE) else {
+        return TC_ACT_SHOT;
+    };
+    let Ok(saddr) = ctx.load::<u32>(IP_SADDR) else {
+        return TC_ACT_SHOT;
+    };
     if u16::from_be(ethertype) != ETH_P_IP {
         return TC_ACT_SHOT;
     }
-    let key = BranchKey { ifindex, vlan: u32::from(tci & 0x0fff), addr: saddr };
+    let key = BranchKey {
+        ifindex,
+        vlan: u32::from(tci & 0x0fff),
+        addr: saddr,
+    };
     // SAFETY: the value is copied out before the map can change.
     let Some(port) = (unsafe { BRANCH_SOURCES.get(&key) }).copied() else {
         // Not this branch ENI's address (or no branch on this VLAN): EC2's source check.
@@ -71,11 +85,15 @@ pub fn lab_trunk_in(ctx: TcContext) -> i32 {
 /// tc egress of a trunk port: packets toward the instance.
 #[classifier]
 pub fn lab_trunk_out(ctx: TcContext) -> i32 {
-    let Ok(ethertype) = ctx.load::<u16>(ETHERTYPE) else { return TC_ACT_OK as i32 };
+    let Ok(ethertype) = ctx.load::<u16>(ETHERTYPE) else {
+        return TC_ACT_OK as i32;
+    };
     if u16::from_be(ethertype) != ETH_P_IP {
         return TC_ACT_OK as i32;
     }
-    let Ok(daddr) = ctx.load::<u32>(IP_DADDR) else { return TC_ACT_OK as i32 };
+    let Ok(daddr) = ctx.load::<u32>(IP_DADDR) else {
+        return TC_ACT_OK as i32;
+    };
     // SAFETY: the value is copied out before the map can change.
     let Some(branch) = (unsafe { BRANCH_BY_ADDR.get(&daddr) }).copied() else {
         return TC_ACT_OK as i32;
@@ -95,7 +113,9 @@ pub fn lab_trunk_out(ctx: TcContext) -> i32 {
 static TAPS: PerCpuHashMap<TapKey, u64, 64> = PerCpuHashMap::new();
 
 fn tap(ctx: &TcContext, position: u32) -> i32 {
-    let ip = ctx.load::<u16>(ETHERTYPE).is_ok_and(|t| u16::from_be(t) == ETH_P_IP);
+    let ip = ctx
+        .load::<u16>(ETHERTYPE)
+        .is_ok_and(|t| u16::from_be(t) == ETH_P_IP);
     if ip {
         // SAFETY: reading a field of the program's own __sk_buff.
         let ifindex = unsafe { (*ctx.skb.skb).ifindex };
@@ -121,6 +141,28 @@ pub fn lab_tap_first(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn lab_tap_last(ctx: TcContext) -> i32 {
     tap(&ctx, TAP_LAST)
+}
+
+/// A network policy agent's program (`POLICY_PROGRAM`): TCP to the denied port is dropped,
+/// everything else allowed with a verdict that ends the hook's chain.
+#[classifier]
+pub fn lab_policy(ctx: TcContext) -> i32 {
+    const IP_PROTOCOL: usize = 14 + 9;
+    const IPPROTO_TCP: u8 = 6;
+    let ip = ctx
+        .load::<u16>(ETHERTYPE)
+        .is_ok_and(|t| u16::from_be(t) == ETH_P_IP);
+    let tcp = ctx.load::<u8>(IP_PROTOCOL).is_ok_and(|p| p == IPPROTO_TCP);
+    if ip && tcp {
+        let l4 = 14 + usize::from(ctx.load::<u8>(14).unwrap_or(0x45) & 0x0f) * 4;
+        // The destination port only: a policy denies a connection, and its replies (from the
+        // port) on the other hook never get that far.
+        let dport = ctx.load::<u16>(l4 + 2).map(u16::from_be).unwrap_or(0);
+        if dport == POLICY_DENIED_PORT {
+            return TC_ACT_SHOT;
+        }
+    }
+    TC_ACT_OK as i32
 }
 
 /// Nothing at all: what a program on a tc hook costs before it does any work.
