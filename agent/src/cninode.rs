@@ -5,12 +5,11 @@
 //! ENIConfig a `CustomNetworking` feature names. So `CustomNetworking` goes on first: a trunk
 //! built without it keeps the node's security groups for good (they cannot be changed later).
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
-use hyper::StatusCode;
 use serde_json::{json, Value};
 
-use crate::kube::{Kube, KubeError};
+use crate::kube::{retry, Kube};
 
 pub const SECURITY_GROUPS_FOR_PODS: &str = "SecurityGroupsForPods";
 pub const CUSTOM_NETWORKING: &str = "CustomNetworking";
@@ -64,63 +63,30 @@ pub fn with_feature(features: &[Value], feature: &Feature) -> Option<Vec<Value>>
 }
 
 /// Puts `features` on the node's CNINode, one after another, in the background: retried until
-/// the API takes each (the controller may not have created the CNINode yet). Each patch carries
-/// the resourceVersion it was computed from, so a concurrent writer's change is never lost: a
-/// conflict re-reads and tries again.
+/// the API takes each (the controller may not have created the CNINode yet), each patch guarded
+/// by the resourceVersion it was computed from (`Kube::update`).
 pub fn advertise(kube: Arc<Kube>, node: String, features: Vec<Feature>) {
     if features.is_empty() {
         return;
     }
     tokio::spawn(async move {
+        let path = format!("/apis/vpcresources.k8s.aws/v1alpha1/cninodes/{node}");
+        let cninode = format!("CNINode {node} (the VPC resource controller creates it)");
         for feature in &features {
-            let mut wait = Duration::from_millis(500);
-            loop {
-                match add_feature(&kube, &node, feature).await {
-                    Ok(added) => {
-                        let what = if added { "added to" } else { "already on" };
-                        tracing::info!("CNINode {node}: feature {} {what} it", feature.name);
-                        break;
-                    }
-                    Err(e) => tracing::warn!(
-                        "CNINode {node}: cannot add feature {} yet (again in {wait:?}): {e}",
-                        feature.name
-                    ),
-                }
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(30));
-            }
+            let change = |object: &Value| {
+                let features = object["spec"]["features"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                let updated = with_feature(&features, feature)?;
+                Some(json!({ "spec": { "features": updated } }))
+            };
+            let what = format!("add feature {} to CNINode {node}", feature.name);
+            let added = retry(&what, || kube.update(&path, &cninode, change)).await;
+            let done = if added { "added to" } else { "already on" };
+            tracing::info!("CNINode {node}: feature {} {done} it", feature.name);
         }
     });
-}
-
-/// One attempt: true if the feature was added, false if it was there.
-async fn add_feature(kube: &Kube, node: &str, feature: &Feature) -> Result<bool, KubeError> {
-    let path = format!("/apis/vpcresources.k8s.aws/v1alpha1/cninodes/{node}");
-    loop {
-        let cninode = kube.get(&path).await?.ok_or_else(|| {
-            KubeError::new(format!(
-                "CNINode {node} does not exist (yet): the VPC resource controller creates it"
-            ))
-        })?;
-        let features = cninode["spec"]["features"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let Some(updated) = with_feature(&features, feature) else {
-            return Ok(false);
-        };
-        let patch = json!({
-            "metadata": { "resourceVersion": cninode["metadata"]["resourceVersion"] },
-            "spec": { "features": updated },
-        });
-        match kube.merge_patch(&path, &patch).await {
-            Ok(_) => return Ok(true),
-            Err(e) if e.status == Some(StatusCode::CONFLICT) => {
-                tracing::debug!("CNINode {node} changed under the patch; reading it again");
-            }
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -104,6 +104,35 @@ impl Kube {
         self.request(Method::PATCH, path, Some(patch)).await
     }
 
+    /// Reads the object at `path` (named `what` in errors), asks `change` for a merge patch of
+    /// it (None: nothing to change) and applies it guarded by the resourceVersion it was read
+    /// at; a conflict reads it again, so another writer's change is never lost. Returns whether
+    /// it patched.
+    pub async fn update(
+        &self,
+        path: &str,
+        what: &str,
+        change: impl Fn(&Value) -> Option<Value>,
+    ) -> Result<bool, KubeError> {
+        loop {
+            let object = self
+                .get(path)
+                .await?
+                .ok_or_else(|| KubeError::new(format!("{what} does not exist (yet)")))?;
+            let Some(mut patch) = change(&object) else {
+                return Ok(false);
+            };
+            patch["metadata"]["resourceVersion"] = object["metadata"]["resourceVersion"].clone();
+            match self.merge_patch(path, &patch).await {
+                Ok(_) => return Ok(true),
+                Err(e) if e.status == Some(StatusCode::CONFLICT) => {
+                    tracing::debug!("{what} changed under the patch; reading it again");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     async fn request(
         &self,
         method: Method,
@@ -271,21 +300,28 @@ impl Cluster {
             "metadata": { "annotations": { MAX_PODS_ANNOTATION: max_pods.to_string() } }
         });
         tokio::spawn(async move {
-            let mut wait = Duration::from_millis(500);
-            loop {
-                match kube.merge_patch(&path, &patch).await {
-                    Ok(_) => {
-                        tracing::info!("max pods {max_pods} annotated on node {node}");
-                        return;
-                    }
-                    Err(e) => tracing::warn!(
-                        "cannot annotate node {node} with max pods yet (again in {wait:?}): {e}"
-                    ),
-                }
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(30));
-            }
+            let what = format!("annotate node {node} with max pods");
+            retry(&what, || kube.merge_patch(&path, &patch)).await;
+            tracing::info!("max pods {max_pods} annotated on node {node}");
         });
+    }
+}
+
+/// Runs `attempt` until it succeeds, backing off from 0.5 s to 30 s between tries and logging
+/// each failure as "cannot <what> yet"; returns what it succeeded with.
+pub async fn retry<T, F, Fut>(what: &str, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, KubeError>>,
+{
+    let mut wait = Duration::from_millis(500);
+    loop {
+        match attempt().await {
+            Ok(done) => return done,
+            Err(e) => tracing::warn!("cannot {what} yet (again in {wait:?}): {e}"),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(30));
     }
 }
 

@@ -7,12 +7,11 @@
 
 use std::{sync::Arc, time::Duration};
 
-use hyper::StatusCode;
 use serde_json::{json, Value};
 
 use crate::{
     ipam::Ipam,
-    kube::{Kube, KubeError},
+    kube::{retry, Kube},
 };
 
 pub const KEY: &str = "eniflow.io/agent-not-ready";
@@ -27,60 +26,30 @@ pub fn without_startup_taint(taints: &[Value]) -> Option<Vec<Value>> {
 }
 
 /// Called once the agent serves the CNI: in the background, waits for a free address in the
-/// pool, then removes the startup taint from the node (retried until the API takes it).
+/// pool, then removes the startup taint from the node (retried until the API takes it; the patch
+/// guarded by the resourceVersion the taints were read at, so another writer's taint is never
+/// lost: `Kube::update`).
 pub fn remove_when_ready(kube: Arc<Kube>, node: String, ipam: Arc<Ipam>) {
     tokio::spawn(async move {
         ipam.first_refill().await;
         while ipam.counts().available() == 0 {
             tokio::time::sleep(POOL_POLL).await;
         }
-        let mut wait = Duration::from_millis(500);
-        loop {
-            match remove(&kube, &node).await {
-                Ok(true) => {
-                    tracing::info!("node {node}: can wire pods; removed the taint {KEY}");
-                    return;
-                }
-                Ok(false) => return,
-                Err(e) => tracing::warn!(
-                    "node {node}: cannot remove the taint {KEY} yet (again in {wait:?}): {e}"
-                ),
-            }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(30));
+        let path = format!("/api/v1/nodes/{node}");
+        let change = |object: &Value| {
+            let taints = object["spec"]["taints"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let kept = without_startup_taint(&taints)?;
+            Some(json!({ "spec": { "taints": kept } }))
+        };
+        let what = format!("remove the taint {KEY} from node {node}");
+        let node_name = format!("node {node:?}");
+        if retry(&what, || kube.update(&path, &node_name, change)).await {
+            tracing::info!("node {node}: can wire pods; removed the taint {KEY}");
         }
     });
-}
-
-/// One attempt: true if the taint was removed, false if the node did not carry it. The patch
-/// carries the resourceVersion the taints were read at, so another writer's taint is never
-/// lost: a conflict reads them again.
-async fn remove(kube: &Kube, node: &str) -> Result<bool, KubeError> {
-    let path = format!("/api/v1/nodes/{node}");
-    loop {
-        let object = kube
-            .get(&path)
-            .await?
-            .ok_or_else(|| KubeError::new(format!("node {node:?} does not exist")))?;
-        let taints = object["spec"]["taints"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let Some(kept) = without_startup_taint(&taints) else {
-            return Ok(false);
-        };
-        let patch = json!({
-            "metadata": { "resourceVersion": object["metadata"]["resourceVersion"] },
-            "spec": { "taints": kept },
-        });
-        match kube.merge_patch(&path, &patch).await {
-            Ok(_) => return Ok(true),
-            Err(e) if e.status == Some(StatusCode::CONFLICT) => {
-                tracing::debug!("node {node} changed under the patch; reading it again");
-            }
-            Err(e) => return Err(e),
-        }
-    }
 }
 
 #[cfg(test)]
