@@ -33,7 +33,8 @@ pub struct RunArgs {
     /// pool finds through IMDS; with --ipam=false, the only ones.
     #[arg(long, env = "ENIFLOW_INTERFACES", value_delimiter = ',')]
     interfaces: Vec<String>,
-    /// tc attachment API: auto (ENIs tcx, else clsact; pods' veths clsact), tcx or clsact.
+    /// tc attachment API: auto (tcx, else clsact; pods' veths clsact with a network policy
+    /// agent), tcx or clsact.
     #[arg(long, env = "ENIFLOW_ATTACH_MODE", default_value = "auto")]
     attach_mode: AttachMode,
     /// Written once every interface is attached and the pool's first refill pass is over
@@ -221,6 +222,10 @@ pub async fn run(pins: Pins, args: RunArgs) -> Result<()> {
         None
     };
     let mut dp = Datapath::load(pins, args.attach_mode)?;
+    if policy_mode.is_some() {
+        // EKS's policy agent's filters go on pods' veths at priority 1 and must run first.
+        dp.put_pod_veths_on_clsact();
+    }
     for ifname in &args.interfaces {
         dp.attach_eni(ifname).await?;
     }

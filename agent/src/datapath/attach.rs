@@ -1,6 +1,7 @@
-//! How a program gets onto a hook: on ENIs tcx where the kernel has it, clsact + cls_bpf
-//! otherwise (found by trying, not by kernel version); on pods' veths clsact (below); and
-//! re-adoption of what an earlier agent attached, so a restart never attaches twice.
+//! How a program gets onto a hook: tcx where the kernel has it, clsact + cls_bpf otherwise
+//! (found by trying, not by kernel version), pods' veths on clsact beside a policy agent
+//! (below); and re-adoption of what an earlier agent attached, so a restart never attaches
+//! twice.
 
 use std::{fmt, io, str::FromStr};
 
@@ -23,11 +24,11 @@ pub const CLSACT_HANDLE: u32 = 0x2e4e;
 /// Which tc attachment API to use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum AttachMode {
-    /// ENIs: tcx if the kernel accepts it, else clsact. Pods' veths: clsact, because they are
-    /// attached on the ADD path, where creating a tcx link waits for an RCU grace period
-    /// (`bpf_mprog_commit`: 15 ms per hook on the lab, most of an ADD) and a cls_bpf filter
-    /// does not. The chain order does not suffer: another tool's tcx program on the veth runs
-    /// before eniflow's, a cls_bpf filter before or after it by priority.
+    /// tcx if the kernel accepts it, else clsact; pods' veths on clsact when a policy agent's
+    /// cls_bpf filters share them (`Datapath::put_pod_veths_on_clsact`). Not always: a clsact
+    /// qdisc on the veth takes the handle the bandwidth plugin's ingress qdisc needs (its ADD
+    /// fails "create ingress qdisc: file exists"), although a cls_bpf filter attaches in 0.1 ms
+    /// where a tcx link waits for an RCU grace period (`bpf_mprog_commit`: 15 ms per hook here).
     #[default]
     Auto,
     Tcx,
@@ -79,7 +80,9 @@ pub async fn ensure(dp: &mut Datapath, hook: &Hook) -> Result<Outcome, DatapathE
     match dp.mode {
         AttachMode::Tcx => attach_tcx(dp, hook),
         AttachMode::Clsact => attach_clsact(dp, hook, inherited_flags).await,
-        AttachMode::Auto if hook.on_pod_veth() => attach_clsact(dp, hook, inherited_flags).await,
+        AttachMode::Auto if hook.on_pod_veth() && dp.pod_veths_on_clsact => {
+            attach_clsact(dp, hook, inherited_flags).await
+        }
         AttachMode::Auto => match attach_tcx(dp, hook) {
             Ok(outcome) => Ok(outcome),
             Err(tcx) => {

@@ -176,6 +176,8 @@ pub struct Datapath {
     ebpf: Ebpf,
     pins: Pins,
     mode: AttachMode,
+    /// In auto mode, pods' veths on clsact (see `AttachMode::Auto`).
+    pod_veths_on_clsact: bool,
     nl: rtnetlink::Handle,
 }
 
@@ -202,8 +204,15 @@ impl Datapath {
             ebpf,
             pins,
             mode,
+            pod_veths_on_clsact: false,
             nl,
         })
+    }
+
+    /// In auto mode, attaches to pods' veths with clsact rather than tcx: a policy agent's
+    /// cls_bpf filter there must run before eniflow's, and tcx programs run before any filter.
+    pub fn put_pod_veths_on_clsact(&mut self) {
+        self.pod_veths_on_clsact = true;
     }
 
     pub fn pins(&self) -> &Pins {
