@@ -442,20 +442,24 @@ impl KubeApi {
             "spec": { "subnet": subnet },
         })
         .to_string();
+        let what = format!("ENIConfig {name}");
+        self.create_custom(
+            "/apis/crd.k8s.amazonaws.com/v1alpha1/eniconfigs",
+            &object,
+            &what,
+        );
+    }
+
+    /// Creates a custom object in the collection at `path`, retrying while its CRD is being
+    /// established (`what` names it in the failure).
+    fn create_custom(&self, path: &str, object: &str, what: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let (status, answer) = self.call(
-                "POST",
-                "/apis/crd.k8s.amazonaws.com/v1alpha1/eniconfigs",
-                Some(&object),
-            );
+            let (status, answer) = self.call("POST", path, Some(object));
             if status == 201 {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "ENIConfig {name}: {status} {answer}"
-            );
+            assert!(Instant::now() < deadline, "{what}: {status} {answer}");
             std::thread::sleep(Duration::from_millis(300));
         }
     }
@@ -482,18 +486,7 @@ impl KubeApi {
             "spec": { "features": features },
         })
         .to_string();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let (status, answer) = self.call("POST", CNINODES, Some(&object));
-            if status == 201 {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "CNINode {node}: {status} {answer}"
-            );
-            std::thread::sleep(Duration::from_millis(300));
-        }
+        self.create_custom(CNINODES, &object, &format!("CNINode {node}"));
     }
 
     /// Watches the collection at `path` (a query string allowed) for `seconds`, in a thread:
