@@ -347,51 +347,19 @@ impl KubeApi {
     /// An admin's request (curl, inside the namespace): the status and the JSON answer.
     /// `body` is JSON or YAML (`---`-free), sent with the content type `method` wants.
     pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-        self.curl(method, path, body)
-            .unwrap_or_else(|e| panic!("{e}"))
+        self.admin().call(method, path, body)
     }
 
     fn curl(&self, method: &str, path: &str, body: Option<&str>) -> Result<(u16, Value), String> {
-        let content_type = match (method, body) {
-            ("PATCH", _) => "application/merge-patch+json",
-            (_, Some(b)) if b.trim_start().starts_with('{') => "application/json",
-            _ => "application/yaml",
-        };
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", self.netns))
-            .args([
-                "curl",
-                "--http1.1",
-                "-sS",
-                "--max-time",
-                "10",
-                "-o",
-                "-",
-                "-w",
-                "\n%{http_code}",
-            ])
-            .arg("--cacert")
-            .arg(self.dir.join("ca.crt"))
-            .args(["-H", &format!("Authorization: Bearer {ADMIN_TOKEN}")])
-            .args(["-H", &format!("Content-Type: {content_type}")])
-            .args(["-X", method])
-            .arg(format!("https://127.0.0.1:{API_PORT}{path}"));
-        if let Some(body) = body {
-            cmd.args(["--data-binary", body]);
+        self.admin().curl(method, path, body)
+    }
+
+    /// An admin's client of this API that other threads may own (the lab's controllers).
+    pub fn admin(&self) -> Admin {
+        Admin {
+            netns: self.netns.clone(),
+            ca: self.dir.join("ca.crt"),
         }
-        let out = cmd.output().expect("run curl");
-        if !out.status.success() {
-            return Err(format!(
-                "curl {method} {path}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
-        let (json, status) = text.trim_end().rsplit_once('\n').unwrap_or(("", &text));
-        Ok((
-            status.trim().parse().unwrap_or(0),
-            serde_json::from_str(json).unwrap_or(Value::Null),
-        ))
     }
 
     /// Creates an object (JSON or one YAML document) in the collection at `path`.
@@ -433,13 +401,14 @@ impl KubeApi {
         }
     }
 
-    /// Creates an ENIConfig, retrying while its CRD is being established.
-    pub fn create_eni_config(&self, name: &str, subnet: &str) {
+    /// Creates an ENIConfig (no security groups: the node's), retrying while its CRD is being
+    /// established.
+    pub fn create_eni_config(&self, name: &str, subnet: &str, security_groups: &[String]) {
         let object = serde_json::json!({
             "apiVersion": "crd.k8s.amazonaws.com/v1alpha1",
             "kind": "ENIConfig",
             "metadata": { "name": name },
-            "spec": { "subnet": subnet },
+            "spec": { "subnet": subnet, "securityGroups": security_groups },
         })
         .to_string();
         let what = format!("ENIConfig {name}");
@@ -468,17 +437,7 @@ impl KubeApi {
     /// node's CNINode with `features`, as the VPC resource controller creates it; retries while
     /// the CRD is being established.
     pub fn create_cninode(&self, node: &str, features: Value) {
-        let crd = Path::new(env!("CARGO_MANIFEST_DIR")).join("lab/manifests/cninode-crd.yaml");
-        let crd = std::fs::read_to_string(crd).unwrap();
-        let (status, answer) = self.call(
-            "POST",
-            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
-            Some(&crd),
-        );
-        assert!(
-            status == 201 || status == 409,
-            "the CNINode CRD: {status} {answer}"
-        );
+        install_cninode_crd(&self.admin());
         let object = serde_json::json!({
             "apiVersion": "vpcresources.k8s.aws/v1alpha1",
             "kind": "CNINode",
@@ -492,19 +451,9 @@ impl KubeApi {
     /// Watches the collection at `path` (a query string allowed) for `seconds`, in a thread:
     /// every event the API sent, in order, the first one the objects as they were.
     pub fn watch(&self, path: &str, seconds: u32) -> std::thread::JoinHandle<Vec<Value>> {
-        let separator = if path.contains('?') { '&' } else { '?' };
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net={}", self.netns))
-            .args(["curl", "--http1.1", "-sS", "-N", "--max-time"])
-            .arg((seconds + 10).to_string())
-            .arg("--cacert")
-            .arg(self.dir.join("ca.crt"))
-            .args(["-H", &format!("Authorization: Bearer {ADMIN_TOKEN}")])
-            .arg(format!(
-                "https://127.0.0.1:{API_PORT}{path}{separator}watch=1&timeoutSeconds={seconds}"
-            ));
+        let curl = self.admin().watch_stream(path, "", seconds);
         std::thread::spawn(move || {
-            let out = cmd.output().expect("run curl");
+            let out = curl.wait_with_output().expect("run curl");
             String::from_utf8_lossy(&out.stdout)
                 .lines()
                 .filter_map(|l| serde_json::from_str(l).ok())
@@ -529,5 +478,99 @@ impl Drop for KubeApi {
         if std::env::var_os("ENIFLOW_KEEP_KUBE").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// Installs the CNINode CRD (tests/lab/manifests: on EKS it is EKS's own); once is enough.
+pub fn install_cninode_crd(api: &Admin) {
+    let crd = Path::new(env!("CARGO_MANIFEST_DIR")).join("lab/manifests/cninode-crd.yaml");
+    let crd = std::fs::read_to_string(crd).unwrap();
+    let (status, answer) = api.call(
+        "POST",
+        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+        Some(&crd),
+    );
+    assert!(
+        status == 201 || status == 409,
+        "the CNINode CRD: {status} {answer}"
+    );
+}
+
+/// The API as its admin, through curl in the API's namespace.
+#[derive(Clone, Debug)]
+pub struct Admin {
+    netns: String,
+    ca: PathBuf,
+}
+
+impl Admin {
+    /// An admin's request (curl, inside the namespace): the status and the JSON answer.
+    /// `body` is JSON or YAML (`---`-free), sent with the content type `method` wants.
+    pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        self.curl(method, path, body)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn curl(&self, method: &str, path: &str, body: Option<&str>) -> Result<(u16, Value), String> {
+        let content_type = match (method, body) {
+            ("PATCH", _) => "application/merge-patch+json",
+            (_, Some(b)) if b.trim_start().starts_with('{') => "application/json",
+            _ => "application/yaml",
+        };
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net={}", self.netns))
+            .args([
+                "curl",
+                "--http1.1",
+                "-sS",
+                "--max-time",
+                "10",
+                "-o",
+                "-",
+                "-w",
+                "\n%{http_code}",
+            ])
+            .arg("--cacert")
+            .arg(&self.ca)
+            .args(["-H", &format!("Authorization: Bearer {ADMIN_TOKEN}")])
+            .args(["-H", &format!("Content-Type: {content_type}")])
+            .args(["-X", method])
+            .arg(format!("https://127.0.0.1:{API_PORT}{path}"));
+        if let Some(body) = body {
+            cmd.args(["--data-binary", body]);
+        }
+        let out = cmd.output().expect("run curl");
+        if !out.status.success() {
+            return Err(format!(
+                "curl {method} {path}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (json, status) = text.trim_end().rsplit_once('\n').unwrap_or(("", &text));
+        Ok((
+            status.trim().parse().unwrap_or(0),
+            serde_json::from_str(json).unwrap_or(Value::Null),
+        ))
+    }
+
+    /// A watch of the collection at `path` (a query string allowed) from `resource_version`:
+    /// curl streaming its events, one JSON object a line, until the API ends it (`seconds`).
+    pub fn watch_stream(&self, path: &str, resource_version: &str, seconds: u32) -> Child {
+        let separator = if path.contains('?') { '&' } else { '?' };
+        Command::new("nsenter")
+            .arg(format!("--net={}", self.netns))
+            .args(["curl", "--http1.1", "-sS", "-N", "--max-time"])
+            .arg((seconds + 10).to_string())
+            .arg("--cacert")
+            .arg(&self.ca)
+            .args(["-H", &format!("Authorization: Bearer {ADMIN_TOKEN}")])
+            .arg(format!(
+                "https://127.0.0.1:{API_PORT}{path}{separator}watch=1&resourceVersion={resource_version}&timeoutSeconds={seconds}"
+            ))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run curl")
     }
 }

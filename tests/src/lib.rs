@@ -17,6 +17,7 @@ pub mod network_policy;
 pub mod procfs;
 pub mod prometheus;
 pub mod raw;
+pub mod resource_controller;
 pub mod report;
 pub mod sh;
 

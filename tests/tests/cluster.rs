@@ -12,6 +12,7 @@ use eniflow_tests::{
     images,
     lab::{Lab, LabSpec},
     require_root,
+    resource_controller::{ManagedNode, ResourceController, Settings, POD_ENI},
 };
 use serde_json::{json, Value};
 
@@ -72,9 +73,8 @@ async fn the_node_turns_ready_with_the_daemonset_and_pods_get_vpc_and_branch_eni
         .unwrap_or_else(|e| panic!("{e}"));
     let archive = images::eniflow_archive();
     let plane = ControlPlane::start(&lab.node.netns, &lab.node.primary_ip);
-    // Security groups for pods: the resource controller's trunk, and a slot kept for it.
+    // Security groups for pods: a slot kept for the resource controller's trunk.
     let max_pods = bootstrap_max_pods(&lab.spec.instance_type, true);
-    let trunk = lab.create_trunk_eni(&lab.node).await;
     let node = KubeletNode::start(
         &plane,
         &lab.node.netns,
@@ -83,6 +83,20 @@ async fn the_node_turns_ready_with_the_daemonset_and_pods_get_vpc_and_branch_eni
         max_pods,
         &[archive],
         &[STARTUP_TAINT],
+    );
+    let controller = ResourceController::start(
+        plane.api.admin(),
+        lab.ec2(),
+        Settings {
+            nodes: vec![ManagedNode {
+                name: "lab-node".into(),
+                instance_id: lab.node.id.clone(),
+                subnet: lab.subnets[lab.spec.node_subnet].clone(),
+                security_groups: lab.security_groups.clone(),
+            }],
+            pod_eni_capacity: 9,
+            branch_security_groups: lab.security_groups.clone(),
+        },
     );
     let image = deployed_image();
     assert!(
@@ -124,6 +138,35 @@ async fn the_node_turns_ready_with_the_daemonset_and_pods_get_vpc_and_branch_eni
         "/apis/apps/v1/namespaces/default/deployments",
         &web_deployment("early", 1),
     );
+    // A security-group pod (strict mode) cannot be placed: no CNINode feature, so no trunk and
+    // no vpc.amazonaws.com/pod-eni on the node.
+    let mut sg_pod: Value = serde_json::from_str(&web_deployment("sg", 1)).unwrap();
+    let mut pod = sg_pod["spec"]["template"].take();
+    pod["apiVersion"] = json!("v1");
+    pod["kind"] = json!("Pod");
+    pod["metadata"]["name"] = json!("sg-pod");
+    pod["spec"]["containers"][0]["resources"] = json!({ "limits": { POD_ENI: "1" } });
+    plane
+        .api
+        .create("/api/v1/namespaces/default/pods", &pod.to_string());
+    let unschedulable = || {
+        let pod = plane.get(&["pod", "sg-pod"]);
+        let conditions = pod["status"]["conditions"].as_array().cloned();
+        conditions.unwrap_or_default().iter().any(|c| {
+            c["type"] == "PodScheduled"
+                && c["reason"] == "Unschedulable"
+                && c["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(&format!("Insufficient {POD_ENI}")))
+        })
+    };
+    wait_for(
+        "the security-group pod unschedulable for want of pod-eni",
+        Duration::from_secs(60),
+        unschedulable,
+        || plane.get(&["pod", "sg-pod"])["status"].to_string(),
+    );
+    assert!(controller.record().trunks.is_empty(), "a trunk unasked for");
 
     let mut env = lab_agent_env();
     env.push(("ENABLE_POD_ENI".into(), "true".into()));
@@ -210,30 +253,26 @@ async fn the_node_turns_ready_with_the_daemonset_and_pods_get_vpc_and_branch_eni
         );
     }
 
-    // A security-group pod (strict mode): its branch ENI made and annotated as the resource
-    // controller would; kubelet's probe from the node is answered back through the trunk.
-    let branch = lab.create_branch_eni(&trunk, 7, &lab.security_groups).await;
-    let annotation = lab.pod_eni_annotation(&[&branch]);
-    let mut sg_pod: Value = serde_json::from_str(&web_deployment("sg", 1)).unwrap();
-    let mut pod = sg_pod["spec"]["template"].take();
-    pod["apiVersion"] = json!("v1");
-    pod["kind"] = json!("Pod");
-    pod["metadata"]["name"] = json!("sg-pod");
-    pod["metadata"]["annotations"] = json!({ "vpc.amazonaws.com/pod-eni": annotation });
-    plane
-        .api
-        .create("/api/v1/namespaces/default/pods", &pod.to_string());
-    let branch_ip = lab.view()["enis"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["id"] == branch.as_str())
-        .and_then(|e| e["private_ips"][0].as_str().map(str::to_owned))
-        .expect("the branch ENI's address");
+    // The agent asked for the trunk on the CNINode: the controller attached it and advertised
+    // pod-eni, the scheduler placed the security-group pod, the controller gave it a branch ENI
+    // (the agent waited for the annotation), and kubelet's probe and a VPC host reach it through
+    // the trunk.
     let sg = wait_for_web(&plane, &[&node], "sg", 1);
+    let record = controller.record();
+    assert!(record.trunks.contains_key("lab-node"), "{record:?}");
+    let branch = record
+        .branches
+        .iter()
+        .find(|b| b.pod == "default/sg-pod")
+        .unwrap_or_else(|| panic!("no branch ENI for sg-pod: {record:?}"));
     assert_eq!(
-        sg[0].ip, branch_ip,
+        sg[0].ip, branch.ip,
         "the security-group pod has its branch ENI's address"
+    );
+    assert!(
+        eniflow_tests::cni::pings(&remote.netns, &branch.ip),
+        "remote VPC host cannot reach the security-group pod at {}",
+        branch.ip
     );
 
     // Without the DaemonSet the node is NotReady again, and its pods keep running and answering.

@@ -1,6 +1,7 @@
 //! What EKS's controllers and scheduler act on, told by the agent through a real kube-apiserver
 //! (RBAC on, the agent as deploy/rbac.yaml's service account): the CNINode features the VPC
-//! resource controller attaches a trunk for (custom networking's first), the startup taint that
+//! resource controller (the lab's stand-in) attaches a trunk for, in the subnet and groups of
+//! the ENIConfig custom networking names first, the startup taint that
 //! keeps pods off a node until it can wire them, and the pods' vpc.amazonaws.com/pod-ips.
 
 use std::{process::Stdio, time::Duration};
@@ -13,8 +14,9 @@ use eniflow_tests::{
     lab::{Fault, Lab, LabSpec},
     netns::Netns,
     require_root,
+    resource_controller::{features, ManagedNode, ResourceController, Settings, POD_ENI},
 };
-use serde_json::{json, Value};
+use serde_json::json;
 
 const NODE: &str = "lab-node";
 const TAINT: &str = "eniflow.io/agent-not-ready";
@@ -23,32 +25,22 @@ fn cninode_path() -> String {
     format!("{CNINODES}/{NODE}")
 }
 
-/// The (name, value) pairs of a CNINode's features.
-fn features(cninode: &Value) -> Vec<(String, String)> {
-    cninode["spec"]["features"]
-        .as_array()
-        .map(|list| {
-            list.iter()
-                .map(|f| {
-                    let text = |k: &str| f[k].as_str().unwrap_or_default().to_owned();
-                    (text("name"), text("value"))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cninode_gets_custom_networking_then_security_groups_for_pods_once() {
+async fn the_trunk_is_built_in_the_eniconfigs_subnet_and_groups_as_the_cninode_asks_once() {
     require_root();
-    let lab = Lab::start(LabSpec::default())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+    // The node's security groups are both; the ENIConfig's only the second.
+    let lab = Lab::start(LabSpec {
+        security_groups: vec!["pods".into(), "pods-b".into()],
+        ..LabSpec::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
     let node = json!({
         "metadata": { "name": NODE, "labels": { "k8s.amazonaws.com/eniConfig": "pods-b" } }
     });
     let kube = KubeApi::with_node(&lab.node.netns, node);
-    kube.create_eni_config("pods-b", &lab.subnets[1]);
+    let eniconfig_groups = vec![lab.security_groups[1].clone()];
+    kube.create_eni_config("pods-b", &lab.subnets[1], &eniconfig_groups);
     // As a node that ran with another ENIConfig left it: that feature's value must be replaced.
     kube.create_cninode(
         NODE,
@@ -58,7 +50,25 @@ async fn the_cninode_gets_custom_networking_then_security_groups_for_pods_once()
         &format!("{CNINODES}?fieldSelector=metadata.name={NODE}"),
         15,
     );
+    let controller = ResourceController::start(
+        kube.admin(),
+        lab.ec2(),
+        Settings {
+            nodes: vec![ManagedNode {
+                name: NODE.into(),
+                instance_id: lab.node.id.clone(),
+                subnet: lab.subnets[lab.spec.node_subnet].clone(),
+                security_groups: lab.security_groups.clone(),
+            }],
+            pod_eni_capacity: 9,
+            branch_security_groups: lab.security_groups.clone(),
+        },
+    );
     std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        controller.record().trunks.is_empty(),
+        "a trunk before the CNINode asked for one"
+    );
 
     let args = kube.agent_args(NODE);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -78,9 +88,38 @@ async fn the_cninode_gets_custom_networking_then_security_groups_for_pods_once()
         || features(&cninode()) == wanted,
         || cninode().to_string(),
     );
+    wait_for(
+        "the controller's trunk",
+        Duration::from_secs(30),
+        || controller.record().trunks.contains_key(NODE),
+        || format!("{:?}", controller.record()),
+    );
 
-    // Never SecurityGroupsForPods without this node's ENIConfig beside it: the controller would
-    // build the trunk with the node's security groups, for good.
+    // The controller acted on the CNINode as it was: the ENIConfig's subnet and groups, which a
+    // trunk keeps for good.
+    let trunk = controller.record().trunks[NODE].clone();
+    assert_eq!(trunk.subnet, node.lab.subnets[1], "the trunk's subnet: {trunk:?}");
+    assert_eq!(trunk.security_groups, eniconfig_groups, "{trunk:?}");
+    assert!(trunk.features.contains(&wanted[0]), "{trunk:?}");
+    let eni = node.lab.view()["enis"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == trunk.eni.as_str())
+        .cloned()
+        .expect("the trunk in EC2");
+    assert_eq!(eni["instance_id"], node.lab.node.id.as_str(), "{eni}");
+    let capacity = || {
+        let (_, object) = kube.call("GET", &format!("/api/v1/nodes/{NODE}"), None);
+        object["status"]["capacity"][POD_ENI].clone()
+    };
+    wait_for(
+        "pod-eni capacity on the Node",
+        Duration::from_secs(10),
+        || capacity() == "9",
+        || capacity().to_string(),
+    );
+    // Never SecurityGroupsForPods without this node's ENIConfig beside it.
     let events = watch.join().unwrap();
     let seen: Vec<_> = events.iter().map(|e| features(&e["object"])).collect();
     assert!(seen.len() >= 3, "initial + 2 patches: {seen:?}");
@@ -103,6 +142,8 @@ async fn the_cninode_gets_custom_networking_then_security_groups_for_pods_once()
         before["metadata"]["resourceVersion"], after["metadata"]["resourceVersion"],
         "a restarted agent patched the CNINode again: {after}"
     );
+    assert_eq!(controller.record().trunks.len(), 1);
+    drop(controller); // before the lab it calls
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,7 +27,7 @@ async fn custom_networking_takes_the_nodes_eniconfig_from_the_api_and_max_pods_g
         "metadata": { "name": "lab-node", "labels": { "k8s.amazonaws.com/eniConfig": "pods-b" } }
     });
     let kube = KubeApi::with_node(&lab.node.netns, node);
-    kube.create_eni_config("default", &lab.subnets[0]);
+    kube.create_eni_config("default", &lab.subnets[0], &[]);
     let args = kube.agent_args("lab-node");
 
     // The ENIConfig the label names does not exist yet: the agent refuses to start, naming it,
@@ -57,7 +57,7 @@ async fn custom_networking_takes_the_nodes_eniconfig_from_the_api_and_max_pods_g
     assert!(kube.annotations("/api/v1/nodes/lab-node").is_null());
 
     // Once it exists, pods take addresses from its subnet, never from the primary ENI's.
-    kube.create_eni_config("pods-b", &lab.subnets[1]);
+    kube.create_eni_config("pods-b", &lab.subnets[1], &[]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let node = Node::on_lab(lab, &args, CUSTOM).await;
     let pod = Netns::new("pod");
