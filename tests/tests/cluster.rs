@@ -139,13 +139,15 @@ async fn the_node_turns_ready_with_the_daemonset_and_pods_get_vpc_and_branch_eni
         &web_deployment("early", 1),
     );
     // A security-group pod (strict mode) cannot be placed: no CNINode feature, so no trunk and
-    // no vpc.amazonaws.com/pod-eni on the node.
+    // no vpc.amazonaws.com/pod-eni on the node. It tolerates the node's NoSchedule taints (startup,
+    // not-ready), so that want is what the scheduler names (it names the first filter failed).
     let mut sg_pod: Value = serde_json::from_str(&web_deployment("sg", 1)).unwrap();
     let mut pod = sg_pod["spec"]["template"].take();
     pod["apiVersion"] = json!("v1");
     pod["kind"] = json!("Pod");
     pod["metadata"]["name"] = json!("sg-pod");
     pod["spec"]["containers"][0]["resources"] = json!({ "limits": { POD_ENI: "1" } });
+    pod["spec"]["tolerations"] = json!([{ "operator": "Exists", "effect": "NoSchedule" }]);
     plane
         .api
         .create("/api/v1/namespaces/default/pods", &pod.to_string());
