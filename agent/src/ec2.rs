@@ -119,6 +119,7 @@ pub struct Eni {
     pub status: String,
     /// A trunk ENI (security groups for pods): it carries branch ENIs, not pod addresses.
     pub trunk: bool,
+    pub security_groups: Vec<String>,
 }
 
 impl Eni {
@@ -627,5 +628,10 @@ fn eni_from_api(n: &NetworkInterface) -> Eni {
             .map(|s| s.as_str().to_owned())
             .unwrap_or_default(),
         trunk: n.interface_type() == Some(&NetworkInterfaceType::Trunk),
+        security_groups: n
+            .groups()
+            .iter()
+            .filter_map(|g| g.group_id().map(str::to_owned))
+            .collect(),
     }
 }

@@ -99,6 +99,11 @@ impl Kube {
         }
     }
 
+    /// Creates `object` in the collection at `path`.
+    pub async fn post(&self, path: &str, object: &Value) -> Result<Value, KubeError> {
+        self.request(Method::POST, path, Some(object)).await
+    }
+
     /// Applies a JSON merge patch to the object at `path`.
     pub async fn merge_patch(&self, path: &str, patch: &Value) -> Result<Value, KubeError> {
         self.request(Method::PATCH, path, Some(patch)).await
@@ -133,58 +138,161 @@ impl Kube {
         }
     }
 
+    /// Watches the collection at `path` (a fieldSelector allowed) from `resource_version`,
+    /// handing every event to `each` until it returns false or the API ends the watch (after
+    /// about WATCH_SECONDS). A version too old to watch from is an error with status 410 Gone
+    /// (list again), whether the API answers it or sends it as an ERROR event.
+    pub async fn watch(
+        &self,
+        path: &str,
+        resource_version: &str,
+        mut each: impl FnMut(WatchEvent) -> bool,
+    ) -> Result<(), KubeError> {
+        let separator = if path.contains('?') { '&' } else { '?' };
+        let path = format!(
+            "{path}{separator}watch=1&allowWatchBookmarks=true&resourceVersion={resource_version}&timeoutSeconds={}",
+            WATCH_SECONDS.as_secs()
+        );
+        let (what, response) = self.send(Method::GET, &path, None).await?;
+        let status = response.status();
+        let fail = |status, e: &dyn std::fmt::Display| KubeError {
+            status,
+            message: format!("{what}: {e}"),
+        };
+        let mut body = response.into_body();
+        if !status.is_success() {
+            let bytes = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            return Err(status_error(&what, status, &bytes));
+        }
+        let mut buffer = Vec::new();
+        // The API sends a bookmark about every minute: a silent watch is a dead connection.
+        let idle = WATCH_SECONDS + REQUEST_TIMEOUT;
+        while let Some(frame) = tokio::time::timeout(idle, body.frame())
+            .await
+            .map_err(|_| fail(None, &format!("nothing for {idle:?}")))?
+        {
+            let frame = frame.map_err(|e| fail(Some(status), &e))?;
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            buffer.extend_from_slice(data);
+            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=end).collect();
+                let mut event: Value = serde_json::from_slice(&line)
+                    .map_err(|e| fail(Some(status), &format!("not a watch event: {e}")))?;
+                let kind = event["type"].as_str().unwrap_or_default().to_owned();
+                let object = event["object"].take();
+                if kind == "ERROR" {
+                    let code = object["code"].as_u64().unwrap_or(0) as u16;
+                    let message = object["message"].as_str().unwrap_or_default();
+                    return Err(fail(StatusCode::from_u16(code).ok(), &message));
+                }
+                if !each(WatchEvent { kind, object }) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn request(
         &self,
         method: Method,
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, KubeError> {
-        let what = format!("Kubernetes API {method} {path}");
-        let fail = |status, e: &dyn std::fmt::Display| KubeError {
-            status,
-            message: format!("{what}: {e}"),
-        };
-        let token = std::fs::read_to_string(&self.token_file)
-            .map_err(|e| fail(None, &format!("token {}: {e}", self.token_file.display())))?;
-        let request = Request::builder()
-            .method(method)
-            .uri(format!("{}{path}", self.server))
-            .header("authorization", format!("Bearer {}", token.trim()))
-            .header("accept", "application/json")
-            .header("content-type", "application/merge-patch+json")
-            .body(Full::new(Bytes::from(
-                body.map(Value::to_string).unwrap_or_default(),
-            )))
-            .map_err(|e| fail(None, &e))?;
         let exchange = async {
-            let response = self.client.request(request).await.map_err(|e| {
-                // The connector's error hides the cause (refused, TLS) one level down.
-                let cause = std::error::Error::source(&e)
-                    .map(|s| format!("{e}: {s}"))
-                    .unwrap_or_else(|| e.to_string());
-                fail(None, &cause)
-            })?;
+            let (what, response) = self.send(method, path, body).await?;
             let status = response.status();
             let bytes = response
                 .into_body()
                 .collect()
                 .await
-                .map_err(|e| fail(Some(status), &e))?
+                .map_err(|e| KubeError {
+                    status: Some(status),
+                    message: format!("{what}: {e}"),
+                })?
                 .to_bytes();
-            Ok((status, bytes))
+            if !status.is_success() {
+                return Err(status_error(&what, status, &bytes));
+            }
+            Ok(serde_json::from_slice(&bytes).unwrap_or(Value::Null))
         };
-        let (status, bytes) = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
             .await
-            .map_err(|_| fail(None, &format!("no answer within {REQUEST_TIMEOUT:?}")))??;
-        let object: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        if !status.is_success() {
-            // A Status object says why; 401/403 mean the service account or its RBAC is wrong.
-            let message = object["message"].as_str().unwrap_or("");
-            return Err(fail(Some(status), &format!("{status} {message}")));
-        }
-        Ok(object)
+            .map_err(|_| {
+                KubeError::new(format!(
+                    "Kubernetes API {path}: no answer within {REQUEST_TIMEOUT:?}"
+                ))
+            })?
+    }
+
+    /// Sends one request and returns its response (its headers: the body is the caller's to
+    /// read), named "Kubernetes API <method> <path>" for errors.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(String, hyper::Response<hyper::body::Incoming>), KubeError> {
+        let what = format!("Kubernetes API {method} {path}");
+        let fail = |e: &dyn std::fmt::Display| KubeError::new(format!("{what}: {e}"));
+        let token = std::fs::read_to_string(&self.token_file)
+            .map_err(|e| fail(&format!("token {}: {e}", self.token_file.display())))?;
+        let content_type = if method == Method::PATCH {
+            "application/merge-patch+json"
+        } else {
+            "application/json"
+        };
+        let request = Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.server))
+            .header("authorization", format!("Bearer {}", token.trim()))
+            .header("accept", "application/json")
+            .header("content-type", content_type)
+            .body(Full::new(Bytes::from(
+                body.map(Value::to_string).unwrap_or_default(),
+            )))
+            .map_err(|e| fail(&e))?;
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, self.client.request(request))
+            .await
+            .map_err(|_| fail(&format!("no answer within {REQUEST_TIMEOUT:?}")))?
+            .map_err(|e| {
+                // The connector's error hides the cause (refused, TLS) one level down.
+                let cause = std::error::Error::source(&e)
+                    .map(|s| format!("{e}: {s}"))
+                    .unwrap_or_else(|| e.to_string());
+                fail(&cause)
+            })?;
+        Ok((what, response))
     }
 }
+
+/// The error for a non-success answer: a Status object says why (401/403: the service account
+/// or its RBAC is wrong).
+fn status_error(what: &str, status: StatusCode, body: &[u8]) -> KubeError {
+    let object: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let message = object["message"].as_str().unwrap_or("");
+    KubeError {
+        status: Some(status),
+        message: format!("{what}: {status} {message}"),
+    }
+}
+
+/// One event of a watch: ADDED, MODIFIED, DELETED or BOOKMARK (whose object carries only the
+/// resourceVersion to go on from), and the object.
+#[derive(Debug)]
+pub struct WatchEvent {
+    pub kind: String,
+    pub object: Value,
+}
+
+/// How long one watch request asks to last; the watch is then made again from where it was.
+const WATCH_SECONDS: Duration = Duration::from_secs(290);
 
 /// A string map (labels, annotations) of an object's metadata.
 pub fn metadata_map(object: &Value, field: &str) -> BTreeMap<String, String> {

@@ -272,10 +272,17 @@ pub async fn run(pins: Pins, args: RunArgs) -> Result<()> {
             .as_ref()
             .filter(|_| args.annotate_pod_ip)
             .map(|(kube, _)| cni::pod_ips::PodIps::new(kube.clone()));
+        let events = cluster
+            .as_ref()
+            .map(|c| eniflow_agent::events::Recorder::start(c.kube.clone(), c.node.clone()));
+        if let Some(events) = &events {
+            ipam.record_events(events.clone());
+        }
         // Security-group pods' annotations are read from the API when it is there.
         let pod_annotations = cluster
             .filter(|_| pod_eni)
-            .map(|c| cni::branch::FromApi::new(c.kube, args.pod_eni_wait));
+            .zip(events.clone())
+            .map(|(c, events)| cni::branch::FromApi::new(c.kube, args.pod_eni_wait, events));
         let network_policy = policy_mode.map(|mode| cni::network_policy::NetworkPolicy {
             socket: args.network_policy_socket.clone(),
             mode,
@@ -289,6 +296,7 @@ pub async fn run(pins: Pins, args: RunArgs) -> Result<()> {
                 pod_annotations,
                 pod_ips,
                 network_policy,
+                events,
             },
         )
         .await?;
@@ -365,6 +373,8 @@ struct Outside {
     pod_ips: Option<cni::pod_ips::PodIps>,
     /// NETWORK_POLICY_ENFORCING_MODE.
     network_policy: Option<cni::network_policy::NetworkPolicy>,
+    /// Events on pods, in a cluster.
+    events: Option<eniflow_agent::events::Recorder>,
 }
 
 /// Serves the CNI shim on the agent's socket; pods' traffic is forwarded by this namespace.
@@ -379,6 +389,7 @@ async fn serve_cni(
         pod_annotations,
         pod_ips,
         network_policy,
+        events,
     } = outside;
     install::ensure_sysctl(install::IP_FORWARD, "1")
         .context("IPv4 forwarding (net.ipv4.ip_forward) for pod traffic")?;
@@ -388,7 +399,7 @@ async fn serve_cni(
         // The policy agent's programs on pods' veths must see what reaches the pods.
         deliver_through_veth: network_policy.is_some(),
     })?;
-    let sources = cni::seams::Sources::new(ipam.clone(), branches, pod_annotations);
+    let sources = cni::seams::Sources::new(ipam.clone(), branches, pod_annotations, events);
     let mut pods = cni::lifecycle::Lifecycle::new(
         sources,
         cni::seams::HostWiring::new(host),
@@ -447,6 +458,7 @@ async fn start_pool(
 ) -> Result<(Arc<Ipam>, imds::Client)> {
     let imds = instance::client(args.imds_endpoint.as_deref())?;
     let node = Instance::read(&imds).await?;
+    let zone = node.availability_zone.clone();
     let settings = ec2::Settings {
         endpoint: args.ec2_endpoint.clone(),
         ..Default::default()
@@ -499,5 +511,37 @@ async fn start_pool(
         let features = cninode::wanted(custom, pod_eni && pool.trunk_fits());
         cninode::advertise(cluster.kube.clone(), cluster.node.clone(), features);
     }
-    Ok((Arc::new(pool), imds))
+    let pool = Arc::new(pool);
+    // ENIConfigs from the API are followed; from --eni-configs they are read at start only.
+    let from_api = cluster.filter(|_| args.eni_configs.eni_configs.is_none());
+    if let (Some(cluster), Some(current)) = (from_api, pool.eni_config()) {
+        let chosen = eniconfig::follow(&pool.config().knobs, cluster, &zone, current);
+        follow_eni_config(pool.clone(), cluster, chosen);
+    }
+    Ok((pool, imds))
+}
+
+/// Makes the pool follow each ENIConfig chosen for the node while the agent runs, and tells
+/// the CNINode (the trunk, if built, keeps the groups it was built with).
+fn follow_eni_config(
+    pool: Arc<Ipam>,
+    cluster: &Cluster,
+    mut chosen: tokio::sync::watch::Receiver<eniconfig::EniConfig>,
+) {
+    let (kube, node) = (cluster.kube.clone(), cluster.node.clone());
+    tokio::spawn(async move {
+        while chosen.changed().await.is_ok() {
+            let config = chosen.borrow_and_update().clone();
+            let name = config.name.clone();
+            match pool.follow_eni_config(config).await {
+                Ok(()) => {
+                    let feature = cninode::wanted(Some(&name), false);
+                    cninode::advertise(kube.clone(), node.clone(), feature);
+                }
+                Err(e) => tracing::error!(
+                    "custom networking: cannot follow ENIConfig {name}: {e}; new ENIs stay with the last one"
+                ),
+            }
+        }
+    });
 }

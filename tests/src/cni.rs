@@ -201,7 +201,7 @@ async fn wait_for_warm_pool(status: impl Fn() -> Answer) {
 }
 
 /// Runs the shim against the agent using `files`, logging beside them.
-fn shim_for(
+pub fn shim_for(
     files: &PoolFiles,
     command: &str,
     container: &str,
@@ -223,7 +223,7 @@ fn shim_for(
 }
 
 /// The network configuration the shim gets on stdin for the agent using `files`.
-fn shim_config(files: &PoolFiles) -> Value {
+pub fn shim_config(files: &PoolFiles) -> Value {
     json!({
         "cniVersion": "1.0.0",
         "name": "eniflow",

@@ -17,8 +17,8 @@ pub mod network_policy;
 pub mod procfs;
 pub mod prometheus;
 pub mod raw;
-pub mod resource_controller;
 pub mod report;
+pub mod resource_controller;
 pub mod sh;
 
 /// The number in environment variable `name`, None when it is unset; a value that is not a

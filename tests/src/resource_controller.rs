@@ -157,7 +157,10 @@ fn watch(
             let mut curl = api.watch_stream(collection, "", 300);
             let stdout = curl.stdout.take().expect("curl's stdout");
             children.lock().unwrap().push(curl);
-            for _line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            for _line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
                 if wake.send(()).is_err() {
                     return;
                 }
@@ -225,9 +228,7 @@ impl Controller {
         let custom = features.iter().find(|(n, _)| n == "CustomNetworking");
         let (subnet, security_groups) = match custom {
             Some((_, name)) => {
-                let (status, config) =
-                    self.api
-                        .call("GET", &format!("{ENICONFIGS}/{name}"), None);
+                let (status, config) = self.api.call("GET", &format!("{ENICONFIGS}/{name}"), None);
                 if status != 200 {
                     return; // the controller waits for the ENIConfig
                 }
@@ -262,14 +263,24 @@ impl Controller {
             .and_then(|n| n.network_interface_id)
             .expect("an ENI id");
         let device_index = next_device_index(&self.ec2, &node.instance_id).await;
-        self.ec2
+        let attached = self
+            .ec2
             .attach_network_interface()
             .network_interface_id(&eni)
             .instance_id(&node.instance_id)
             .device_index(device_index)
             .send()
-            .await
-            .expect("AttachNetworkInterface (trunk)");
+            .await;
+        if attached.is_err() {
+            // The agent took that device index meanwhile: as the controller, try again later.
+            let _ = self
+                .ec2
+                .delete_network_interface()
+                .network_interface_id(&eni)
+                .send()
+                .await;
+            return;
+        }
         let label = json!({ "metadata": { "labels": { HAS_TRUNK_LABEL: "true" } } });
         let path = format!("/api/v1/nodes/{}", node.name);
         self.api.call("PATCH", &path, Some(&label.to_string()));
@@ -377,7 +388,10 @@ impl Controller {
         self.record.lock().unwrap().branches.push(Branch {
             node: node.name.clone(),
             pod: format!("{namespace}/{name}"),
-            uid: pod["metadata"]["uid"].as_str().unwrap_or_default().to_owned(),
+            uid: pod["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
             eni: id,
             vlan,
             ip,

@@ -774,6 +774,24 @@ async fn in_a_cluster_the_annotation_is_read_from_the_api_and_waited_for() {
     assert!(started.elapsed() >= Duration::from_secs(wait), "no wait");
     assert_eq!(node.host_veths().len(), veths, "a veth was left");
     assert_eq!(node.allocations(), allocations, "an address was taken");
+    // `kubectl describe pod` explains the runtime's failed sandbox as the expected race: a
+    // Normal event, not a Warning.
+    let events = || {
+        let path = "/api/v1/namespaces/default/events?fieldSelector=involvedObject.name=sg-never";
+        kube.call("GET", path, None).1["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    eniflow_tests::cluster::wait_for(
+        "the pod's event",
+        Duration::from_secs(10),
+        || !events().is_empty(),
+        || format!("{:?}", events()),
+    );
+    let event = &events()[0];
+    assert_eq!(event["type"], "Normal", "{event}");
+    assert_eq!(event["reason"], "BranchENIPending", "{event}");
 
     // A pod that asks for no branch ENI gets a pool address.
     kube.create(

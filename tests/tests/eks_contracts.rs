@@ -9,14 +9,14 @@ use std::{process::Stdio, time::Duration};
 use eniflow_tests::{
     agent,
     cluster::wait_for,
-    cni::{address, pod_args, PodNode as Node},
+    cni::{address, pod_args, shim_config, shim_for, PodNode as Node},
     kube::{KubeApi, CNINODES},
     lab::{Fault, Lab, LabSpec},
     netns::Netns,
     require_root,
     resource_controller::{features, ManagedNode, ResourceController, Settings, POD_ENI},
 };
-use serde_json::json;
+use serde_json::{json, Value};
 
 const NODE: &str = "lab-node";
 const TAINT: &str = "eniflow.io/agent-not-ready";
@@ -98,7 +98,10 @@ async fn the_trunk_is_built_in_the_eniconfigs_subnet_and_groups_as_the_cninode_a
     // The controller acted on the CNINode as it was: the ENIConfig's subnet and groups, which a
     // trunk keeps for good.
     let trunk = controller.record().trunks[NODE].clone();
-    assert_eq!(trunk.subnet, node.lab.subnets[1], "the trunk's subnet: {trunk:?}");
+    assert_eq!(
+        trunk.subnet, node.lab.subnets[1],
+        "the trunk's subnet: {trunk:?}"
+    );
     assert_eq!(trunk.security_groups, eniconfig_groups, "{trunk:?}");
     assert!(trunk.features.contains(&wanted[0]), "{trunk:?}");
     let eni = node.lab.view()["enis"]
@@ -144,6 +147,140 @@ async fn the_trunk_is_built_in_the_eniconfigs_subnet_and_groups_as_the_cninode_a
     );
     assert_eq!(controller.record().trunks.len(), 1);
     drop(controller); // before the lab it calls
+}
+
+/// The node's ENIs in the lab's EC2 (primary excluded): (id, subnet, addresses).
+fn pod_enis(lab: &Lab) -> Vec<(String, String, Vec<String>)> {
+    let view = lab.view();
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    view["enis"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["instance_id"] == lab.node.id.as_str() && e["device_index"] != 0)
+        .map(|e| {
+            let addresses = e["private_ips"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(text)
+                .collect();
+            (text(&e["id"]), text(&e["subnet_id"]), addresses)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relabelled_node_moves_new_enis_to_the_other_eniconfig_without_a_restart() {
+    require_root();
+    let mut spec = LabSpec::default();
+    spec.subnets.push(eniflow_tests::lab::SubnetSpec {
+        cidr: "10.0.3.0/24".into(),
+        az: "us-west-2a".into(),
+        tags: vec![],
+    });
+    let lab = Lab::start(spec).await.unwrap_or_else(|e| panic!("{e}"));
+    let (old_subnet, new_subnet) = (lab.subnets[1].clone(), lab.subnets[2].clone());
+    let label = "k8s.amazonaws.com/eniConfig";
+    let node = json!({ "metadata": { "name": NODE, "labels": { label: "pods-a" } } });
+    let kube = KubeApi::with_node(&lab.node.netns, node);
+    kube.create_eni_config("pods-a", &old_subnet, &[]);
+    kube.create_eni_config("pods-b", &new_subnet, &[]);
+    kube.create_cninode(NODE, json!([]));
+    kube.create(
+        "/api/v1/namespaces/default/serviceaccounts",
+        &json!({ "metadata": { "name": "default" } }).to_string(),
+    );
+    let args = kube.agent_args(NODE);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env = [
+        ("AWS_VPC_K8S_CNI_CUSTOM_NETWORK_CFG", "true"),
+        ("IP_COOLDOWN_PERIOD", "0"),
+        // One pod ENI at a time (an m5.large has slots for two besides the primary).
+        ("WARM_IP_TARGET", "2"),
+    ];
+    let node = Node::on_lab(lab, &args, &env).await;
+    let add = |pod: &str, netns: &Netns| {
+        let added = node.cni(
+            "ADD",
+            &format!("c-{pod}"),
+            Some(netns),
+            "eth0",
+            &pod_args(pod),
+        );
+        assert!(added.ok, "ADD {pod}: {}", added.json);
+        address(&added)
+    };
+    let in_subnet = |ip: &str, subnet: &str| {
+        pod_enis(&node.lab)
+            .iter()
+            .any(|(_, s, addresses)| s == subnet && addresses.iter().any(|a| a == ip))
+    };
+    let old_pod = Netns::new("pod");
+    let old_ip = add("old", &old_pod);
+    assert!(
+        in_subnet(&old_ip, &old_subnet),
+        "{old_ip}: {:?}",
+        pod_enis(&node.lab)
+    );
+    let old_enis: Vec<String> = pod_enis(&node.lab)
+        .into_iter()
+        .filter(|(_, s, _)| *s == old_subnet)
+        .map(|(id, _, _)| id)
+        .collect();
+    assert_eq!(old_enis.len(), 1, "{:?}", pod_enis(&node.lab));
+
+    // Relabelled: no restart, yet the next ENI is pods-b's, and the CNINode says so.
+    let patch = json!({ "metadata": { "labels": { label: "pods-b" } } });
+    let (status, answer) = kube.call(
+        "PATCH",
+        &format!("/api/v1/nodes/{NODE}"),
+        Some(&patch.to_string()),
+    );
+    assert_eq!(status, 200, "{answer}");
+    wait_for(
+        "an ENI in pods-b's subnet",
+        Duration::from_secs(30),
+        || pod_enis(&node.lab).iter().any(|(_, s, _)| *s == new_subnet),
+        || format!("{:?}", pod_enis(&node.lab)),
+    );
+    let cninode = || kube.call("GET", &cninode_path(), None).1;
+    wait_for(
+        "CustomNetworking=pods-b on the CNINode",
+        Duration::from_secs(30),
+        || features(&cninode()).contains(&("CustomNetworking".into(), "pods-b".into())),
+        || cninode().to_string(),
+    );
+    let new_pod = Netns::new("pod");
+    let new_ip = add("new", &new_pod);
+    assert!(
+        in_subnet(&new_ip, &new_subnet),
+        "{new_ip}: {:?}",
+        pod_enis(&node.lab)
+    );
+    // The old ENI stays while it holds a pod; once the pod is gone it is given back.
+    assert!(
+        pod_enis(&node.lab)
+            .iter()
+            .any(|(id, _, _)| *id == old_enis[0]),
+        "the old ENI went with its pod on it"
+    );
+    let deleted = node.cni("DEL", "c-old", Some(&old_pod), "eth0", &pod_args("old"));
+    assert!(deleted.ok, "DEL old: {}", deleted.json);
+    wait_for(
+        "the old ENI given back",
+        Duration::from_secs(60),
+        || {
+            !pod_enis(&node.lab)
+                .iter()
+                .any(|(id, _, _)| *id == old_enis[0])
+        },
+        || format!("{:?}", pod_enis(&node.lab)),
+    );
+    assert!(
+        in_subnet(&new_ip, &new_subnet),
+        "the new pod's address moved"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,6 +355,144 @@ async fn the_startup_taint_goes_only_once_the_node_can_wire_a_pod() {
         kept.as_array().unwrap().contains(&other),
         "another taint was touched: {kept}"
     );
+}
+
+/// The Events on `kind` `name` with `reason`, as `kubectl describe` finds them.
+fn events(kube: &KubeApi, kind: &str, name: &str, reason: &str) -> Vec<Value> {
+    let path = format!(
+        "/api/v1/namespaces/default/events?fieldSelector=involvedObject.kind={kind},involvedObject.name={name},reason={reason}"
+    );
+    let (status, list) = kube.call("GET", &path, None);
+    assert_eq!(status, 200, "{list}");
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ec2_refusals_and_a_full_subnet_become_events_on_the_node_and_the_pod_once_per_burst() {
+    require_root();
+    let lab = Lab::start(LabSpec::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let kube = KubeApi::with_node(&lab.node.netns, json!({ "metadata": { "name": NODE } }));
+    kube.create(
+        "/api/v1/namespaces/default/serviceaccounts",
+        &json!({ "metadata": { "name": "default" } }).to_string(),
+    );
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": { "name": "starved", "namespace": "default" },
+        "spec": {
+            "nodeName": NODE,
+            "automountServiceAccountToken": false,
+            "containers": [{ "name": "c", "image": "lab" }],
+        },
+    });
+    let created = kube.create("/api/v1/namespaces/default/pods", &pod.to_string());
+    let uid = created["metadata"]["uid"].clone();
+    let refuse = |code: &str, status: u16| {
+        lab.emulator.clear_faults();
+        for action in ["AssignPrivateIpAddresses", "CreateNetworkInterface"] {
+            lab.emulator.fault(&Fault {
+                action: action.into(),
+                code: Some(code.into()),
+                status,
+                count: 100_000,
+                latency_ms: 0,
+                cut: false,
+            });
+        }
+    };
+    // The node's role may not assign addresses: every refill pass is refused.
+    refuse("UnauthorizedOperation", 403);
+    let args = kube.agent_args(NODE);
+    let files = agent::PoolFiles::new("eks-events");
+    let mut all_args = files.args();
+    all_args.extend(args);
+    let all_args: Vec<&str> = all_args.iter().map(String::as_str).collect();
+    let root = eniflow_tests::bpffs_dir("eks-events");
+    let _agent = agent::Agent::start_logging(
+        &lab.node.netns.path(),
+        &root,
+        &all_args,
+        agent::LAB_NODE_ENV,
+        Stdio::inherit(),
+    );
+    let add = |container: &str| {
+        let netns = Netns::new("pod");
+        let answer = shim_for(
+            &files,
+            "ADD",
+            container,
+            &netns.path(),
+            "eth0",
+            &pod_args("starved"),
+            &shim_config(&files),
+        );
+        assert!(!answer.ok, "ADD with an empty pool: {}", answer.json);
+    };
+    let refused = |action: &str| {
+        let calls = lab.emulator.calls();
+        calls.get(action).copied().unwrap_or(0)
+    };
+    wait_for(
+        "three refused refills",
+        Duration::from_secs(30),
+        || refused("AssignPrivateIpAddresses") >= 3,
+        || format!("{:?}", lab.emulator.calls()),
+    );
+    add("c-starved-1");
+    add("c-starved-2");
+    let on_node = || events(&kube, "Node", NODE, "EC2PermissionDenied");
+    let on_pod = || events(&kube, "Pod", "starved", "EC2PermissionDenied");
+    wait_for(
+        "EC2PermissionDenied on the node and the pod",
+        Duration::from_secs(20),
+        || !on_node().is_empty() && !on_pod().is_empty(),
+        || format!("{:?} {:?}", on_node(), on_pod()),
+    );
+    // One Event each for the burst, counted; the action named; the pod's found by its uid.
+    let node_events = on_node();
+    assert_eq!(node_events.len(), 1, "{node_events:?}");
+    assert_eq!(node_events[0]["type"], "Warning");
+    let message = node_events[0]["message"].as_str().unwrap();
+    assert!(message.contains("AssignPrivateIpAddresses"), "{message}");
+    let pod_events = on_pod();
+    assert_eq!(pod_events.len(), 1, "two ADDs, one Event: {pod_events:?}");
+    assert_eq!(pod_events[0]["involvedObject"]["uid"], uid);
+    assert!(
+        pod_events[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("AssignPrivateIpAddresses"),
+        "{pod_events:?}"
+    );
+    wait_for(
+        "the repeats counted",
+        Duration::from_secs(30),
+        || on_node()[0]["count"].as_u64() >= Some(2) && on_pod()[0]["count"].as_u64() == Some(2),
+        || format!("{:?} {:?}", on_node(), on_pod()),
+    );
+
+    // The subnet is full: the node says so, and so does the pod that finds no address.
+    refuse("InsufficientFreeAddressesInSubnet", 400);
+    let full_node = || events(&kube, "Node", NODE, "SubnetFull");
+    wait_for(
+        "SubnetFull on the node",
+        Duration::from_secs(30),
+        || !full_node().is_empty(),
+        || format!("{:?}", lab.emulator.calls()),
+    );
+    add("c-starved-3");
+    let full_pod = || events(&kube, "Pod", "starved", "NoAddressAvailable");
+    wait_for(
+        "NoAddressAvailable on the pod",
+        Duration::from_secs(20),
+        || !full_pod().is_empty(),
+        || format!("{:?}", full_pod()),
+    );
+    let message = full_pod()[0]["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("no free addresses"), "{message}");
+    assert_eq!(full_node().len(), 1, "{:?}", full_node());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -141,21 +141,29 @@ pub struct FromApi {
     kube: std::sync::Arc<crate::kube::Kube>,
     /// How long an ADD waits for the annotation of a pod that needs a branch ENI.
     wait: Duration,
+    /// An ADD that waited in vain says so on the pod (Normal: the expected race).
+    events: crate::events::Recorder,
 }
 
-/// How often the pod is read again while its annotation is awaited.
-const POLL: Duration = Duration::from_millis(250);
+/// How long to wait before reading the pod again when its watch failed.
+const RETRY: Duration = Duration::from_millis(250);
 
 impl FromApi {
-    pub fn new(kube: std::sync::Arc<crate::kube::Kube>, wait: Duration) -> FromApi {
-        FromApi { kube, wait }
+    pub fn new(
+        kube: std::sync::Arc<crate::kube::Kube>,
+        wait: Duration,
+        events: crate::events::Recorder,
+    ) -> FromApi {
+        FromApi { kube, wait, events }
     }
 
     /// The branch ENI of pod `namespace/name`: `None` if it needs none. A pod that requests one
-    /// and is not annotated yet is read again until the annotation comes or the wait ends.
+    /// and is not annotated yet is watched until the annotation comes or the wait ends.
     pub async fn branch(&self, namespace: &str, name: &str) -> Result<Option<Branch>, BranchError> {
         let path = format!("/api/v1/namespaces/{namespace}/pods/{name}");
-        let deadline = std::time::Instant::now() + self.wait;
+        let watch =
+            format!("/api/v1/namespaces/{namespace}/pods?fieldSelector=metadata.name={name}");
+        let deadline = tokio::time::Instant::now() + self.wait;
         loop {
             // Unreadable, the pod might need its security groups: wiring it without them would
             // be wrong, so the ADD is retried.
@@ -167,24 +175,61 @@ impl FromApi {
             let Some(pod) = pod else {
                 return Ok(None); // not a pod of this cluster (a bare runtime's sandbox)
             };
-            let annotations = crate::kube::metadata_map(&pod, "annotations");
-            if let Some(text) = annotations.get(ANNOTATION) {
-                return parse_annotation(text)
-                    .map(Some)
-                    .map_err(|e| annotation_error(format!("pod {namespace}/{name}: {e}")));
+            if let Some(decided) = decide(&pod, namespace, name) {
+                return decided;
             }
-            if !requests_branch(&pod) {
-                return Ok(None);
-            }
-            if std::time::Instant::now() >= deadline {
-                return Err(BranchError::Pending(format!(
+            // Watched from the version just read, so an annotation written since is an event.
+            let version = pod["metadata"]["resourceVersion"]
+                .as_str()
+                .unwrap_or_default();
+            let mut decided = None;
+            let watching = self.kube.watch(&watch, version, |event| {
+                decided = match event.kind.as_str() {
+                    "DELETED" => Some(Ok(None)),
+                    "ADDED" | "MODIFIED" => decide(&event.object, namespace, name),
+                    _ => None,
+                };
+                decided.is_none()
+            });
+            match tokio::time::timeout_at(deadline, watching).await {
+                Err(_) => {
+                    self.events.pod(
+                        namespace,
+                        name,
+                        crate::events::Kind::Normal,
+                        "BranchENIPending",
+                        format!("waiting for the VPC resource controller to give the pod its branch ENI ({ANNOTATION}); the runtime retries the sandbox"),
+                    );
+                    return Err(BranchError::Pending(format!(
                         "pod {namespace}/{name} requests {RESOURCE} but has no {ANNOTATION} annotation after {:?}: the VPC resource controller annotates such pods shortly after scheduling, so this is the expected race, not a fault; the runtime retries the ADD",
                         self.wait
-                )));
+                    )));
+                }
+                Ok(Ok(())) => {} // the API ended the watch: read the pod again
+                Ok(Err(e)) => {
+                    tracing::debug!("watch of pod {namespace}/{name}: {e}; reading it again");
+                    tokio::time::sleep(RETRY).await;
+                }
             }
-            tokio::time::sleep(POLL).await;
+            if let Some(decided) = decided {
+                return decided;
+            }
         }
     }
+}
+
+/// What `pod`'s annotation (or its not requesting a branch ENI) decides; None while it waits
+/// for the controller's annotation.
+fn decide(pod: &Value, namespace: &str, name: &str) -> Option<Result<Option<Branch>, BranchError>> {
+    let annotations = crate::kube::metadata_map(pod, "annotations");
+    if let Some(text) = annotations.get(ANNOTATION) {
+        return Some(
+            parse_annotation(text)
+                .map(Some)
+                .map_err(|e| annotation_error(format!("pod {namespace}/{name}: {e}"))),
+        );
+    }
+    (!requests_branch(pod)).then_some(Ok(None))
 }
 
 /// Whether any container of `pod` requests or is limited to a branch ENI.

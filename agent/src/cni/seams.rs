@@ -14,7 +14,8 @@ use super::{
 };
 use crate::{
     datapath::{DatapathError, KnownPod, Plane, PodPort},
-    ipam::{warm, Ipam, Owner},
+    events::Kind,
+    ipam::{pool::PoolError, warm, Ipam, IpamError, Owner},
 };
 
 /// Where pods' addresses come from: the pool, and the branch ENIs of security-group pods.
@@ -74,6 +75,8 @@ pub struct Sources {
     branches: Arc<BranchPods>,
     /// In a cluster with ENABLE_POD_ENI: pods' branch ENIs the runtime did not pass.
     pod_annotations: Option<FromApi>,
+    /// In a cluster: why a pod got no address goes on the pod.
+    events: Option<crate::events::Recorder>,
 }
 
 impl Sources {
@@ -81,11 +84,13 @@ impl Sources {
         ipam: Arc<Ipam>,
         branches: Arc<BranchPods>,
         pod_annotations: Option<FromApi>,
+        events: Option<crate::events::Recorder>,
     ) -> Self {
         Sources {
             ipam,
             branches,
             pod_annotations,
+            events,
         }
     }
 }
@@ -117,13 +122,28 @@ impl Addresses for Sources {
 
     async fn take(&self, owner: &Owner, pod: (&str, &str), want: Want) -> Result<Hold, CniError> {
         let (ipam, branches, owner) = (self.ipam.clone(), self.branches.clone(), owner.clone());
+        let events = self.events.clone();
         let (namespace, name) = (pod.0.to_owned(), pod.1.to_owned());
         blocking(move || match want {
             Want::Pool => {
                 crate::faults::inject("take").map_err(|e| {
                     CniError::new(eniflow_api::cni_errors::IO_FAILURE, e.to_string())
                 })?;
-                Ok(Hold::Pool(ipam.assign(&owner, (&namespace, &name))?))
+                let assigned = ipam.assign(&owner, (&namespace, &name));
+                if let Err(e @ IpamError::Pool(PoolError::Empty { .. })) = &assigned {
+                    // Why the pool is empty goes on the pod and into the runtime's error.
+                    if let Some((reason, message)) = ipam.why_empty() {
+                        let error = CniError::new(
+                            eniflow_api::cni_errors::TRY_AGAIN_LATER,
+                            format!("{e}; {message}"),
+                        );
+                        if let Some(events) = &events {
+                            events.pod(&namespace, &name, Kind::Warning, reason, message);
+                        }
+                        return Err(error);
+                    }
+                }
+                Ok(Hold::Pool(assigned?))
             }
             Want::Branch { branch, trunk_eni } => {
                 let held = BranchPod {

@@ -167,7 +167,7 @@ pub fn from_file(file: &Path, name: &str) -> Result<EniConfig, EniConfigError> {
 
 /// The cluster's ENIConfig `name` (the CRD VPC CNI defines; deploy/ carries it).
 pub async fn from_api(kube: &crate::kube::Kube, name: &str) -> Result<EniConfig, EniConfigError> {
-    let path = format!("/apis/crd.k8s.amazonaws.com/v1alpha1/eniconfigs/{name}");
+    let path = format!("{COLLECTION}/{name}");
     let object = kube.get(&path).await?.ok_or_else(|| {
         EniConfigError(format!(
             "ENIConfig {name:?}, chosen for this node, does not exist in the cluster"
@@ -176,6 +176,84 @@ pub async fn from_api(kube: &crate::kube::Kube, name: &str) -> Result<EniConfig,
     parse(object.to_string().as_bytes())?
         .pop()
         .ok_or_else(|| EniConfigError(format!("ENIConfig {name:?}: the API answered no object")))
+}
+
+/// The ENIConfigs' collection in the API.
+pub const COLLECTION: &str = "/apis/crd.k8s.amazonaws.com/v1alpha1/eniconfigs";
+
+/// Follows the node's choice of ENIConfig in a cluster: its Node (labels, annotations) and the
+/// ENIConfigs are watched, and the receiver gets each newly chosen ENIConfig, starting from
+/// `current` (the one read at start). A choice that cannot be followed (the ENIConfig named does
+/// not exist, or does not parse) is logged and skipped: new ENIs stay with the last good one.
+pub fn follow(
+    knobs: &super::Knobs,
+    cluster: &Cluster,
+    zone: &str,
+    current: EniConfig,
+) -> tokio::sync::watch::Receiver<EniConfig> {
+    let node_path = format!("/api/v1/nodes?fieldSelector=metadata.name={}", cluster.node);
+    let mut nodes = crate::watched::follow(
+        cluster.kube.clone(),
+        node_path,
+        format!("watch of node {}", cluster.node),
+    );
+    let mut configs = crate::watched::follow(
+        cluster.kube.clone(),
+        COLLECTION.into(),
+        "watch of the ENIConfigs".into(),
+    );
+    let (knobs, zone, node) = (knobs.clone(), zone.to_owned(), cluster.node.clone());
+    let (publish, receiver) = tokio::sync::watch::channel(current);
+    tokio::spawn(async move {
+        let mut refused: Option<String> = None;
+        loop {
+            tokio::select! {
+                changed = nodes.changed() => if changed.is_err() { return },
+                changed = configs.changed() => if changed.is_err() { return },
+                _ = publish.closed() => return,
+            }
+            let (Some(nodes), Some(configs)) = (nodes.borrow().clone(), configs.borrow().clone())
+            else {
+                continue; // not listed yet
+            };
+            let Some(object) = nodes.get(&node) else {
+                continue;
+            };
+            let labels = crate::kube::metadata_map(object, "labels");
+            let annotations = crate::kube::metadata_map(object, "annotations");
+            let name = chosen_for_node(&knobs, labels, &annotations, &zone);
+            let chosen = match configs.get(&name) {
+                Some(object) => parse(object.to_string().as_bytes()).and_then(|mut c| {
+                    c.pop()
+                        .ok_or_else(|| EniConfigError(format!("ENIConfig {name:?}: no object")))
+                }),
+                None => Err(EniConfigError(format!(
+                    "ENIConfig {name:?}, chosen for this node, does not exist in the cluster"
+                ))),
+            };
+            match chosen {
+                Ok(config) => {
+                    refused = None;
+                    publish.send_if_modified(|current| {
+                        let changed = *current != config;
+                        *current = config;
+                        changed
+                    });
+                }
+                Err(e) => {
+                    let why = e.to_string();
+                    if refused.as_ref() != Some(&why) {
+                        let last = publish.borrow().name.clone();
+                        tracing::error!(
+                            "custom networking: {why}; new ENIs stay with ENIConfig {last}"
+                        );
+                        refused = Some(why);
+                    }
+                }
+            }
+        }
+    });
+    receiver
 }
 
 /// Parses `k=v,k2=v2` (kubelet's --node-labels form).

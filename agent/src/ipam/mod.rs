@@ -130,6 +130,24 @@ impl Shortage {
     }
 }
 
+/// Refuses an ENIConfig whose subnet is not in the node's VPC and zone.
+async fn check_in_zone(
+    ec2: &Ec2,
+    instance: &Instance,
+    config: &eniconfig::EniConfig,
+) -> Result<(), IpamError> {
+    let zone = ec2
+        .subnets(&instance.vpc_id, &instance.availability_zone)
+        .await?;
+    if !zone.iter().any(|s| s.id == config.subnet) {
+        return Err(IpamError::Config(format!(
+            "ENIConfig {:?}: subnet {} is not in the node's VPC {} and zone {}",
+            config.name, config.subnet, instance.vpc_id, instance.availability_zone
+        )));
+    }
+    Ok(())
+}
+
 /// The node's address pool.
 pub struct Ipam {
     ec2: Ec2,
@@ -152,6 +170,61 @@ pub struct Ipam {
     lost_found: tokio::sync::Notify,
     /// Set once the refill loop has finished its first pass (whatever its outcome).
     refilled: tokio::sync::watch::Sender<bool>,
+    /// Custom networking's ENIConfig new ENIs follow; a relabelled node or an edited ENIConfig
+    /// changes it while the agent runs (`follow_eni_config`).
+    eni_config: Mutex<Option<eniconfig::EniConfig>>,
+    /// Why the pool could not grow when it last tried (cleared when it grows).
+    shortfall: Mutex<Option<Shortfall>>,
+    /// Where the node's events go, in a cluster.
+    events: std::sync::OnceLock<crate::events::Recorder>,
+}
+
+/// Why the pool could not grow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Shortfall {
+    /// EC2 refused an action for lack of a permission of the node's role.
+    Permission { action: &'static str, code: String },
+    /// No subnet a new ENI may go to has free addresses.
+    SubnetsFull,
+    /// The node has all the ENIs it may have.
+    EniLimit { max: u32 },
+    /// A new ENI could not be attached.
+    AttachFailed { eni: String, error: String },
+}
+
+impl Shortfall {
+    /// The Event reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Shortfall::Permission { .. } => "EC2PermissionDenied",
+            Shortfall::SubnetsFull => "SubnetFull",
+            Shortfall::EniLimit { .. } => "ENILimitReached",
+            Shortfall::AttachFailed { .. } => "ENIAttachFailed",
+        }
+    }
+}
+
+impl std::fmt::Display for Shortfall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Shortfall::Permission { action, code } => write!(
+                f,
+                "EC2 refused {action} ({code}): the node's IAM role needs ec2:{action}"
+            ),
+            Shortfall::SubnetsFull => {
+                write!(f, "the subnets new ENIs may use have no free addresses")
+            }
+            Shortfall::EniLimit { max } => {
+                write!(
+                    f,
+                    "the node has all {max} ENIs it may attach, and they are full"
+                )
+            }
+            Shortfall::AttachFailed { eni, error } => {
+                write!(f, "{eni} could not be attached: {error}")
+            }
+        }
+    }
 }
 
 impl Ipam {
@@ -174,15 +247,7 @@ impl Ipam {
         };
         let knobs = &config.knobs;
         if let Some(custom) = &config.custom_network {
-            let zone = ec2
-                .subnets(&instance.vpc_id, &instance.availability_zone)
-                .await?;
-            if !zone.iter().any(|s| s.id == custom.subnet) {
-                return Err(IpamError::Config(format!(
-                    "ENIConfig {:?}: subnet {} is not in the node's VPC {} and zone {}",
-                    custom.name, custom.subnet, instance.vpc_id, instance.availability_zone
-                )));
-            }
+            check_in_zone(&ec2, &instance, custom).await?;
         }
         let opts = max_pods::Options {
             prefix_delegation: knobs.prefix_delegation,
@@ -244,6 +309,7 @@ impl Ipam {
                 a.owner
             );
         }
+        let custom_network = config.custom_network.clone();
         let ipam = Ipam {
             ec2,
             instance,
@@ -260,9 +326,107 @@ impl Ipam {
             lost: Mutex::new(gone),
             lost_found: tokio::sync::Notify::new(),
             refilled: tokio::sync::watch::Sender::new(false),
+            eni_config: Mutex::new(custom_network),
+            shortfall: Mutex::new(None),
+            events: std::sync::OnceLock::new(),
         };
+        // ENIs of an ENIConfig the node used before this start are retired as well.
+        ipam.retire_other_configs();
         ipam.save(&ipam.lock())?;
         Ok(ipam)
+    }
+
+    /// Sends the node's events (ENI limits, attach failures, EC2 refusals) to `recorder`.
+    pub fn record_events(&self, recorder: crate::events::Recorder) {
+        let _ = self.events.set(recorder);
+    }
+
+    /// Notes why the pool could not grow; on the Node too.
+    fn note_shortfall(&self, shortfall: Shortfall) {
+        if let Some(events) = self.events.get() {
+            let kind = crate::events::Kind::Warning;
+            events.node(kind, shortfall.reason(), shortfall.to_string());
+        }
+        *self.shortfall.lock().unwrap_or_else(|e| e.into_inner()) = Some(shortfall);
+    }
+
+    fn note_grown(&self) {
+        *self.shortfall.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Why a pod found the pool empty, as an Event's (reason, message); None while the refill
+    /// is merely catching up.
+    pub fn why_empty(&self) -> Option<(&'static str, String)> {
+        let assigned = self.counts().assigned;
+        if assigned >= self.capacity.max_pods {
+            let max = self.capacity.max_pods;
+            return Some((
+                "NoAddressAvailable",
+                format!("no address for the pod: the node's max pods ({max}) are all assigned"),
+            ));
+        }
+        let shortfall = self
+            .shortfall
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
+        let reason = match shortfall {
+            Shortfall::Permission { .. } => shortfall.reason(),
+            _ => "NoAddressAvailable",
+        };
+        Some((reason, format!("no address for the pod: {shortfall}")))
+    }
+
+    /// The ENIConfig new ENIs follow (custom networking), as it is now.
+    pub fn eni_config(&self) -> Option<eniconfig::EniConfig> {
+        self.eni_config
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Makes new ENIs follow `config` (checked to be in the node's zone first): pod ENIs of
+    /// another subnet or other security groups are retired (their pods keep their addresses,
+    /// new pods go elsewhere) and given back once idle; the refill makes what is missing.
+    pub async fn follow_eni_config(&self, config: eniconfig::EniConfig) -> Result<(), IpamError> {
+        if self.eni_config().as_ref() == Some(&config) {
+            return Ok(());
+        }
+        check_in_zone(&self.ec2, &self.instance, &config).await?;
+        tracing::info!(
+            "custom networking: new ENIs follow ENIConfig {} (subnet {}, security groups {:?})",
+            config.name,
+            config.subnet,
+            config.security_groups
+        );
+        *self.eni_config.lock().unwrap_or_else(|e| e.into_inner()) = Some(config);
+        self.retire_other_configs();
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    fn retire_other_configs(&self) {
+        let Some(config) = self.eni_config() else {
+            return;
+        };
+        let groups = if config.security_groups.is_empty() {
+            &self.instance.security_groups
+        } else {
+            &config.security_groups
+        };
+        let same = |a: &[String], b: &[String]| {
+            let set = |l: &[String]| l.iter().cloned().collect::<BTreeSet<String>>();
+            set(a) == set(b)
+        };
+        let retired = self.lock().retire_unless(|eni| {
+            eni.subnet_id == config.subnet && same(&eni.security_groups, groups)
+        });
+        for id in retired {
+            tracing::info!(
+                "custom networking: {id} is not of ENIConfig {}: its pods stay, new pods go elsewhere, and it goes once idle",
+                config.name
+            );
+        }
     }
 
     /// Waits for allocations that reconcile found lost (the pool has forgotten them already):

@@ -52,9 +52,17 @@ struct PoolEni {
     for_pods: bool,
     /// Being detached: nothing new is taken from it.
     draining: bool,
+    /// Of an ENIConfig the node no longer uses: its pods keep their addresses, nothing new is
+    /// taken from it, and it goes once it is idle.
+    retired: bool,
 }
 
 impl PoolEni {
+    /// New pods may take its addresses, and it may grow.
+    fn open(&self) -> bool {
+        self.for_pods && !self.draining && !self.retired
+    }
+
     fn secondaries(&self) -> &[Ipv4Addr] {
         self.eni.addresses.get(1..).unwrap_or_default()
     }
@@ -125,13 +133,16 @@ pub struct Pool {
 impl Pool {
     /// Adds (or refreshes) an attached ENI.
     pub fn add_eni(&mut self, eni: Eni, for_pods: bool) {
-        let draining = self.enis.get(&eni.id).is_some_and(|e| e.draining);
+        let old = self.enis.get(&eni.id);
+        let draining = old.is_some_and(|e| e.draining);
+        let retired = old.is_some_and(|e| e.retired);
         self.enis.insert(
             eni.id.clone(),
             PoolEni {
                 eni,
                 for_pods,
                 draining,
+                retired,
             },
         );
     }
@@ -184,7 +195,7 @@ impl Pool {
         let mut enis: Vec<&Eni> = self
             .enis
             .values()
-            .filter(|e| e.for_pods && !e.draining)
+            .filter(|e| e.open())
             .map(|e| &e.eni)
             .collect();
         enis.sort_by_key(|e| (e.network_card, e.device_index));
@@ -223,7 +234,7 @@ impl Pool {
         let total = self
             .enis
             .values()
-            .filter(|e| e.for_pods && !e.draining)
+            .filter(|e| e.open())
             .map(|e| {
                 e.secondaries().len() as u32 + e.eni.prefixes.len() as u32 * ADDRESSES_PER_PREFIX
             })
@@ -262,11 +273,7 @@ impl Pool {
         let mut best: Option<(usize, Ipv4Addr, &str)> = None;
         // Lowest device index first: pods pack onto the first ENIs and the last ones empty out
         // to be given back.
-        let mut enis: Vec<&PoolEni> = self
-            .enis
-            .values()
-            .filter(|e| e.for_pods && !e.draining)
-            .collect();
+        let mut enis: Vec<&PoolEni> = self.enis.values().filter(|e| e.open()).collect();
         enis.sort_by_key(|e| (e.eni.network_card, e.eni.device_index));
         for e in enis {
             if let Some(ip) = e.secondaries().iter().copied().find(|ip| self.usable(*ip)) {
@@ -453,11 +460,7 @@ impl Pool {
         count: u32,
         free: impl Fn(&Pool, &PoolEni) -> Vec<Ipv4Addr>,
     ) -> Vec<(String, Vec<Ipv4Addr>)> {
-        let mut enis: Vec<&PoolEni> = self
-            .enis
-            .values()
-            .filter(|e| e.for_pods && !e.draining)
-            .collect();
+        let mut enis: Vec<&PoolEni> = self.enis.values().filter(|e| e.open()).collect();
         enis.sort_by_key(|e| std::cmp::Reverse((e.eni.network_card, e.eni.device_index)));
         let mut picked: Vec<(String, Vec<Ipv4Addr>)> = Vec::new();
         let mut left = count as usize;
@@ -535,6 +538,47 @@ impl Pool {
         picked
     }
 
+    /// Retires the pod ENIs `follows` says are not of the node's ENIConfig (and un-retires
+    /// those that are again); returns the ids newly retired.
+    pub fn retire_unless(&mut self, follows: impl Fn(&Eni) -> bool) -> Vec<String> {
+        let mut retired = Vec::new();
+        for e in self
+            .enis
+            .values_mut()
+            .filter(|e| e.for_pods && !e.eni.trunk)
+        {
+            let retire = !follows(&e.eni);
+            if retire && !e.retired {
+                retired.push(e.eni.id.clone());
+            }
+            e.retired = retire;
+        }
+        retired
+    }
+
+    /// Retired ENIs of eniflow's holding no assigned or cooling address, marked draining.
+    pub fn pick_idle_retired(&mut self) -> Vec<Eni> {
+        let idle: Vec<String> = self
+            .enis
+            .values()
+            .filter(|e| e.retired && !e.draining && e.eni.ours() && e.eni.attachment_id.is_some())
+            .filter(|e| e.pod_addresses().all(|ip| self.unheld(ip)))
+            .map(|e| e.eni.id.clone())
+            .collect();
+        idle.iter()
+            .filter_map(|id| {
+                let e = self.enis.get_mut(id)?;
+                e.draining = true;
+                Some(e.eni.clone())
+            })
+            .collect()
+    }
+
+    /// Neither assigned nor cooling.
+    fn unheld(&self, ip: Ipv4Addr) -> bool {
+        !self.held.contains_key(&ip) && !self.cooling.contains_key(&ip)
+    }
+
     /// A detach that failed: the ENI serves pods again.
     pub fn undrain(&mut self, id: &str) {
         if let Some(e) = self.enis.get_mut(id) {
@@ -559,6 +603,7 @@ mod tests {
             created_at: (device > 0).then_some(SystemTime::UNIX_EPOCH),
             status: "in-use".into(),
             trunk: false,
+            security_groups: vec![],
         }
     }
 
@@ -634,6 +679,54 @@ mod tests {
         let (eni_id, bases) = &picked[0];
         pool.settle_leaving(eni_id, bases, true);
         assert_eq!(pool.counts().total, 16);
+    }
+
+    #[test]
+    fn a_retired_eni_keeps_its_pods_takes_no_new_one_and_goes_once_idle() {
+        let mut pool = Pool::default();
+        pool.add_eni(
+            eni("eni-1", 1, &["10.0.1.10", "10.0.1.11", "10.0.1.12"], &[]),
+            true,
+        );
+        let mut other = eni("eni-2", 2, &["10.0.2.10", "10.0.2.11"], &[]);
+        other.subnet_id = "subnet-2".into();
+        pool.add_eni(other, true);
+        let first = pool.take(&owner(1), ("ns", "a"), 0).unwrap();
+        assert_eq!(first.eni, "eni-1");
+        // The node's ENIConfig moves to subnet-2: eni-1 is retired.
+        let retired = pool.retire_unless(|e| e.subnet_id == "subnet-2");
+        assert_eq!(retired, ["eni-1"]);
+        assert!(
+            pool.retire_unless(|e| e.subnet_id == "subnet-2").is_empty(),
+            "once"
+        );
+        let second = pool.take(&owner(2), ("ns", "b"), 0).unwrap();
+        assert_eq!(second.eni, "eni-2", "a new pod on the retired ENI");
+        assert_eq!(
+            pool.counts().total,
+            1,
+            "only eni-2's secondary counts as the pool"
+        );
+        // A reconcile keeps it retired; its pod keeps its address.
+        pool.reconcile(
+            vec![
+                (
+                    eni("eni-1", 1, &["10.0.1.10", "10.0.1.11", "10.0.1.12"], &[]),
+                    true,
+                ),
+                (pool.enis()[1].clone(), true),
+            ],
+            0,
+            Duration::from_secs(60),
+        );
+        assert_eq!(pool.allocation(&owner(1)), Some(&first));
+        assert!(pool.pick_idle_retired().is_empty(), "it holds a pod");
+        pool.release(&owner(1), 0);
+        assert!(pool.pick_idle_retired().is_empty(), "its address cools");
+        pool.expire_cooling(u64::MAX, Duration::ZERO);
+        let picked: Vec<String> = pool.pick_idle_retired().into_iter().map(|e| e.id).collect();
+        assert_eq!(picked, ["eni-1"]);
+        assert!(pool.pick_idle_retired().is_empty(), "draining already");
     }
 
     #[test]

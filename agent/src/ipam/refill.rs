@@ -27,6 +27,7 @@ impl Ipam {
         if self.config.knobs.pod_eni && self.config.create_trunk && !self.lock().has_trunk() {
             self.add_trunk().await?;
         }
+        self.detach_idle_retired().await?;
         let counts = self.counts();
         let plan = super::warm::plan(&self.config.knobs, self.capacity, counts);
         match plan {
@@ -114,9 +115,16 @@ impl Ipam {
             }
             match refilled {
                 Ok(_) => {}
-                Err(IpamError::Ec2(e)) if e.is_authorization() => tracing::error!(
-                    "refill: EC2 refused for lack of permission ({e}); check the node role's IAM policy"
-                ),
+                Err(IpamError::Ec2(e)) if e.is_authorization() => {
+                    tracing::error!(
+                        "refill: EC2 refused for lack of permission ({e}); check the node role's IAM policy"
+                    );
+                    let code = e.code.clone().unwrap_or_default();
+                    self.note_shortfall(super::Shortfall::Permission {
+                        action: e.action,
+                        code,
+                    });
+                }
                 Err(e) => tracing::warn!("refill: {e}"),
             }
             self.refilled.send_replace(true);
@@ -246,6 +254,9 @@ impl Ipam {
             match self.ec2.assign(eni, want, true).await {
                 Ok(got) => {
                     self.lock().add_blocks(eni, &got, true);
+                    if !got.is_empty() {
+                        self.note_grown();
+                    }
                     return Ok(got.len() as u32 * ADDRESSES_PER_PREFIX);
                 }
                 Err(e) if e.is(codes::INSUFFICIENT_CIDR_BLOCKS) => {
@@ -256,21 +267,24 @@ impl Ipam {
         }
         let got = self.ec2.assign(eni, room.min(left), false).await?;
         self.lock().add_blocks(eni, &got, false);
+        if !got.is_empty() {
+            self.note_grown();
+        }
         Ok(got.len() as u32)
     }
 
     /// Security groups for new ENIs: the ENIConfig's, else the primary ENI's.
-    fn security_groups(&self) -> &[String] {
-        match &self.config.custom_network {
-            Some(custom) if !custom.security_groups.is_empty() => &custom.security_groups,
-            _ => &self.instance.security_groups,
+    fn security_groups(&self) -> Vec<String> {
+        match self.eni_config() {
+            Some(custom) if !custom.security_groups.is_empty() => custom.security_groups,
+            _ => self.instance.security_groups.clone(),
         }
     }
 
     /// Subnets a new ENI may go to, best first, leaving out those out of addresses lately.
     async fn candidate_subnets(&self) -> Result<Vec<String>, IpamError> {
-        let all = if let Some(custom) = &self.config.custom_network {
-            vec![custom.subnet.clone()]
+        let all = if let Some(custom) = self.eni_config() {
+            vec![custom.subnet]
         } else if self.config.knobs.subnet_discovery {
             let found = self
                 .ec2
@@ -297,9 +311,12 @@ impl Ipam {
     async fn add_eni(&self, left: u32) -> Result<(), IpamError> {
         let Some(device_index) = self.free_device_index(true) else {
             tracing::debug!("refill: the node has its {} ENIs; no more", self.max_enis);
+            let max = self.max_enis;
+            self.note_shortfall(super::Shortfall::EniLimit { max });
             return Ok(());
         };
         let per_eni = self.limits.ipv4_per_eni.saturating_sub(1);
+        let security_groups = self.security_groups();
         for subnet in self.candidate_subnets().await? {
             let mut prefixes = self.prefixes_in(&subnet);
             loop {
@@ -312,7 +329,7 @@ impl Ipam {
                     .ec2
                     .create_eni(&NewEni {
                         subnet_id: &subnet,
-                        security_groups: self.security_groups(),
+                        security_groups: &security_groups,
                         instance_id: &self.instance.id,
                         cluster_name: self.config.cluster_name.as_deref(),
                         secondary_addresses: if prefixes { 0 } else { first },
@@ -342,6 +359,7 @@ impl Ipam {
             }
         }
         tracing::warn!("refill: no eligible subnet has free addresses for a new ENI");
+        self.note_shortfall(super::Shortfall::SubnetsFull);
         Ok(())
     }
 
@@ -412,9 +430,14 @@ impl Ipam {
                     eni.prefixes.len()
                 );
                 self.lock().add_eni(eni, for_pods);
+                self.note_grown();
                 Ok(())
             }
             Err(e) => {
+                self.note_shortfall(super::Shortfall::AttachFailed {
+                    eni: created.id.clone(),
+                    error: e.to_string(),
+                });
                 // Not attached, so not the node's: give it back now rather than leak it.
                 if let Err(d) = self.ec2.delete(&created.id).await {
                     tracing::warn!(
@@ -422,9 +445,12 @@ impl Ipam {
                         created.id
                     );
                 }
-                if e.is(codes::ATTACHMENT_LIMIT_EXCEEDED) {
-                    // Someone else took an ENI slot: re-read what is attached.
+                if e.code.is_some() {
+                    // EC2 refused the slot: someone else may have taken it (the VPC resource
+                    // controller attaches the trunk whenever it likes, at a device index of its
+                    // choosing). Re-read what is attached and go again at once.
                     self.reconcile().await?;
+                    self.wake.notify_one();
                 }
                 Err(e.into())
             }
@@ -507,6 +533,22 @@ impl Ipam {
         let picked = self
             .lock()
             .pick_free_enis(n, SystemTime::now(), self.config.eni_min_age);
+        self.detach_picked(picked).await
+    }
+
+    /// Gives back the ENIs of an ENIConfig the node no longer uses once their pods are gone.
+    async fn detach_idle_retired(&self) -> Result<(), IpamError> {
+        let picked = {
+            let mut pool = self.lock();
+            // Cooling is otherwise expired by ADDs, and none may come.
+            pool.expire_cooling(now_ms(), self.config.knobs.ip_cooldown);
+            pool.pick_idle_retired()
+        };
+        self.detach_picked(picked).await
+    }
+
+    /// Detaches and deletes ENIs picked (and marked draining) by the pool.
+    async fn detach_picked(&self, picked: Vec<Eni>) -> Result<(), IpamError> {
         for eni in picked {
             let Some(attachment) = eni.attachment_id.as_deref() else {
                 continue;
