@@ -20,7 +20,7 @@ use std::{
     time::Duration,
 };
 
-use aws_sdk_ec2::{types::NetworkInterfaceCreationType, Client};
+use aws_sdk_ec2::Client;
 use serde_json::{json, Value};
 
 use crate::kube::{Admin, CNINODES};
@@ -250,18 +250,7 @@ impl Controller {
             }
             None => (node.subnet.clone(), node.security_groups.clone()),
         };
-        let eni = self
-            .ec2
-            .create_network_interface()
-            .subnet_id(&subnet)
-            .interface_type(NetworkInterfaceCreationType::Trunk)
-            .set_groups(Some(security_groups.clone()))
-            .send()
-            .await
-            .expect("CreateNetworkInterface (trunk)")
-            .network_interface
-            .and_then(|n| n.network_interface_id)
-            .expect("an ENI id");
+        let eni = crate::lab::new_trunk(&self.ec2, &subnet, &security_groups).await;
         let device_index = next_device_index(&self.ec2, &node.instance_id).await;
         let attached = self
             .ec2
@@ -341,27 +330,11 @@ impl Controller {
     async fn give_branch(&mut self, node: &ManagedNode, pod: &Value, trunk: &Trunk) {
         let namespace = pod["metadata"]["namespace"].as_str().unwrap_or_default();
         let name = pod["metadata"]["name"].as_str().unwrap_or_default();
-        let eni = self
-            .ec2
-            .create_network_interface()
-            .subnet_id(&trunk.subnet)
-            .set_groups(Some(self.settings.branch_security_groups.clone()))
-            .send()
-            .await
-            .expect("CreateNetworkInterface (branch)")
-            .network_interface
-            .expect("the branch ENI");
-        let id = eni.network_interface_id.clone().expect("an ENI id");
         let vlan = self.next_vlan;
         self.next_vlan += 1;
-        self.ec2
-            .associate_trunk_interface()
-            .branch_interface_id(&id)
-            .trunk_interface_id(&trunk.eni)
-            .vlan_id(vlan)
-            .send()
-            .await
-            .expect("AssociateTrunkInterface");
+        let groups = &self.settings.branch_security_groups;
+        let eni = crate::lab::new_branch(&self.ec2, &trunk.subnet, &trunk.eni, vlan, groups).await;
+        let id = eni.network_interface_id.clone().expect("an ENI id");
         let cidr = self
             .ec2
             .describe_subnets()

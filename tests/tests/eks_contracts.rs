@@ -15,6 +15,7 @@ use eniflow_tests::{
     netns::Netns,
     require_root,
     resource_controller::{features, ManagedNode, ResourceController, Settings, POD_ENI},
+    BpffsDir,
 };
 use serde_json::{json, Value};
 
@@ -283,6 +284,43 @@ async fn a_relabelled_node_moves_new_enis_to_the_other_eniconfig_without_a_resta
     );
 }
 
+/// Makes EC2 refuse every address (assign and new ENI) with `code`, replacing earlier faults.
+fn refuse_addresses(lab: &Lab, code: &str, status: u16) {
+    lab.emulator.clear_faults();
+    for action in ["AssignPrivateIpAddresses", "CreateNetworkInterface"] {
+        lab.emulator.fault(&Fault {
+            action: action.into(),
+            code: Some(code.into()),
+            status,
+            count: 100_000,
+            latency_ms: 0,
+            cut: false,
+        });
+    }
+}
+
+/// The agent on the lab's node as `kube`'s node, started without waiting for its pool (which
+/// may stay empty); its files, pins and process.
+fn start_agent(
+    lab: &Lab,
+    kube: &KubeApi,
+    what: &str,
+) -> (agent::PoolFiles, BpffsDir, agent::Agent) {
+    let files = agent::PoolFiles::new(what);
+    let mut args = files.args();
+    args.extend(kube.agent_args(NODE));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let root = eniflow_tests::bpffs_dir(what);
+    let agent = agent::Agent::start_logging(
+        &lab.node.netns.path(),
+        &root,
+        &args,
+        agent::LAB_NODE_ENV,
+        Stdio::inherit(),
+    );
+    (files, root, agent)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_startup_taint_goes_only_once_the_node_can_wire_a_pod() {
     require_root();
@@ -307,29 +345,8 @@ async fn the_startup_taint_goes_only_once_the_node_can_wire_a_pod() {
             .any(|t| t["key"] == TAINT)
     };
     // EC2 hands out no address yet: the agent serves the CNI with an empty pool.
-    for action in ["AssignPrivateIpAddresses", "CreateNetworkInterface"] {
-        lab.emulator.fault(&Fault {
-            action: action.into(),
-            code: Some("InternalError".into()),
-            status: 500,
-            count: 100_000,
-            latency_ms: 0,
-            cut: false,
-        });
-    }
-    let args = kube.agent_args(NODE);
-    let files = agent::PoolFiles::new("eks-taint");
-    let mut all_args = files.args();
-    all_args.extend(args);
-    let all_args: Vec<&str> = all_args.iter().map(String::as_str).collect();
-    let root = eniflow_tests::bpffs_dir("eks-taint");
-    let _agent = agent::Agent::start_logging(
-        &lab.node.netns.path(),
-        &root,
-        &all_args,
-        agent::LAB_NODE_ENV,
-        Stdio::inherit(),
-    );
+    refuse_addresses(&lab, "InternalError", 500);
+    let (files, _root, _agent) = start_agent(&lab, &kube, "eks-taint");
     assert!(
         std::path::Path::new(&files.conflist()).exists(),
         "the agent is ready but wrote no conflist"
@@ -389,34 +406,9 @@ async fn ec2_refusals_and_a_full_subnet_become_events_on_the_node_and_the_pod_on
     });
     let created = kube.create("/api/v1/namespaces/default/pods", &pod.to_string());
     let uid = created["metadata"]["uid"].clone();
-    let refuse = |code: &str, status: u16| {
-        lab.emulator.clear_faults();
-        for action in ["AssignPrivateIpAddresses", "CreateNetworkInterface"] {
-            lab.emulator.fault(&Fault {
-                action: action.into(),
-                code: Some(code.into()),
-                status,
-                count: 100_000,
-                latency_ms: 0,
-                cut: false,
-            });
-        }
-    };
     // The node's role may not assign addresses: every refill pass is refused.
-    refuse("UnauthorizedOperation", 403);
-    let args = kube.agent_args(NODE);
-    let files = agent::PoolFiles::new("eks-events");
-    let mut all_args = files.args();
-    all_args.extend(args);
-    let all_args: Vec<&str> = all_args.iter().map(String::as_str).collect();
-    let root = eniflow_tests::bpffs_dir("eks-events");
-    let _agent = agent::Agent::start_logging(
-        &lab.node.netns.path(),
-        &root,
-        &all_args,
-        agent::LAB_NODE_ENV,
-        Stdio::inherit(),
-    );
+    refuse_addresses(&lab, "UnauthorizedOperation", 403);
+    let (files, _root, _agent) = start_agent(&lab, &kube, "eks-events");
     let add = |container: &str| {
         let netns = Netns::new("pod");
         let answer = shim_for(
@@ -474,7 +466,7 @@ async fn ec2_refusals_and_a_full_subnet_become_events_on_the_node_and_the_pod_on
     );
 
     // The subnet is full: the node says so, and so does the pod that finds no address.
-    refuse("InsufficientFreeAddressesInSubnet", 400);
+    refuse_addresses(&lab, "InsufficientFreeAddressesInSubnet", 400);
     let full_node = || events(&kube, "Node", NODE, "SubnetFull");
     wait_for(
         "SubnetFull on the node",

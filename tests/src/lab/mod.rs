@@ -197,17 +197,7 @@ impl Lab {
     pub async fn create_trunk_eni(&self, instance: &Instance) -> String {
         let ec2 = self.ec2();
         let subnet = &self.subnets[self.spec.node_subnet];
-        let eni = ec2
-            .create_network_interface()
-            .subnet_id(subnet)
-            .interface_type(NetworkInterfaceCreationType::Trunk)
-            .set_groups(Some(self.security_groups.clone()))
-            .send()
-            .await
-            .expect("CreateNetworkInterface (trunk)")
-            .network_interface
-            .and_then(|n| n.network_interface_id)
-            .expect("an ENI id");
+        let eni = new_trunk(&ec2, subnet, &self.security_groups).await;
         let used = self.view()["enis"]
             .as_array()
             .expect("enis")
@@ -234,25 +224,9 @@ impl Lab {
         vlan: i32,
         security_groups: &[String],
     ) -> String {
-        let ec2 = self.ec2();
-        let branch = ec2
-            .create_network_interface()
-            .subnet_id(&self.subnets[self.spec.node_subnet])
-            .set_groups(Some(security_groups.to_vec()))
-            .send()
-            .await
-            .expect("CreateNetworkInterface (branch)")
-            .network_interface
-            .and_then(|n| n.network_interface_id)
-            .expect("an ENI id");
-        ec2.associate_trunk_interface()
-            .branch_interface_id(&branch)
-            .trunk_interface_id(trunk)
-            .vlan_id(vlan)
-            .send()
-            .await
-            .expect("AssociateTrunkInterface");
-        branch
+        let subnet = &self.subnets[self.spec.node_subnet];
+        let branch = new_branch(&self.ec2(), subnet, trunk, vlan, security_groups).await;
+        branch.network_interface_id.expect("an ENI id")
     }
 
     /// The `vpc.amazonaws.com/pod-eni` annotation the resource controller puts on a pod for its
@@ -284,6 +258,47 @@ impl Lab {
             .collect();
         Value::Array(entries).to_string()
     }
+}
+
+/// A trunk ENI in `subnet` with `security_groups` (not attached); its id.
+pub async fn new_trunk(ec2: &Client, subnet: &str, security_groups: &[String]) -> String {
+    ec2.create_network_interface()
+        .subnet_id(subnet)
+        .interface_type(NetworkInterfaceCreationType::Trunk)
+        .set_groups(Some(security_groups.to_vec()))
+        .send()
+        .await
+        .expect("CreateNetworkInterface (trunk)")
+        .network_interface
+        .and_then(|n| n.network_interface_id)
+        .expect("an ENI id")
+}
+
+/// A branch ENI in `subnet` with `security_groups`, associated with `trunk` on `vlan`.
+pub async fn new_branch(
+    ec2: &Client,
+    subnet: &str,
+    trunk: &str,
+    vlan: i32,
+    security_groups: &[String],
+) -> aws_sdk_ec2::types::NetworkInterface {
+    let branch = ec2
+        .create_network_interface()
+        .subnet_id(subnet)
+        .set_groups(Some(security_groups.to_vec()))
+        .send()
+        .await
+        .expect("CreateNetworkInterface (branch)")
+        .network_interface
+        .expect("the branch ENI");
+    ec2.associate_trunk_interface()
+        .branch_interface_id(branch.network_interface_id.clone().expect("an ENI id"))
+        .trunk_interface_id(trunk)
+        .vlan_id(vlan)
+        .send()
+        .await
+        .expect("AssociateTrunkInterface");
+    branch
 }
 
 /// Runs one instance and makes a namespace its machine; its primary ENI is plugged in (eth0,
