@@ -1,7 +1,8 @@
-//! The Kubernetes API, for what the agent reads and writes in a cluster: its Node (labels and
-//! annotations choose the ENIConfig; the effective max pods is published on it), ENIConfigs, and
-//! pods' `vpc.amazonaws.com/pod-eni` annotations. A few JSON requests over HTTPS with the
-//! service account's token: the agent needs no informers or typed client for that.
+//! The Kubernetes API, for what the agent reads, watches and writes in a cluster: its Node
+//! (labels and annotations choose the ENIConfig; the effective max pods is published on it),
+//! ENIConfigs, pods' `vpc.amazonaws.com/pod-eni` annotations, its CNINode and Events. JSON
+//! requests and watches over HTTPS with the service account's token: no informers or typed
+//! client (`watched` keeps collections up to date on these watches).
 
 use std::{collections::BTreeMap, path::PathBuf, sync::Arc, time::Duration};
 
