@@ -5,7 +5,7 @@
 use std::{
     collections::BTreeMap,
     net::Ipv4Addr,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -24,7 +24,10 @@ use aws_smithy_runtime_api::{
 };
 use tracing::Instrument;
 
-use crate::limits::{Hypervisor, InstanceLimits};
+use crate::{
+    ec2_budget::Budget,
+    limits::{Hypervisor, InstanceLimits},
+};
 
 /// EC2 error codes the agent treats specially (names as EC2 spells them).
 pub mod codes {
@@ -84,6 +87,8 @@ pub struct Settings {
     pub attempt_timeout: Duration,
     /// A call, its retries included, gives up after this long.
     pub call_timeout: Duration,
+    /// The node's share of the account's request budget, per action class.
+    pub budget: crate::ec2_budget::Rates,
 }
 
 impl Default for Settings {
@@ -98,6 +103,7 @@ impl Default for Settings {
             max_backoff: Duration::from_secs(20),
             attempt_timeout: Duration::from_secs(10),
             call_timeout: Duration::from_secs(120),
+            budget: crate::ec2_budget::Rates::default(),
         }
     }
 }
@@ -152,12 +158,19 @@ pub struct NewEni<'a> {
 pub struct Ec2 {
     client: Client,
     calls: Mutex<BTreeMap<(&'static str, String), u64>>,
+    budget: Arc<Budget>,
 }
 
-/// Counts each attempt the SDK makes, its retries included, by action and HTTP status: a call
-/// that succeeded on its third try was throttled twice, which its outcome alone hides.
-#[derive(Debug)]
-struct CountAttempts;
+/// Counts each attempt the SDK makes, its retries included, by action and HTTP status (a call
+/// that succeeded on its third try was throttled twice, which its outcome alone hides), and
+/// tells the budget which attempts EC2 throttled (HTTP 503: RequestLimitExceeded).
+struct CountAttempts(Arc<Budget>);
+
+impl std::fmt::Debug for CountAttempts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CountAttempts")
+    }
+}
 
 impl Intercept for CountAttempts {
     fn name(&self) -> &'static str {
@@ -173,6 +186,11 @@ impl Intercept for CountAttempts {
         let action = cfg.load::<Metadata>().map_or("unknown", Metadata::name);
         let status = context.response().map(|r| r.status().as_u16());
         crate::metrics::get().ec2_attempt(action, status);
+        match status {
+            Some(503) => self.0.throttled(action),
+            Some(_) => self.0.answered(action),
+            None => {}
+        }
         Ok(())
     }
 }
@@ -191,6 +209,7 @@ impl Ec2 {
     /// A client from `base` (region, credentials) with eniflow's retries, timeouts and attempt
     /// counting.
     pub fn configured(base: aws_sdk_ec2::config::Builder, settings: &Settings) -> Ec2 {
+        let budget = Arc::new(Budget::new(settings.budget));
         let mut config = base
             .retry_config(
                 aws_sdk_ec2::config::retry::RetryConfig::standard()
@@ -204,17 +223,23 @@ impl Ec2 {
                     .operation_timeout(settings.call_timeout)
                     .build(),
             )
-            .interceptor(CountAttempts);
+            .interceptor(CountAttempts(budget.clone()));
         if let Some(endpoint) = &settings.endpoint {
             config = config.endpoint_url(endpoint);
         }
-        Ec2::from_client(Client::from_conf(config.build()))
+        Ec2 {
+            client: Client::from_conf(config.build()),
+            calls: Mutex::new(BTreeMap::new()),
+            budget,
+        }
     }
 
+    /// `client` as it is, with no budget of the node's own.
     pub fn from_client(client: Client) -> Ec2 {
         Ec2 {
             client,
             calls: Mutex::new(BTreeMap::new()),
+            budget: Arc::new(Budget::new("unlimited".parse().expect("a valid budget"))),
         }
     }
 
@@ -233,6 +258,7 @@ impl Ec2 {
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
+        self.budget.acquire(action).await;
         let started = std::time::Instant::now();
         let span = tracing::debug_span!("ec2", action, outcome = tracing::field::Empty);
         let result = request.instrument(span.clone()).await;

@@ -7,6 +7,7 @@ pub mod cni;
 pub mod cninode;
 pub mod datapath;
 pub mod ec2;
+pub mod ec2_budget;
 pub mod eni_links;
 pub mod events;
 pub mod faults;

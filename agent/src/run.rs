@@ -105,6 +105,10 @@ pub struct RunArgs {
     /// eventually consistent, so one answer without it proves nothing.
     #[arg(long, env = "ENIFLOW_LOST_GRACE", default_value = "120", value_parser = seconds)]
     lost_grace: std::time::Duration,
+    /// Free addresses a subnet keeps for other nodes: below that the pool makes no warm
+    /// refill from it and takes only what a waiting pod needs. 0: no reserve.
+    #[arg(long, env = "ENIFLOW_SUBNET_RESERVE", default_value = "0")]
+    subnet_reserve: u32,
     /// The unix socket the CNI shim calls (root only).
     #[arg(long, env = "ENIFLOW_SOCKET", default_value = eniflow_api::DEFAULT_SOCKET)]
     socket: PathBuf,
@@ -138,6 +142,12 @@ pub struct RunArgs {
     /// The EC2 endpoint (VPC CNI's AWS_EC2_ENDPOINT); unset: the SDK's own.
     #[arg(long, env = "AWS_EC2_ENDPOINT")]
     ec2_endpoint: Option<String>,
+    /// The node's share of the account's EC2 request budget, per action class:
+    /// `class=<calls per second>/<burst>,...` (mutating, eni-and-ip, create-tags, describe) or
+    /// `unlimited`. Unnamed classes: a hundredth of AWS's default refill rate, bursts of half
+    /// its bucket (100 nodes calling at once stay inside the account's refill).
+    #[arg(long, env = "ENIFLOW_EC2_BUDGET", default_value = "")]
+    ec2_budget: eniflow_agent::ec2_budget::Rates,
     /// The instance metadata endpoint; unset: http://169.254.169.254.
     #[arg(long, env = "AWS_EC2_METADATA_SERVICE_ENDPOINT")]
     imds_endpoint: Option<String>,
@@ -461,6 +471,7 @@ async fn start_pool(
     let zone = node.availability_zone.clone();
     let settings = ec2::Settings {
         endpoint: args.ec2_endpoint.clone(),
+        budget: args.ec2_budget,
         ..Default::default()
     };
     let ec2 = Ec2::connect(&settings, &node.region).await;
@@ -479,6 +490,7 @@ async fn start_pool(
     config.cluster_name = args.cluster_name.clone();
     config.reconcile_period = args.reconcile_period;
     config.lost_grace = args.lost_grace;
+    config.subnet_reserve = args.subnet_reserve;
     tracing::info!(
         "instance {} ({}, {}); pool checkpoint {}",
         node.id,

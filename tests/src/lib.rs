@@ -19,6 +19,7 @@ pub mod prometheus;
 pub mod raw;
 pub mod report;
 pub mod resource_controller;
+pub mod scale;
 pub mod sh;
 
 /// The number in environment variable `name`, None when it is unset; a value that is not a

@@ -155,6 +155,8 @@ enum BenchPart {
     Cni,
     Datapath,
     Kubelet,
+    /// A hundred nodes (ENIFLOW_SCALE_NODES) against EC2's account-wide request budget.
+    Scale,
     /// Not in the default run: 20,000 ADD/DEL cycles (`ENIFLOW_SOAK_CYCLES`) take half an hour.
     Soak,
 }
@@ -167,6 +169,7 @@ impl BenchPart {
             BenchPart::Cni => "cni",
             BenchPart::Datapath => "datapath",
             BenchPart::Kubelet => "kubelet",
+            BenchPart::Scale => "scale",
             BenchPart::Soak => "soak",
         }
     }
@@ -206,6 +209,10 @@ fn bench(part: Option<BenchPart>) -> Result<()> {
         cmd::require_root("the kubelet bench runs a node in network namespaces")?;
         step("bench: pod startup through kubelet, eniflow against bridge + host-local");
         cmd::run(&mut bench_driver("eniflow-bench-kubelet"))?;
+    }
+    if runs(BenchPart::Scale) {
+        step("bench: nodes scaling at once against EC2's account-wide request buckets");
+        cmd::run(&mut bench_driver("eniflow-bench-scale"))?;
     }
     if part == Some(BenchPart::Soak) {
         cmd::require_root("the soak runs pods in network namespaces")?;

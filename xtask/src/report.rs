@@ -97,7 +97,8 @@ pub fn assemble() -> Result<PathBuf> {
         Some("datapath") => 0,
         Some("cni") => 1,
         Some("ipam") => 2,
-        _ => 3,
+        Some("scale") => 3,
+        _ => 4,
     };
     parts.sort_by_key(rank);
     let machine = machine();

@@ -64,6 +64,9 @@ pub struct Config {
     /// How long a held address may be missing from EC2's answers before its pod is told it
     /// lost it: EC2's view lags an assign by seconds, and one answer is not proof.
     pub lost_grace: Duration,
+    /// Free addresses a subnet keeps for other nodes: below it the pool stops warm refills
+    /// from that subnet, and grows only for a pod that finds it empty. 0: off.
+    pub subnet_reserve: u32,
 }
 
 impl Config {
@@ -82,6 +85,7 @@ impl Config {
             reconcile_period: Duration::from_secs(60),
             leak_sweep: Some(Duration::from_secs(3600)),
             lost_grace: Duration::from_secs(120),
+            subnet_reserve: 0,
         }
     }
 }
@@ -170,6 +174,8 @@ pub struct Ipam {
     lost_found: tokio::sync::Notify,
     /// Set once the refill loop has finished its first pass (whatever its outcome).
     refilled: tokio::sync::watch::Sender<bool>,
+    /// The zone's subnets as last read for the reserve, and when (read at most every minute).
+    reserve_read: Mutex<Option<(Instant, Vec<Subnet>)>>,
     /// Custom networking's ENIConfig new ENIs follow; a relabelled node or an edited ENIConfig
     /// changes it while the agent runs (`follow_eni_config`).
     eni_config: Mutex<Option<eniconfig::EniConfig>>,
@@ -328,6 +334,7 @@ impl Ipam {
             refilled: tokio::sync::watch::Sender::new(false),
             eni_config: Mutex::new(custom_network),
             shortfall: Mutex::new(None),
+            reserve_read: Mutex::new(None),
             events: std::sync::OnceLock::new(),
         };
         // ENIs of an ENIConfig the node used before this start are retired as well.
@@ -352,6 +359,8 @@ impl Ipam {
 
     fn note_grown(&self) {
         *self.shortfall.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        // The subnet has fewer free addresses now: read it again before the next growth.
+        *self.reserve_read.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// Why a pod found the pool empty, as an Event's (reason, message); None while the refill

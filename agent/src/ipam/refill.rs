@@ -17,6 +17,9 @@ use crate::{
     limits::ADDRESSES_PER_PREFIX,
 };
 
+/// How long the subnets' free counts are trusted for the reserve.
+const RESERVE_REREAD: Duration = Duration::from_secs(60);
+
 /// How long a detach may take before the ENI is left to the leak sweep.
 const DETACH_WAIT: Duration = Duration::from_secs(60);
 
@@ -34,7 +37,10 @@ impl Ipam {
             Plan::Hold => {}
             Plan::Grow(addresses) => {
                 let ceiling = self.capacity.max_pods.saturating_sub(counts.total);
-                self.grow(addresses, ceiling).await?
+                let addresses = self.within_reserve(addresses, counts).await?;
+                if addresses > 0 {
+                    self.grow(addresses, ceiling).await?
+                }
             }
             Plan::Release(addresses) if self.release_due() => self.give_back(addresses).await?,
             Plan::ReleaseEnis(n) if self.release_due() => self.detach_enis(n).await?,
@@ -71,11 +77,17 @@ impl Ipam {
     /// ENIs when due. Errors are logged and retried after the period; authorization errors say
     /// which permission is missing.
     pub async fn run_refill(self: Arc<Self>) {
-        let mut swept: Option<Instant> = None;
-        let mut reconciled = Instant::now();
+        // Every node's agent restarts together after a rollout or a control-plane event: the
+        // first sweep comes at a random point of its period, and each period is jittered, so
+        // the nodes' Describe calls spread out instead of arriving in the same second.
+        let mut next_sweep = self
+            .config
+            .leak_sweep
+            .map(|every| Instant::now() + every.mul_f64(fastrand::f64()));
+        let mut next_reconcile = Instant::now() + jittered(self.config.reconcile_period);
         loop {
-            if reconciled.elapsed() >= self.config.reconcile_period {
-                reconciled = Instant::now();
+            if Instant::now() >= next_reconcile {
+                next_reconcile = Instant::now() + jittered(self.config.reconcile_period);
                 crate::metrics::get().reconciled("nodeIPPoolReconcile");
                 match self.reconcile().await {
                     Ok(lost) => crate::metrics::get().force_removed(lost.len()),
@@ -85,9 +97,9 @@ impl Ipam {
                     }
                 }
             }
-            if let Some(every) = self.config.leak_sweep {
-                if swept.is_none_or(|at| at.elapsed() >= every) {
-                    swept = Some(Instant::now());
+            if let (Some(every), Some(due)) = (self.config.leak_sweep, next_sweep) {
+                if Instant::now() >= due {
+                    next_sweep = Some(Instant::now() + jittered(every));
                     let cluster = self.config.cluster_name.as_deref();
                     let now = SystemTime::now();
                     match super::leaks::sweep(
@@ -271,6 +283,59 @@ impl Ipam {
             self.note_grown();
         }
         Ok(got.len() as u32)
+    }
+
+    /// How much of `wanted` the refill may take with a subnet reserve (ENIFLOW_SUBNET_RESERVE):
+    /// warm refills stop at the reserve (at most what the best subnet the pool draws from has
+    /// above it), and a pool with no free address still gets one for the pod waiting on it,
+    /// so pods are served until the subnet is truly full.
+    async fn within_reserve(
+        &self,
+        wanted: u32,
+        counts: super::warm::Pool,
+    ) -> Result<u32, IpamError> {
+        let reserve = self.config.subnet_reserve;
+        if reserve == 0 {
+            return Ok(wanted);
+        }
+        let mut sources: Vec<String> = self
+            .lock()
+            .growable()
+            .iter()
+            .map(|e| e.subnet_id.clone())
+            .collect();
+        sources.extend(self.candidate_subnets().await?);
+        let cached = self
+            .reserve_read
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let subnets = match cached {
+            Some((at, subnets)) if at.elapsed() < RESERVE_REREAD => subnets,
+            _ => {
+                let subnets = self
+                    .ec2
+                    .subnets(&self.instance.vpc_id, &self.instance.availability_zone)
+                    .await?;
+                *self.reserve_read.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((Instant::now(), subnets.clone()));
+                subnets
+            }
+        };
+        let above = subnets
+            .iter()
+            .filter(|s| sources.contains(&s.id))
+            .map(|s| s.available.saturating_sub(reserve))
+            .max()
+            .unwrap_or(0);
+        let for_pod = u32::from(counts.available() == 0);
+        let allowed = wanted.min(above.max(for_pod));
+        if allowed < wanted {
+            tracing::info!(
+                "refill: {allowed} of {wanted} address(es): the subnets {sources:?} keep {reserve} free addresses (ENIFLOW_SUBNET_RESERVE)"
+            );
+        }
+        Ok(allowed)
     }
 
     /// Security groups for new ENIs: the ENIConfig's, else the primary ENI's.
@@ -589,6 +654,11 @@ impl Ipam {
         }
         Ok(self.ec2.delete(id).await?)
     }
+}
+
+/// `period`, give or take a tenth at random.
+fn jittered(period: Duration) -> Duration {
+    period.mul_f64(0.9 + 0.2 * fastrand::f64())
 }
 
 /// Pods get addresses from ENIs on the default card, never from a trunk, and not from the

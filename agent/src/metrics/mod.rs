@@ -93,6 +93,8 @@ pub struct Metrics {
     add_steps: HistogramVec,
     ec2_calls: IntCounterVec,
     ec2_attempts: IntCounterVec,
+    ec2_budget_waits: IntCounterVec,
+    ec2_budget_wait_ms: IntCounterVec,
     given_back: IntCounterVec,
     subnet_pauses: IntCounterVec,
     paused_subnets: IntGaugeVec,
@@ -320,6 +322,18 @@ impl Metrics {
                 "HTTP requests to EC2 by action and status (no-answer: none came), the SDK's retries included: attempts above calls are retries, 503s are throttling",
                 &["action", "status"],
             ),
+            ec2_budget_waits: counters(
+                &r,
+                "eniflow_ec2_budget_waits_total",
+                "EC2 calls held back by the node's own budget (ENIFLOW_EC2_BUDGET) or a throttled class's backoff, by action class",
+                &["class"],
+            ),
+            ec2_budget_wait_ms: counters(
+                &r,
+                "eniflow_ec2_budget_wait_milliseconds_total",
+                "Time EC2 calls were held back by the node's budget or backoff, by action class",
+                &["class"],
+            ),
             given_back: counters(
                 &r,
                 "eniflow_addresses_given_back_total",
@@ -423,6 +437,14 @@ impl Metrics {
         self.ec2_attempts
             .with_label_values(&[action, status.as_str()])
             .inc();
+    }
+
+    /// An EC2 call of `class` held back `wait` by the node's budget.
+    pub fn ec2_budget_wait(&self, class: &str, wait: Duration) {
+        self.ec2_budget_waits.with_label_values(&[class]).inc();
+        self.ec2_budget_wait_ms
+            .with_label_values(&[class])
+            .inc_by(wait.as_millis() as u64);
     }
 
     /// A pass of the pool's reconciliation with EC2 (`step` names it, VPC CNI's `fn`).

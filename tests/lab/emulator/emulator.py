@@ -9,6 +9,11 @@ Serves on 127.0.0.1:<ephemeral port> (written to F once ready):
     /_lab/faults           POST {"action", "code"|null, "status", "count", "latency_ms", "cut"};
                            DELETE. "cut": true answers HTTP 500 with no body (an answer cut off)
     GET /_lab/calls        {"Action": count} of every EC2 call received (faulted ones included)
+    /_lab/throttle         POST {"enabled", "buckets": {class: [capacity, per second]}}: EC2's
+                           account-wide request buckets (throttle.py), off until then
+    GET /_lab/call-log     [{"t", "action", "class", "caller", "outcome"}] of every EC2 call;
+                           the caller is the node whose namespace the call came from, else the
+                           access key id
     GET /_lab/view         the network view (view.py)
     POST /_lab/imds        {"instance_id"}: whom loopback IMDS answers for
     POST /_lab/nodes       {"instance_id", "netns"}: the netns is that instance's machine: the
@@ -37,8 +42,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.dont_write_bytecode = True  # leave no __pycache__ in the source tree
 
-import imds  # noqa: E402  (both found through HERE)
+import imds  # noqa: E402  (all found through HERE)
 from fabric import Fabric  # noqa: E402
+from throttle import Throttle  # noqa: E402
 
 # EC2 refuses instance types it does not know; so does moto with this set (read at import).
 os.environ.setdefault("MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION", "true")
@@ -75,6 +81,13 @@ def error_body(code, message, request_id=None):
         f"<Message>{escape(message)}</Message></Error></Errors>"
         f"<RequestID>{request_id}</RequestID></Response>"
     ).encode()
+
+
+def access_key(environ):
+    """The access key id of a SigV4-signed call (Credential=AKID/date/region/...), else None."""
+    auth = environ.get("HTTP_AUTHORIZATION", "")
+    _, _, rest = auth.partition("Credential=")
+    return rest.split("/", 1)[0] or None
 
 
 def camel_to_snake(name):
@@ -158,6 +171,7 @@ class Lab:
         self.ec2_app = create_backend_app("ec2")
         self.lock = threading.RLock()
         self.faults = Faults()
+        self.throttle = Throttle()
         self.fabric = Fabric(vpc_netns)
         self.imds_instance = None
         self.nodes = {}  # instance id -> (netns, server)
@@ -215,7 +229,7 @@ class Lab:
             if path.startswith("/latest/") or path == "/latest":
                 return self.serve_imds(environ, start_response, method, path, node_instance)
             if method == "POST" and path == "/":
-                return self.serve_ec2(environ, start_response)
+                return self.serve_ec2(environ, start_response, caller=node_instance)
             return self.json(start_response, 404, {"error": f"no such endpoint {method} {path}"})
         except Exception:
             log.error("%s %s failed:\n%s", method, path, traceback.format_exc())
@@ -223,7 +237,7 @@ class Lab:
 
     # -- EC2 ----------------------------------------------------------------------------------
 
-    def serve_ec2(self, environ, start_response, count=True):
+    def serve_ec2(self, environ, start_response, count=True, caller=None):
         length = int(environ.get("CONTENT_LENGTH") or 0)
         body = environ["wsgi.input"].read(length) if length else b""
         environ["wsgi.input"] = io.BytesIO(body)
@@ -233,22 +247,39 @@ class Lab:
         if not action:
             return self.ec2_error(start_response, 400, "MissingAction",
                                   "The request must contain the parameter Action")
-        if count:
-            fault = self.faults.take(action)
-            if fault:
-                if fault["latency_ms"]:
-                    time.sleep(fault["latency_ms"] / 1000)
-                if fault["cut"]:
-                    log.info("fault: %s -> an answer with no body", action)
-                    start_response("500 Internal Server Error", [("Content-Length", "0")])
-                    return []
-                if fault["code"]:
-                    log.info("fault: %s -> %s %s", action, fault["status"], fault["code"])
-                    return self.ec2_error(start_response, fault["status"], fault["code"],
-                                          f"Injected by the lab for {action}")
+        if not count:
+            return self.run_ec2(environ, start_response, action)[1]
+        caller = caller or access_key(environ)
+        outcome, answer = self.serve_counted(environ, start_response, action, params)
+        self.throttle.record(action, params, caller, outcome)
+        return answer
+
+    def serve_counted(self, environ, start_response, action, params):
+        """A call as EC2 answers it, faults and throttling first: (outcome, answer)."""
+        fault = self.faults.take(action)
+        if fault:
+            if fault["latency_ms"]:
+                time.sleep(fault["latency_ms"] / 1000)
+            if fault["cut"]:
+                log.info("fault: %s -> an answer with no body", action)
+                start_response("500 Internal Server Error", [("Content-Length", "0")])
+                return "cut", []
+            if fault["code"]:
+                log.info("fault: %s -> %s %s", action, fault["status"], fault["code"])
+                return fault["code"], self.ec2_error(
+                    start_response, fault["status"], fault["code"],
+                    f"Injected by the lab for {action}")
+        if not self.throttle.admit(action, params):
+            return "RequestLimitExceeded", self.ec2_error(
+                start_response, 503, "RequestLimitExceeded", "Request limit exceeded.")
+        return self.run_ec2(environ, start_response, action)
+
+    def run_ec2(self, environ, start_response, action):
+        """Moto's answer to the call: (outcome, answer)."""
         if not callable(getattr(self.ec2_response, camel_to_snake(action), None)):
-            return self.ec2_error(start_response, 400, "InvalidAction",
-                                  f"The action {action} is not valid for this web service.")
+            return "InvalidAction", self.ec2_error(
+                start_response, 400, "InvalidAction",
+                f"The action {action} is not valid for this web service.")
         from moto.core.exceptions import ServiceException
         from werkzeug.test import run_wsgi_app
 
@@ -258,25 +289,25 @@ class Lab:
                 app_iter, status, headers = run_wsgi_app(self.ec2_app, environ, buffered=True)
                 data = b"".join(app_iter)
             except ServiceException as e:
-                return self.ec2_error(start_response, 400, e.code, e.message)
+                return e.code, self.ec2_error(start_response, 400, e.code, e.message)
             except NotImplementedError as e:
                 code = "UnsupportedOperation"
                 if "filter" in str(e).lower():
                     code = "InvalidParameterValue"
                 log.warning("%s: not implemented: %s", action, e)
-                return self.ec2_error(start_response, 400, code,
-                                      f"The lab's EC2 does not support this: {e}")
+                return code, self.ec2_error(start_response, 400, code,
+                                            f"The lab's EC2 does not support this: {e}")
             except Exception as e:
                 log.error("%s failed:\n%s", action, traceback.format_exc())
-                return self.ec2_error(start_response, 500, "InternalError",
-                                      f"{type(e).__name__}: {e}")
+                return "InternalError", self.ec2_error(start_response, 500, "InternalError",
+                                                       f"{type(e).__name__}: {e}")
             code = int(status.split()[0])
             if 200 <= code < 300 and mutating:
                 self.sync()
         hdrs = [(k, v) for k, v in headers if k.lower() != "content-length"]
         hdrs.append(("Content-Length", str(len(data))))
         start_response(status, hdrs)
-        return [data]
+        return ("ok" if 200 <= code < 300 else f"HTTP {code}"), [data]
 
     def warm_up(self):
         """Pays moto's first-call cost (backend, service model) before anyone waits on it."""
@@ -337,6 +368,14 @@ class Lab:
             return self.json(start_response, 200, {"ok": True})
         if path == "/_lab/calls" and method == "GET":
             return self.json(start_response, 200, self.faults.counts())
+        if path == "/_lab/call-log" and method == "GET":
+            return self.json(start_response, 200, self.throttle.calls())
+        if path == "/_lab/throttle" and method == "POST":
+            try:
+                self.throttle.configure(body)
+            except (ValueError, TypeError) as e:
+                return self.json(start_response, 400, {"error": f"throttle: {e}"})
+            return self.json(start_response, 200, {"ok": True})
         if path == "/_lab/view" and method == "GET":
             return self.json(start_response, 200, self.view())
         if path == "/_lab/imds" and method == "POST":

@@ -31,6 +31,16 @@ pub struct Emulator {
     http: ureq::Agent,
 }
 
+/// One EC2 call as the emulator logged it.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct LoggedCall {
+    pub t: f64,
+    pub action: String,
+    pub class: String,
+    pub caller: Option<String>,
+    pub outcome: String,
+}
+
 /// One armed fault: the next `count` calls of `action` fail with `code` and HTTP `status`,
 /// after `latency_ms`. A fault with no code only delays; `cut` answers HTTP 500 with no body (an
 /// answer cut off: no EC2 error to read).
@@ -193,6 +203,27 @@ impl Emulator {
     pub fn calls(&self) -> BTreeMap<String, u64> {
         serde_json::from_value(self.control("GET", "/_lab/calls", None))
             .expect("calls: {action: count}")
+    }
+
+    /// Turns EC2's account-wide request buckets on with AWS's default sizes (`on`), or off;
+    /// `buckets` overrides some classes' (capacity, refill per second).
+    pub fn throttle(&self, on: bool, buckets: &[(&str, f64, f64)]) {
+        let buckets: serde_json::Map<String, Value> = buckets
+            .iter()
+            .map(|(class, capacity, rate)| (class.to_string(), json!([capacity, rate])))
+            .collect();
+        self.control(
+            "POST",
+            "/_lab/throttle",
+            Some(json!({ "enabled": on, "buckets": buckets })),
+        );
+    }
+
+    /// Every EC2 call so far, in order: seconds since the emulator started, action, bucket
+    /// class, caller (node or access key id) and outcome ("ok" or the error code).
+    pub fn call_log(&self) -> Vec<LoggedCall> {
+        serde_json::from_value(self.control("GET", "/_lab/call-log", None))
+            .expect("call-log: [{t, action, class, caller, outcome}]")
     }
 
     /// The network view the fabric is built from: every ENI with its MAC, subnet, attachment,
