@@ -34,15 +34,21 @@ const VPC_CNI: Knobset = Knobset {
     knobs: &[],
     budget: "unlimited",
 };
-/// Dense nodes (the pool bench's recommendation) with eniflow's default node budget.
+/// Dense nodes (the pool bench's recommendation), with the node budget recommended for 100
+/// nodes and more: the default sustained rates (a hundredth of the account's refill) and bursts
+/// of one call, so a hundred nodes starting at once never ask more than the buckets hold.
 const ENIFLOW: Knobset = Knobset {
-    name: "eniflow recommended (prefixes, WARM_IP_TARGET=8, default ENIFLOW_EC2_BUDGET)",
+    name: "eniflow recommended (prefixes, WARM_IP_TARGET=8, ENIFLOW_EC2_BUDGET with bursts of 1)",
     knobs: &[
         ("ENABLE_PREFIX_DELEGATION", "true"),
         ("WARM_IP_TARGET", "8"),
     ],
-    budget: "",
+    budget: LARGE_CLUSTER_BUDGET,
 };
+
+/// ENIFLOW_EC2_BUDGET for 100 nodes and more.
+const LARGE_CLUSTER_BUDGET: &str =
+    "mutating=0.05/1,eni-and-ip=0.05/1,create-tags=0.1/1,describe=0.2/1";
 
 const PODS_PER_NODE: usize = 30;
 const RAMP: Duration = Duration::from_secs(60);
