@@ -20,7 +20,7 @@ use eniflow_agent::{
 };
 
 use crate::lab::{
-    api_vpc::ApiVpc,
+    api_vpc::{ApiVpc, Launched},
     emulator::{LoggedCall, REGION},
 };
 
@@ -101,18 +101,44 @@ pub fn ec2_of(vpc: &ApiVpc, node: &str, budget: Rates) -> impl Fn() -> Ec2 + Sen
 }
 
 /// Starts a pool as kubelet restarts a crashing agent: a start EC2 throttled past the SDK's
-/// retries is tried again a second later, for up to two minutes.
+/// retries is tried again after kubelet's crash-loop backoff (10 s, doubling to 5 minutes),
+/// for up to ten minutes.
 async fn start_retrying(ec2: impl Fn() -> Ec2, instance: Instance, config: Config) -> Ipam {
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut backoff = Duration::from_secs(10);
     loop {
         match Ipam::start(ec2(), instance.clone(), config.clone()).await {
             Ok(pool) => return pool,
             Err(e) if Instant::now() < deadline => {
-                eprintln!("{}: the pool did not start ({e}); again", instance.id);
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                eprintln!(
+                    "{}: the pool did not start ({e}); again in {backoff:?}",
+                    instance.id
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(300));
             }
             Err(e) => panic!("{}: the pool did not start: {e}", instance.id),
         }
+    }
+}
+
+/// The agent's view of `launched` (what it reads from IMDS), an `instance_type` in `subnet`
+/// of `vpc`, zone us-west-2a.
+pub fn instance_of(
+    vpc: &ApiVpc,
+    launched: &Launched,
+    instance_type: &str,
+    subnet: &str,
+) -> Instance {
+    Instance {
+        id: launched.id.clone(),
+        instance_type: instance_type.to_owned(),
+        availability_zone: "us-west-2a".into(),
+        region: REGION.into(),
+        primary_eni: launched.primary_eni.clone(),
+        subnet_id: subnet.to_owned(),
+        vpc_id: vpc.id.clone(),
+        security_groups: vec![vpc.sg.clone()],
     }
 }
 
@@ -151,16 +177,7 @@ pub async fn run(s: &Scenario, give_up: Duration) -> Outcome {
     vpc.emulator.throttle(true, &account);
     let mut starting = Vec::new();
     for (n, launched) in launched.iter().enumerate() {
-        let instance = Instance {
-            id: launched.id.clone(),
-            instance_type: s.instance_type.clone(),
-            availability_zone: "us-west-2a".into(),
-            region: REGION.into(),
-            primary_eni: launched.primary_eni.clone(),
-            subnet_id: subnet.clone(),
-            vpc_id: vpc.id.clone(),
-            security_groups: vec![vpc.sg.clone()],
-        };
+        let instance = instance_of(&vpc, launched, &s.instance_type, &subnet);
         let mut config = Config::new(knobs.clone(), dir.join(format!("node-{n}.json")));
         config.leak_sweep = None;
         let ec2 = ec2_of(&vpc, &launched.id, s.budget);

@@ -11,12 +11,11 @@ use std::{
 
 use eniflow_agent::{
     ec2::Ec2,
-    instance::Instance,
     ipam::{Config, Ipam, IpamError, Knobs, Owner, PoolError},
 };
 use eniflow_tests::{
-    lab::{api_vpc::ApiVpc, emulator::REGION},
-    scale::{self, ec2_of, Scenario},
+    lab::api_vpc::ApiVpc,
+    scale::{self, ec2_of, instance_of, Scenario},
 };
 
 /// The account's buckets a fifth of AWS's defaults (capacity, refill per second): ten nodes
@@ -85,16 +84,7 @@ async fn reserve_node(reserve: u32) -> (ApiVpc, String, Arc<Ipam>, PathBuf) {
     // 64 addresses, 5 reserved by EC2, one the primary ENI's: 58 free.
     let subnet = vpc.subnet("10.0.8.0/26", "us-west-2a").await;
     let launched = vpc.launch("m5.xlarge", &subnet).await;
-    let instance = Instance {
-        id: launched.id.clone(),
-        instance_type: "m5.xlarge".into(),
-        availability_zone: "us-west-2a".into(),
-        region: REGION.into(),
-        primary_eni: launched.primary_eni.clone(),
-        subnet_id: subnet.clone(),
-        vpc_id: vpc.id.clone(),
-        security_groups: vec![vpc.sg.clone()],
-    };
+    let instance = instance_of(&vpc, &launched, "m5.xlarge", &subnet);
     let dir = std::env::temp_dir().join(eniflow_tests::unique_name("reserve"));
     let knobs = Knobs::from_vars(|name| (name == "WARM_IP_TARGET").then(|| "50".into())).unwrap();
     let mut config = Config::new(knobs, dir.join("ipam.json"));

@@ -150,6 +150,19 @@ async fn the_trunk_is_built_in_the_eniconfigs_subnet_and_groups_as_the_cninode_a
     drop(controller); // before the lab it calls
 }
 
+/// ADDs pod `pod` (container `c-<pod>`) in `netns`; its address.
+fn add_pod(node: &Node, pod: &str, netns: &Netns) -> String {
+    let added = node.cni(
+        "ADD",
+        &format!("c-{pod}"),
+        Some(netns),
+        "eth0",
+        &pod_args(pod),
+    );
+    assert!(added.ok, "ADD {pod}: {}", added.json);
+    address(&added)
+}
+
 /// The node's ENIs in the lab's EC2 (primary excluded): (id, subnet, addresses).
 fn pod_enis(lab: &Lab) -> Vec<(String, String, Vec<String>)> {
     let view = lab.view();
@@ -201,17 +214,7 @@ async fn a_relabelled_node_moves_new_enis_to_the_other_eniconfig_without_a_resta
         ("WARM_IP_TARGET", "2"),
     ];
     let node = Node::on_lab(lab, &args, &env).await;
-    let add = |pod: &str, netns: &Netns| {
-        let added = node.cni(
-            "ADD",
-            &format!("c-{pod}"),
-            Some(netns),
-            "eth0",
-            &pod_args(pod),
-        );
-        assert!(added.ok, "ADD {pod}: {}", added.json);
-        address(&added)
-    };
+    let add = |pod: &str, netns: &Netns| add_pod(&node, pod, netns);
     let in_subnet = |ip: &str, subnet: &str| {
         pod_enis(&node.lab)
             .iter()
@@ -515,17 +518,7 @@ async fn pods_get_their_address_annotation_only_with_annotate_pod_ip() {
     let args = kube.agent_args(NODE);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut node = Node::on_lab(lab, &args, &[]).await;
-    let add = |node: &Node, pod: &str, netns: &Netns| {
-        let added = node.cni(
-            "ADD",
-            &format!("c-{pod}"),
-            Some(netns),
-            "eth0",
-            &pod_args(pod),
-        );
-        assert!(added.ok, "ADD {pod}: {}", added.json);
-        address(&added)
-    };
+    let add = add_pod;
     let annotation = |pod: &str| {
         kube.annotations(&format!("/api/v1/namespaces/default/pods/{pod}"))
             ["vpc.amazonaws.com/pod-ips"]

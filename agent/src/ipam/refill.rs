@@ -331,7 +331,8 @@ impl Ipam {
         let for_pod = u32::from(counts.available() == 0);
         let allowed = wanted.min(above.max(for_pod));
         if allowed < wanted {
-            tracing::info!(
+            // Every pass while held back: debug, not info.
+            tracing::debug!(
                 "refill: {allowed} of {wanted} address(es): the subnets {sources:?} keep {reserve} free addresses (ENIFLOW_SUBNET_RESERVE)"
             );
         }
