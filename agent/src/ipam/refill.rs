@@ -17,6 +17,10 @@ use crate::{
     limits::ADDRESSES_PER_PREFIX,
 };
 
+/// The first leak sweep after a start comes within this long: a hundred nodes restarted
+/// together sweep at about ten Describes a second, half of EC2's default refill for them.
+const FIRST_SWEEP_SPREAD: Duration = Duration::from_secs(10);
+
 /// How long the subnets' free counts are trusted for the reserve.
 const RESERVE_REREAD: Duration = Duration::from_secs(60);
 
@@ -78,12 +82,13 @@ impl Ipam {
     /// which permission is missing.
     pub async fn run_refill(self: Arc<Self>) {
         // Every node's agent restarts together after a rollout or a control-plane event: the
-        // first sweep comes at a random point of its period, and each period is jittered, so
-        // the nodes' Describe calls spread out instead of arriving in the same second.
+        // first sweep (a restarted agent looks for what it leaked before) comes at a random
+        // point of FIRST_SWEEP_SPREAD, and each period is jittered, so the nodes' Describe
+        // calls spread out instead of arriving in the same second.
         let mut next_sweep = self
             .config
             .leak_sweep
-            .map(|every| Instant::now() + every.mul_f64(fastrand::f64()));
+            .map(|every| Instant::now() + every.min(FIRST_SWEEP_SPREAD).mul_f64(fastrand::f64()));
         let mut next_reconcile = Instant::now() + jittered(self.config.reconcile_period);
         loop {
             if Instant::now() >= next_reconcile {
