@@ -25,4 +25,5 @@ pub mod netlink;
 pub mod snat;
 pub mod startup_taint;
 pub mod status;
+pub mod vpc_cni;
 pub mod watched;

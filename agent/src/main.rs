@@ -94,8 +94,9 @@ enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
-    /// Detach and unpin everything eniflow made, and nothing else.
-    Uninstall,
+    /// Detach and unpin everything eniflow made, and nothing else. With --handback, first
+    /// write VPC CNI's wiring of every pod and its checkpoint, so aws-node adopts the pods.
+    Uninstall(eniflow_agent::vpc_cni::handback::HandbackArgs),
     /// Prepare the node (privileged, before `run`; the DaemonSet's init container): put the CNI
     /// shim that sits beside this binary into the runtime's plugin directory, turn on IPv4
     /// forwarding, and make reverse-path filtering loose (now and for ENIs attached later).
@@ -164,7 +165,15 @@ async fn dispatch(cli: Cli) -> Result<()> {
             println!("{}", args.max_pods()?);
             Ok(())
         }
-        Command::Uninstall => {
+        Command::Uninstall(handback) => {
+            if handback.handback {
+                let pods =
+                    eniflow_agent::vpc_cni::handback::write_vpc_cni_wiring(&handback).await?;
+                println!(
+                    "handed {pods} pod(s) back to VPC CNI; {} written",
+                    handback.vpc_cni_checkpoint.display()
+                );
+            }
             snat::remove();
             Ok(datapath::uninstall(&pins).await?)
         }

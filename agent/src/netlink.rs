@@ -127,6 +127,41 @@ pub async fn link_by_name(nl: &Handle, name: &str) -> Result<Option<Link>, rtnet
     }
 }
 
+/// The MAC of the peer of veth `ifindex` (a pod's eth0, for a pod's host veth), read in the
+/// peer's namespace through its namespace id: exact whether or not the pod has sent anything,
+/// where the host's neighbour entry for the pod may be missing or stale. None when the link has
+/// no peer in another namespace.
+pub async fn veth_peer_mac(nl: &Handle, ifindex: u32) -> Result<Option<[u8; 6]>, rtnetlink::Error> {
+    let Some(host) = nl
+        .link()
+        .get()
+        .match_index(ifindex)
+        .execute()
+        .try_next()
+        .await?
+    else {
+        return Ok(None);
+    };
+    let (mut peer, mut netns) = (None, None);
+    for a in &host.attributes {
+        match a {
+            LinkAttribute::Link(index) => peer = Some(*index),
+            LinkAttribute::LinkNetNsId(id) => netns = Some(*id),
+            _ => {}
+        }
+    }
+    let (Some(peer), Some(netns)) = (peer, netns) else {
+        return Ok(None);
+    };
+    let mut request = nl.link().get().match_index(peer);
+    request
+        .message_mut()
+        .attributes
+        .push(LinkAttribute::IfNetnsId(netns));
+    let found = request.execute().try_next().await?;
+    Ok(found.and_then(|m| Link::from_message(&m).mac))
+}
+
 /// Every link of the socket's namespace.
 pub async fn links(nl: &Handle) -> Result<Vec<Link>, rtnetlink::Error> {
     let mut out = Vec::new();

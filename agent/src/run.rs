@@ -22,7 +22,7 @@ use eniflow_agent::{
     kube::{Cluster, ClusterArgs},
     metrics,
     snat::{self, SnatArgs},
-    startup_taint,
+    startup_taint, vpc_cni,
 };
 
 /// `eniflow-agent run`: every setting, as a flag or its environment variable (VPC CNI's names
@@ -320,6 +320,11 @@ pub async fn run(pins: Pins, args: RunArgs) -> Result<()> {
             .write(&args.cni_conflist)
             .with_context(|| format!("write {}", args.cni_conflist.display()))?;
         tracing::info!("node network-ready: wrote {}", args.cni_conflist.display());
+        if let Some(dir) = args.cni_conflist.parent() {
+            if let Some(old) = vpc_cni::takeover::remove_vpc_cni_conflist(dir) {
+                tracing::info!("takeover: removed aws-node's {}", old.display());
+            }
+        }
         if let Some((kube, node)) = api {
             startup_taint::remove_when_ready(kube, node, ipam.clone());
         }
@@ -409,11 +414,11 @@ async fn serve_cni(
         // The policy agent's programs on pods' veths must see what reaches the pods.
         deliver_through_veth: network_policy.is_some(),
     })?;
-    let sources = cni::seams::Sources::new(ipam.clone(), branches, pod_annotations, events);
+    let sources = cni::seams::Sources::new(ipam.clone(), branches.clone(), pod_annotations, events);
     let mut pods = cni::lifecycle::Lifecycle::new(
         sources,
-        cni::seams::HostWiring::new(host),
-        plane,
+        cni::seams::HostWiring::new(host.clone()),
+        plane.clone(),
         args.veth_prefix.clone(),
     );
     if let Some(pod_ips) = pod_ips {
@@ -427,10 +432,31 @@ async fn serve_cni(
     if released > 0 {
         tracing::info!("released {released} address(es) of pods deleted while the agent was away");
     }
-    let adopted = pods.restore_data_plane().await;
+    // VPC CNI's branch pods are known by their VLAN devices only: held first, they are taken
+    // over with the pods its checkpoint named.
+    let mut takeover = vpc_cni::takeover::Report::default();
+    match vpc_cni::takeover::find_branch_pods(&host, &plane, &branches.all(), &mut takeover).await {
+        Ok(found) => {
+            for pod in found {
+                if let Err(e) = branches.add(pod) {
+                    takeover.failed.push(format!("hold a branch pod: {e}"));
+                }
+            }
+        }
+        Err(e) => takeover
+            .failed
+            .push(format!("find VPC CNI's branch pods: {e}")),
+    }
+    let (adopted, taken_over) = pods.restore_data_plane().await;
     if adopted > 0 {
         tracing::info!("re-adopted the data plane of {adopted} pod(s)");
     }
+    if taken_over > 0 {
+        tracing::info!("took over {taken_over} pod(s) VPC CNI wired");
+    }
+    // Only now that the maps carry them does VPC CNI's wiring of them go.
+    vpc_cni::takeover::remove_carried(&host, &plane, &mut takeover).await;
+    takeover.log_and_save(&args.checkpoint.with_file_name("takeover.json"));
     tokio::spawn(unwire_lost(ipam, pods.clone()));
     let socket = cni::server::serve(&args.socket, cni::server::Service::new(pods))
         .await

@@ -163,6 +163,11 @@ pub fn remove() {
 }
 
 fn iptables(args: &[&str]) -> Result<()> {
+    iptables_output(args).map(drop)
+}
+
+/// Runs `iptables -w <wait> <args>`; its stdout, or an error naming the arguments.
+pub fn iptables_output(args: &[&str]) -> Result<String> {
     // Bounded: kube-proxy may hold the xtables lock for seconds; the watcher retries a pass.
     let out = Command::new("iptables")
         .args(["-w", XTABLES_WAIT_SECONDS])
@@ -176,7 +181,7 @@ fn iptables(args: &[&str]) -> Result<()> {
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[cfg(test)]

@@ -56,22 +56,31 @@ impl PodNode {
 
     /// The agent on a running lab (for what must exist before it starts: a Kubernetes API).
     pub async fn on_lab(lab: Lab, extra: &[&str], env: &[(&str, &str)]) -> PodNode {
-        let files = PoolFiles::new("cni-pods");
-        let root = bpffs_dir("cni-pods");
-        let mut node = PodNode {
+        let mut node = PodNode::prepare(lab, extra, env);
+        node.start_agent_and_wait().await;
+        node
+    }
+
+    /// The node's files and pins, the agent not started yet (for what must be on the node
+    /// before it starts: another CNI's pods).
+    pub fn prepare(lab: Lab, extra: &[&str], env: &[(&str, &str)]) -> PodNode {
+        PodNode {
             lab,
-            files,
-            root,
+            files: PoolFiles::new("cni-pods"),
+            root: bpffs_dir("cni-pods"),
             agent: None,
             extra: extra.iter().map(|a| a.to_string()).collect(),
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
-        };
-        node.start_agent();
-        node.wait_for_warm_pool().await;
-        node
+        }
+    }
+
+    /// Starts the agent and waits until the pool can serve an ADD.
+    pub async fn start_agent_and_wait(&mut self) {
+        self.start_agent();
+        self.wait_for_warm_pool().await;
     }
 
     pub fn start_agent(&mut self) {

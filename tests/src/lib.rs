@@ -21,6 +21,7 @@ pub mod report;
 pub mod resource_controller;
 pub mod scale;
 pub mod sh;
+pub mod vpc_cni;
 
 /// The number in environment variable `name`, None when it is unset; a value that is not a
 /// number stops the run naming it (a typo must not quietly run the default).

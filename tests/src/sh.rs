@@ -34,3 +34,15 @@ pub fn run_in(ns: &str, program: &str, args: &[&str]) -> String {
 pub fn ip(args: &[&str]) -> String {
     run("ip", args)
 }
+
+/// `ip args…`; None when it fails (a link that is not there yet).
+pub fn try_ip(args: &[&str]) -> Option<String> {
+    let out = Command::new("ip")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}

@@ -245,6 +245,25 @@ fn requests_branch(pod: &Value) -> bool {
         })
 }
 
+/// A branch pod taken over from VPC CNI is known by its host veth alone (VPC CNI keeps no
+/// record of its container): its owner's container id is this prefix and the veth's name, which
+/// no runtime's id looks like. DEL finds it by the veth its request names.
+const TAKEN_OVER: &str = "vpc-cni-veth:";
+
+/// The owner under which a branch pod taken over from VPC CNI on `host_veth` is held.
+pub fn taken_over_owner(host_veth: &str) -> Owner {
+    Owner {
+        network: super::conflist::NETWORK.to_owned(),
+        container_id: format!("{TAKEN_OVER}{host_veth}"),
+        ifname: "eth0".to_owned(),
+    }
+}
+
+/// The host veth of a branch pod taken over from VPC CNI; None for any other owner.
+pub fn taken_over_veth(owner: &Owner) -> Option<&str> {
+    owner.container_id.strip_prefix(TAKEN_OVER)
+}
+
 /// A pod wired on a branch ENI.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BranchPod {

@@ -10,6 +10,9 @@ use serde_json::{json, Value};
 
 use super::branch::POD_ANNOTATIONS;
 
+/// The network's name: runtimes send it with every request, and allocations are keyed by it.
+pub const NETWORK: &str = "eniflow";
+
 /// How long the shim waits for the agent unless the conflist says otherwise.
 const SHIM_DEFAULT_TIMEOUT_SECONDS: u64 = 10;
 
@@ -47,7 +50,7 @@ impl Conflist {
         // 1.0.0: the newest version the reference plugins of today's distributions speak.
         json!({
             "cniVersion": "1.0.0",
-            "name": "eniflow",
+            "name": NETWORK,
             "plugins": plugins,
         })
     }

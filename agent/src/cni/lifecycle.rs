@@ -83,6 +83,9 @@ impl<A: Addresses, W: Wiring, D: DataPlane> Lifecycle<A, W, D> {
     }
 
     fn veth(&self, hold: &Hold) -> String {
+        if let Some(veth) = super::branch::taken_over_veth(hold.owner()) {
+            return veth.to_owned();
+        }
         let (namespace, name) = hold.pod();
         self.veth_of(namespace, name, &hold.owner().container_id)
     }
@@ -236,10 +239,17 @@ impl<A: Addresses, W: Wiring, D: DataPlane> Lifecycle<A, W, D> {
 
     /// DEL: unwires and gives back what the pod held; what is already gone is success.
     pub async fn del(&self, r: &Request) -> Result<(), CniError> {
-        let hold = self.addresses.held(&owner(r));
         // The request's name too: a pod imported from VPC CNI's checkpoint may carry no name.
-        let mut veths =
-            BTreeSet::from([self.veth_of(&r.pod_namespace, &r.pod_name, &r.container_id)]);
+        let named = self.veth_of(&r.pod_namespace, &r.pod_name, &r.container_id);
+        // A branch pod taken over from VPC CNI is held by its veth (VPC CNI's strict mode
+        // names it `vlan…`), not by its container.
+        let vpc_cni_names = crate::vpc_cni::takeover::vpc_cni_veth_names(&named, &self.veth_prefix);
+        let hold = self.addresses.held(&owner(r)).or_else(|| {
+            vpc_cni_names
+                .iter()
+                .find_map(|v| self.addresses.held(&super::branch::taken_over_owner(v)))
+        });
+        let mut veths = BTreeSet::from([named]);
         if let Some(hold) = &hold {
             veths.insert(self.veth(hold));
         }
@@ -348,7 +358,10 @@ impl<A: Addresses, W: Wiring, D: DataPlane> Lifecycle<A, W, D> {
         for hold in self.addresses.all() {
             let owner = hold.owner();
             let key = (owner.container_id.clone(), owner.ifname.clone());
-            if owner.network != r.network || valid.contains(&key) {
+            // A pod taken over from VPC CNI by its veth has no container id to match: its DEL
+            // (by pod name) releases it.
+            let unmatchable = super::branch::taken_over_veth(owner).is_some();
+            if owner.network != r.network || valid.contains(&key) || unmatchable {
                 continue;
             }
             tracing::info!("GC {}: {hold} is no longer attached", owner.container_id);
@@ -382,8 +395,9 @@ impl<A: Addresses, W: Wiring, D: DataPlane> Lifecycle<A, W, D> {
         released
     }
 
-    /// At start, after `release_unwired`: re-adopts the data plane of the pods still held.
-    pub async fn restore_data_plane(&self) -> usize {
+    /// At start, after `release_unwired`: re-adopts the data plane of the pods still held (and
+    /// takes over those VPC CNI wired); returns how many of each.
+    pub async fn restore_data_plane(&self) -> (usize, usize) {
         let known: Vec<KnownPod> = self
             .addresses
             .all()

@@ -237,8 +237,8 @@ impl DataPlane for FakePlane {
         lock(&self.forgotten).push(ifindex);
     }
 
-    async fn restore(&self, known: &[KnownPod]) -> usize {
-        known.len()
+    async fn restore(&self, known: &[KnownPod]) -> (usize, usize) {
+        (known.len(), 0)
     }
 }
 
@@ -475,7 +475,7 @@ async fn at_start_pods_whose_veth_is_gone_are_released() {
     assert_eq!(l.release_unwired().await, 1);
     assert_eq!(lock(&l.addresses.held).len(), 1);
     assert_eq!(lock(&l.plane.pods).len(), 1);
-    assert_eq!(l.restore_data_plane().await, 1);
+    assert_eq!(l.restore_data_plane().await, (1, 0));
 }
 
 #[tokio::test]
@@ -517,4 +517,45 @@ async fn a_request_the_runtime_gives_up_on_still_runs_to_completion() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn a_branch_pod_taken_over_from_vpc_cni_is_deleted_by_its_pod_name_and_kept_by_gc() {
+    let l = lifecycle(1);
+    // VPC CNI's strict mode names a branch pod's veth `vlan` + the pod's hash.
+    let ours = l.veth_of("default", "sg-0", "c1");
+    let theirs = format!("vlan{}", ours.strip_prefix("eni").unwrap());
+    let owner = crate::cni::branch::taken_over_owner(&theirs);
+    let held = Hold::Branch(BranchPod {
+        owner: owner.clone(),
+        branch: branch(),
+        trunk_eni: TRUNK.into(),
+        pod_namespace: String::new(),
+        pod_name: String::new(),
+    });
+    lock(&l.addresses.held).insert(owner.clone(), held);
+    lock(&l.wiring.veths).insert(
+        theirs.clone(),
+        Wired {
+            host_ifindex: 9,
+            host_mac: [2; 6],
+            pod_mac: [4; 6],
+        },
+    );
+    assert_eq!(l.release_unwired().await, 0, "its veth is there");
+    // GC cannot match it to a container: it stays.
+    let mut gc = request("", "");
+    gc.config = json!({"cni.dev/valid-attachments": [{"containerID": "c9", "ifname": "eth0"}]});
+    l.gc(&gc).await.unwrap();
+    assert!(lock(&l.addresses.held).contains_key(&owner));
+    // kubelet's DEL names the pod (and a container id VPC CNI kept no record of).
+    l.del(&request("c1", "sg-0")).await.unwrap();
+    assert!(
+        lock(&l.addresses.held).is_empty(),
+        "the branch pod is released"
+    );
+    assert!(
+        !lock(&l.wiring.veths).contains_key(&theirs),
+        "its veth is deleted"
+    );
 }

@@ -65,7 +65,8 @@ pub trait DataPlane: Send + Sync {
     /// Takes the pod's entries out; returns its veth's ifindex.
     fn remove_pod(&self, addr: Ipv4Addr) -> Option<u32>;
     fn forget_interface(&self, ifindex: u32) -> impl Future<Output = ()> + Send;
-    fn restore(&self, known: &[KnownPod]) -> impl Future<Output = usize> + Send;
+    /// Re-adopts (and takes over) the known pods; returns how many of each.
+    fn restore(&self, known: &[KnownPod]) -> impl Future<Output = (usize, usize)> + Send;
 }
 
 /// The node's pool and its branch pods. What they change is written to disk (fsync) before
@@ -253,7 +254,7 @@ impl DataPlane for Plane {
         Plane::forget_interface(self, ifindex).await
     }
 
-    async fn restore(&self, known: &[KnownPod]) -> usize {
+    async fn restore(&self, known: &[KnownPod]) -> (usize, usize) {
         Plane::restore(self, known).await
     }
 }

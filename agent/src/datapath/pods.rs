@@ -58,6 +58,25 @@ impl Plane {
         Ok(())
     }
 
+    /// A pod another CNI wired: its entries first, then its programs. Until the programs are
+    /// on its veth the stack still carries what it sends; were the programs first, a reply
+    /// the stack delivered meanwhile would mark the pod's flow as the stack's for good.
+    async fn add_taken_over(&self, host_veth: &str, pod: PodPort) -> Result<(), DatapathError> {
+        let (addr, ifindex) = (pod.addr, pod.host_ifindex);
+        let mut datapath = self.datapath.lock().await;
+        let added = self.forwarding().add_pod(pod);
+        if let Err(e) = added {
+            self.forwarding().remove_pod(addr);
+            return Err(e);
+        }
+        if let Err(e) = datapath.attach_pod_veth(host_veth, ifindex).await {
+            self.forwarding().remove_pod(addr);
+            datapath.forget_hooks(ifindex);
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// Takes the pod's entries out (before its veth is deleted, so nothing is steered into a
     /// dying interface); returns its veth's ifindex for `forget_interface`.
     pub fn remove_pod(&self, addr: Ipv4Addr) -> Option<u32> {
@@ -128,6 +147,16 @@ impl Plane {
         self.forwarding().set_modes(modes)
     }
 
+    /// The pods in the maps now.
+    pub fn carried_pods(&self) -> Vec<PodPort> {
+        self.forwarding().pods().cloned().collect()
+    }
+
+    /// The ENIs in the table now.
+    pub fn enis(&self) -> Vec<EniPort> {
+        self.forwarding().enis().cloned().collect()
+    }
+
     /// The ifindexes of the ENIs in the table.
     pub fn eni_ifindexes(&self) -> Vec<u32> {
         self.forwarding().enis().map(|e| e.ifindex).collect()
@@ -135,30 +164,51 @@ impl Plane {
 
     /// Re-adopts the pods an earlier agent wired: each known pod whose veth still exists keeps
     /// (or gets back) its programs and entries; pinned entries of anything else are removed.
-    /// Returns how many pods were re-adopted.
-    pub async fn restore(&self, known: &[KnownPod]) -> usize {
+    /// A known pod with no entry was wired by VPC CNI (imported from its checkpoint, or found by
+    /// its VLAN device): it is taken over, its MACs read from its veth pair, once its ENI is set
+    /// up. Returns how many pods were re-adopted and how many taken over.
+    pub async fn restore(&self, known: &[KnownPod]) -> (usize, usize) {
         let pinned = self.forwarding().pinned_pods();
-        let mut adopted = 0;
+        let (mut adopted, mut taken_over) = (0, 0);
+        // An ENI that did not come is not waited for again by its next pod.
+        let mut missing = std::collections::BTreeSet::new();
         for pod in known {
-            let Some((_, entry)) = pinned.iter().find(|(a, _)| *a == pod.addr) else {
-                // Wired by another CNI (an imported VPC CNI pod): the stack routes it.
+            let Ok(ifindex) = super::ifindex(&pod.host_veth) else {
                 continue;
             };
-            match super::ifindex(&pod.host_veth) {
-                Ok(ifindex) if ifindex == entry.host_ifindex => {}
-                _ => continue,
-            }
-            let port = PodPort {
-                addr: pod.addr,
-                eni_id: pod.eni_id.clone(),
-                host_ifindex: entry.host_ifindex,
-                host_mac: entry.host_mac,
-                pod_mac: entry.pod_mac,
-                branch: pod.branch.clone(),
+            let port = match pinned.iter().find(|(a, _)| *a == pod.addr) {
+                Some((_, entry)) if entry.host_ifindex == ifindex => PodPort {
+                    addr: pod.addr,
+                    eni_id: pod.eni_id.clone(),
+                    host_ifindex: entry.host_ifindex,
+                    host_mac: entry.host_mac,
+                    pod_mac: entry.pod_mac,
+                    branch: pod.branch.clone(),
+                },
+                Some(_) => continue,
+                None => match self.take_over(pod, ifindex, &mut missing).await {
+                    Ok(port) => port,
+                    Err(e) => {
+                        tracing::warn!(
+                            "pod {} (veth {}): not taken over, the stack still routes it: {e}",
+                            pod.addr,
+                            pod.host_veth
+                        );
+                        continue;
+                    }
+                },
             };
-            match self.add_pod(&pod.host_veth, port).await {
-                Ok(()) => adopted += 1,
-                Err(e) => tracing::warn!("pod {}: cannot re-adopt its data plane: {e}", pod.addr),
+            let added = if pinned.iter().any(|(a, _)| *a == pod.addr) {
+                self.add_pod(&pod.host_veth, port)
+                    .await
+                    .map(|()| adopted += 1)
+            } else {
+                self.add_taken_over(&pod.host_veth, port)
+                    .await
+                    .map(|()| taken_over += 1)
+            };
+            if let Err(e) = added {
+                tracing::warn!("pod {}: cannot re-adopt its data plane: {e}", pod.addr);
             }
         }
         let stale: Vec<Ipv4Addr> = {
@@ -181,6 +231,45 @@ impl Plane {
                 gone.len()
             );
         }
-        adopted
+        (adopted, taken_over)
+    }
+
+    /// The entry of a pod another CNI wired on the same veth shape as eniflow's: the host
+    /// veth's MAC, the pod's eth0 MAC (from the pod's namespace), once its ENI is set up.
+    async fn take_over(
+        &self,
+        pod: &KnownPod,
+        ifindex: u32,
+        missing: &mut std::collections::BTreeSet<String>,
+    ) -> Result<PodPort, String> {
+        if missing.contains(&pod.eni_id) || !self.wait_for_eni(&pod.eni_id, TAKEOVER_ENI_WAIT).await
+        {
+            missing.insert(pod.eni_id.clone());
+            return Err(format!(
+                "its ENI {} is not set up after {TAKEOVER_ENI_WAIT:?}",
+                pod.eni_id
+            ));
+        }
+        let nl = crate::netlink::connect().map_err(|e| format!("netlink socket: {e}"))?;
+        let host = crate::netlink::link_by_name(&nl, &pod.host_veth)
+            .await
+            .map_err(|e| format!("read the veth: {e}"))?
+            .and_then(|l| l.mac)
+            .ok_or("the veth has no MAC")?;
+        let peer = crate::netlink::veth_peer_mac(&nl, ifindex)
+            .await
+            .map_err(|e| format!("read its peer in the pod: {e}"))?
+            .ok_or("the veth has no peer in another namespace")?;
+        Ok(PodPort {
+            addr: pod.addr,
+            eni_id: pod.eni_id.clone(),
+            host_ifindex: ifindex,
+            host_mac: host,
+            pod_mac: peer,
+            branch: pod.branch.clone(),
+        })
     }
 }
+
+/// How long a takeover waits for a pod's ENI to be set up by the watcher.
+const TAKEOVER_ENI_WAIT: std::time::Duration = std::time::Duration::from_secs(20);

@@ -92,14 +92,14 @@ pub fn decode(path: &Path, text: &[u8]) -> Result<Checkpoint, CheckpointError> {
     Ok(checkpoint)
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 struct VpcCni {
     version: String,
     #[serde(default)]
     allocations: Vec<VpcCniAllocation>,
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct VpcCniAllocation {
     network_name: String,
@@ -114,14 +114,23 @@ struct VpcCniAllocation {
     metadata: VpcCniMetadata,
 }
 
-#[derive(Default, Deserialize)]
+#[derive(Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct VpcCniMetadata {
     #[serde(default)]
     k8s_pod_namespace: String,
     #[serde(default)]
     k8s_pod_name: String,
+    #[serde(default = "one")]
+    interfaces_count: u32,
 }
+
+fn one() -> u32 {
+    1
+}
+
+/// VPC CNI's network name (its conflist's), which its checkpoint's allocations carry.
+pub const VPC_CNI_NETWORK: &str = "aws-cni";
 
 /// Reads VPC CNI's checkpoint as eniflow allocations (their ENI is filled in on restore); None
 /// when there is none.
@@ -132,7 +141,9 @@ pub fn import_vpc_cni(path: &Path) -> Result<Option<Vec<Allocation>>, Checkpoint
 }
 
 /// VPC CNI's checkpoint from the bytes of the file at `path` (named in errors). IPv6-only
-/// allocations are skipped: eniflow's pool is IPv4.
+/// allocations are skipped: eniflow's pool is IPv4. Allocations of VPC CNI's network take
+/// eniflow's network name: the runtime's DEL and GC of a migrated pod come through eniflow's
+/// conflist, and would find nothing under `aws-cni`.
 pub fn decode_vpc_cni(path: &Path, text: &[u8]) -> Result<Vec<Allocation>, CheckpointError> {
     let format = format_error(path);
     let old: VpcCni = serde_json::from_slice(text).map_err(|e| format(e.to_string()))?;
@@ -148,7 +159,11 @@ pub fn decode_vpc_cni(path: &Path, text: &[u8]) -> Result<Vec<Allocation>, Check
         .filter_map(|a| {
             Some(Allocation {
                 owner: Owner {
-                    network: a.network_name,
+                    network: if a.network_name == VPC_CNI_NETWORK {
+                        crate::cni::conflist::NETWORK.to_owned()
+                    } else {
+                        a.network_name
+                    },
                     container_id: a.container_id,
                     ifname: a.if_name,
                 },
@@ -160,6 +175,30 @@ pub fn decode_vpc_cni(path: &Path, text: &[u8]) -> Result<Vec<Allocation>, Check
             })
         })
         .collect())
+}
+
+/// `allocations` in VPC CNI's checkpoint format (the way back to aws-node), under VPC CNI's
+/// network name: aws-node then answers the DELs of these pods.
+pub fn encode_vpc_cni(allocations: &[Allocation]) -> Vec<u8> {
+    let file = VpcCni {
+        version: VPC_CNI_VERSION.to_owned(),
+        allocations: allocations
+            .iter()
+            .map(|a| VpcCniAllocation {
+                network_name: VPC_CNI_NETWORK.to_owned(),
+                container_id: a.owner.container_id.clone(),
+                if_name: a.owner.ifname.clone(),
+                ipv4: Some(a.ipv4),
+                allocation_timestamp: a.allocated_at_ms * 1_000_000,
+                metadata: VpcCniMetadata {
+                    k8s_pod_namespace: a.pod_namespace.clone(),
+                    k8s_pod_name: a.pod_name.clone(),
+                    interfaces_count: 1,
+                },
+            })
+            .collect(),
+    };
+    serde_json::to_vec(&file).expect("a checkpoint serialises")
 }
 
 #[cfg(test)]
@@ -233,6 +272,19 @@ mod tests {
         assert_eq!(imported[0].ipv4, "10.0.1.7".parse::<Ipv4Addr>().unwrap());
         assert_eq!(imported[0].pod_name, "coredns-1");
         assert_eq!(imported[0].allocated_at_ms, 1_700_000_000_123);
+        // Migrated pods are eniflow's network's now: their DEL comes through eniflow's conflist.
+        assert_eq!(imported[0].owner.network, crate::cni::conflist::NETWORK);
+        // And back: the same allocation in VPC CNI's format, under VPC CNI's name.
+        let back: serde_json::Value = serde_json::from_slice(&encode_vpc_cni(&imported)).unwrap();
+        assert_eq!(back["version"], VPC_CNI_VERSION);
+        let a = &back["allocations"][0];
+        assert_eq!(a["networkName"], VPC_CNI_NETWORK);
+        assert_eq!(a["containerID"], "c1");
+        assert_eq!(a["ipv4"], "10.0.1.7");
+        assert_eq!(a["allocationTimestamp"], 1_700_000_000_123_000_000u64);
+        assert_eq!(a["metadata"]["k8sPodName"], "coredns-1");
+        assert_eq!(a["metadata"]["interfacesCount"], 1);
+        assert!(a.get("ipv6").is_none() || a["ipv6"].is_null());
         let _ = fs::remove_dir_all(&d);
     }
 }
