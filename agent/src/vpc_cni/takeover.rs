@@ -86,6 +86,32 @@ pub async fn find_branch_pods(
         return Ok(Vec::new());
     };
     let (rules, routes) = (rules(nl).await?, routes(nl).await?);
+    let links: Vec<(u32, String)> = crate::netlink::links(nl)
+        .await?
+        .into_iter()
+        .map(|l| (l.index, l.name))
+        .collect();
+    Ok(branch_pods_of(
+        devices, &trunk, &rules, &routes, &links, report,
+    ))
+}
+
+/// `find_branch_pods` on what netlink listed (`links`: ifindex and name).
+fn branch_pods_of(
+    devices: Vec<VlanDevice>,
+    trunk: &EniPort,
+    rules: &[super::Rule],
+    routes: &[super::Route],
+    links: &[(u32, String)],
+    report: &mut Report,
+) -> Vec<BranchPod> {
+    let ifindex = |name: &str| links.iter().find(|(_, n)| n == name).map(|(i, _)| *i);
+    let ifname = |index: u32| {
+        links
+            .iter()
+            .find(|(i, _)| *i == index)
+            .map(|(_, n)| n.clone())
+    };
     let mut found = Vec::new();
     for device in devices {
         if device.parent != trunk.ifindex {
@@ -113,7 +139,7 @@ pub async fn find_branch_pods(
         // lookup T` and `<pod>/32 dev <veth>` in main.
         let strict = rules.iter().find_map(|r| match &r.kind {
             Some(RuleKind::Iif(iif, t)) if *t == table && *iif != device.name => {
-                let ifindex = crate::netlink::ifindex(iif).ok()?;
+                let ifindex = ifindex(iif)?;
                 let pod = routes.iter().filter(in_table).find_map(|r| {
                     (r.oif == Some(ifindex))
                         .then_some(r.destination)
@@ -132,7 +158,7 @@ pub async fn find_branch_pods(
                         .filter(|r| r.table == MAIN_TABLE)
                         .find(|r| r.destination == Some((*pod, 32)))?
                         .oif?;
-                    Some((*pod, crate::netlink::ifname(oif)?))
+                    Some((*pod, ifname(oif)?))
                 }
                 _ => None,
             })
@@ -170,7 +196,7 @@ pub async fn find_branch_pods(
             pod_name: String::new(),
         });
     }
-    Ok(found)
+    found
 }
 
 async fn wait_for_trunk(plane: &Plane) -> Option<EniPort> {
@@ -441,4 +467,145 @@ pub fn remove_vpc_cni_conflist(dir: &std::path::Path) -> Option<std::path::PathB
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vpc_cni::{Route, Rule};
+
+    const TRUNK: u32 = 4;
+    const VETH: u32 = 20;
+    const DEVICE: u32 = 30;
+
+    fn trunk() -> EniPort {
+        EniPort {
+            id: "eni-trunk".into(),
+            ifindex: TRUNK,
+            ifname: "eth2".into(),
+            mac: [2; 6],
+            primary: Ipv4Addr::new(10, 0, 1, 20),
+            gateway: Ipv4Addr::new(10, 0, 1, 1),
+            role: eniflow_common::ENI_ROLE_TRUNK,
+        }
+    }
+
+    fn device(parent: u32) -> VlanDevice {
+        VlanDevice {
+            name: "vlan.eth.5".into(),
+            ifindex: DEVICE,
+            vlan: 5,
+            parent,
+            mac: [0x0a, 0, 0, 0, 0, 5],
+        }
+    }
+
+    fn rule(kind: RuleKind) -> Rule {
+        Rule {
+            priority: 0,
+            table: kind.table(),
+            kind: Some(kind),
+            message: Default::default(),
+        }
+    }
+
+    fn route(
+        table: u32,
+        destination: Option<(Ipv4Addr, u8)>,
+        gateway: Option<Ipv4Addr>,
+        oif: u32,
+    ) -> Route {
+        Route {
+            table,
+            destination,
+            gateway,
+            oif: Some(oif),
+            message: Default::default(),
+        }
+    }
+
+    const POD: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 50);
+    const GW: Ipv4Addr = Ipv4Addr::new(10, 0, 1, 1);
+
+    fn links() -> Vec<(u32, String)> {
+        vec![
+            (VETH, "vlanabcdef01234".into()),
+            (DEVICE, "vlan.eth.5".into()),
+        ]
+    }
+
+    #[test]
+    fn a_strict_branch_pod_is_found_by_its_device_table_and_iif_rule() {
+        let rules = [
+            rule(RuleKind::Iif("vlan.eth.5".into(), 105)),
+            rule(RuleKind::Iif("vlanabcdef01234".into(), 105)),
+        ];
+        let routes = [
+            route(105, None, Some(GW), DEVICE),
+            route(105, Some((GW, 32)), None, DEVICE),
+            route(105, Some((POD, 32)), None, VETH),
+        ];
+        let mut report = Report::default();
+        let found = branch_pods_of(
+            vec![device(TRUNK)],
+            &trunk(),
+            &rules,
+            &routes,
+            &links(),
+            &mut report,
+        );
+        assert_eq!(found.len(), 1, "{report:?}");
+        let pod = &found[0];
+        assert_eq!(pod.branch.ipv4, POD);
+        assert_eq!(pod.branch.vlan, 5);
+        assert_eq!(pod.branch.mac, [0x0a, 0, 0, 0, 0, 5]);
+        assert_eq!(pod.branch.link().gateway, GW);
+        assert_eq!(pod.trunk_eni, "eni-trunk");
+        assert_eq!(
+            crate::cni::branch::taken_over_veth(&pod.owner),
+            Some("vlanabcdef01234")
+        );
+    }
+
+    #[test]
+    fn a_standard_branch_pod_is_found_by_its_from_rule_and_main_route() {
+        let rules = [rule(RuleKind::FromPod(POD, 105))];
+        let routes = [
+            route(105, None, Some(GW), DEVICE),
+            route(MAIN_TABLE, Some((POD, 32)), None, VETH),
+        ];
+        let mut report = Report::default();
+        let found = branch_pods_of(
+            vec![device(TRUNK)],
+            &trunk(),
+            &rules,
+            &routes,
+            &links(),
+            &mut report,
+        );
+        assert_eq!(found.len(), 1, "{report:?}");
+        assert_eq!(found[0].branch.ipv4, POD);
+    }
+
+    #[test]
+    fn a_device_that_does_not_add_up_is_kept_and_reported() {
+        let rules = [rule(RuleKind::Iif("vlanabcdef01234".into(), 105))];
+        let routes = [route(105, Some((POD, 32)), None, VETH)];
+        let mut report = Report::default();
+        // Not on the trunk; then no default route in its table.
+        for parent in [9, TRUNK] {
+            let found = branch_pods_of(
+                vec![device(parent)],
+                &trunk(),
+                &rules,
+                &routes,
+                &links(),
+                &mut report,
+            );
+            assert!(found.is_empty());
+        }
+        assert_eq!(report.kept.len(), 2, "{report:?}");
+        assert!(report.kept[0].contains("not the trunk"), "{report:?}");
+        assert!(report.kept[1].contains("no default route"), "{report:?}");
+    }
 }
