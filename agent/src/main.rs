@@ -171,7 +171,7 @@ async fn dispatch(cli: Cli) -> Result<()> {
                     eniflow_agent::vpc_cni::handback::write_vpc_cni_wiring(&handback).await?;
                 println!(
                     "handed {pods} pod(s) back to VPC CNI; {} written",
-                    handback.vpc_cni_checkpoint.display()
+                    handback.files.vpc_cni_checkpoint.display()
                 );
             }
             snat::remove();

@@ -56,20 +56,8 @@ pub struct RunArgs {
     /// Keep the node's pool of VPC addresses (needs EC2 and IMDS); false runs the data plane only.
     #[arg(long, env = "ENIFLOW_IPAM", default_value_t = true, action = clap::ArgAction::Set)]
     ipam: bool,
-    /// eniflow's allocation checkpoint.
-    #[arg(
-        long,
-        env = "ENIFLOW_CHECKPOINT",
-        default_value = "/var/run/eniflow/ipam.json"
-    )]
-    checkpoint: PathBuf,
-    /// VPC CNI's checkpoint, imported when eniflow has none (a node moving from aws-node).
-    #[arg(
-        long,
-        env = "AWS_VPC_K8S_CNI_BACKING_STORE",
-        default_value = "/var/run/aws-node/ipam.json"
-    )]
-    vpc_cni_checkpoint: PathBuf,
+    #[command(flatten)]
+    files: eniflow_agent::files::NodeFiles,
     /// The node's effective max pods is written here (for kubelet's --max-pods or Bottlerocket).
     #[arg(
         long,
@@ -115,13 +103,6 @@ pub struct RunArgs {
     /// Host veth names start with this (VPC CNI's AWS_VPC_K8S_CNI_VETHPREFIX), at most 4 characters.
     #[arg(long, env = "AWS_VPC_K8S_CNI_VETHPREFIX", default_value = "eni", value_parser = veth_prefix)]
     veth_prefix: String,
-    /// Written once the agent serves CNI requests: its presence marks the node network-ready.
-    #[arg(
-        long,
-        env = "ENIFLOW_CNI_CONFLIST",
-        default_value = "/etc/cni/net.d/10-eniflow.conflist"
-    )]
-    cni_conflist: PathBuf,
     /// Plugins chained after eniflow in that conflist (a JSON array).
     #[arg(
         long,
@@ -242,7 +223,7 @@ pub async fn run(pins: Pins, args: RunArgs) -> Result<()> {
     let pinned_under = dp.pins().versioned();
     let branch_pods = match &ipam {
         Some(_) => {
-            let path = args.checkpoint.with_file_name("branch-pods.json");
+            let path = args.files.branch_pods();
             Some(Arc::new(cni::branch::BranchPods::open(
                 &path,
                 args.vlan_cooldown,
@@ -317,10 +298,13 @@ pub async fn run(pins: Pins, args: RunArgs) -> Result<()> {
             chain: args.cni_chain.clone(),
         };
         conflist
-            .write(&args.cni_conflist)
-            .with_context(|| format!("write {}", args.cni_conflist.display()))?;
-        tracing::info!("node network-ready: wrote {}", args.cni_conflist.display());
-        if let Some(dir) = args.cni_conflist.parent() {
+            .write(&args.files.cni_conflist)
+            .with_context(|| format!("write {}", args.files.cni_conflist.display()))?;
+        tracing::info!(
+            "node network-ready: wrote {}",
+            args.files.cni_conflist.display()
+        );
+        if let Some(dir) = args.files.cni_conflist.parent() {
             if let Some(old) = vpc_cni::takeover::remove_vpc_cni_conflist(dir) {
                 tracing::info!("takeover: removed aws-node's {}", old.display());
             }
@@ -348,7 +332,7 @@ pub async fn run(pins: Pins, args: RunArgs) -> Result<()> {
         _ = tokio::signal::ctrl_c() => {}
     }
     if ipam.is_some() && args.remove_conflist_on_exit {
-        let _ = std::fs::remove_file(&args.cni_conflist);
+        let _ = std::fs::remove_file(&args.files.cni_conflist);
     }
     tracing::info!("stopping; attachments stay pinned (`eniflow-agent uninstall` removes them)");
     Ok(())
@@ -370,8 +354,8 @@ fn settings(args: &RunArgs) -> serde_json::Value {
         "AWS_VPC_K8S_CNI_VETHPREFIX": args.veth_prefix,
         "CLUSTER_NAME": args.cluster_name,
         "socket": args.socket,
-        "checkpoint": args.checkpoint,
-        "cni_conflist": args.cni_conflist,
+        "checkpoint": args.files.checkpoint,
+        "cni_conflist": args.files.cni_conflist,
         "cni_chain": args.cni_chain,
         "metrics_address": args.metrics_address.to_string(),
         "ANNOTATE_POD_IP": args.annotate_pod_ip,
@@ -456,7 +440,7 @@ async fn serve_cni(
     }
     // Only now that the maps carry them does VPC CNI's wiring of them go.
     vpc_cni::takeover::remove_carried(&host, &plane, &mut takeover).await;
-    takeover.log_and_save(&args.checkpoint.with_file_name("takeover.json"));
+    takeover.log_and_save(&args.files.takeover_report());
     tokio::spawn(unwire_lost(ipam, pods.clone()));
     let socket = cni::server::serve(&args.socket, cni::server::Service::new(pods))
         .await
@@ -509,10 +493,10 @@ async fn start_pool(
     } else {
         None
     };
-    let mut config = ipam::Config::new(knobs, args.checkpoint.clone());
+    let mut config = ipam::Config::new(knobs, args.files.checkpoint.clone());
     config.custom_network = custom;
     config.create_trunk = args.create_trunk;
-    config.vpc_cni_checkpoint = Some(args.vpc_cni_checkpoint.clone());
+    config.vpc_cni_checkpoint = Some(args.files.vpc_cni_checkpoint.clone());
     config.cluster_name = args.cluster_name.clone();
     config.reconcile_period = args.reconcile_period;
     config.lost_grace = args.lost_grace;
@@ -522,7 +506,7 @@ async fn start_pool(
         node.id,
         node.instance_type,
         node.availability_zone,
-        args.checkpoint.display()
+        args.files.checkpoint.display()
     );
     let pool = Ipam::start(ec2, node, config).await?;
     let max_pods = pool.capacity().max_pods;

@@ -78,192 +78,53 @@ fn subnet_of(lab: &Lab) -> (String, String, u8) {
     )
 }
 
+/// `ip -n <ns> <line>`, the line split at spaces (no argument here has one).
+fn ip(ns: &Netns, line: &str) {
+    ns.ip(&line.split_whitespace().collect::<Vec<_>>());
+}
+
+/// VPC CNI's iptables rules (1.18–1.22, and 1.23 on iptables-legacy hosts), as
+/// iptables-restore reads them: its SNAT chain, its connmark chain and the mangle rules that
+/// keep the connmark.
+fn chains(primary: &str, vpc: &str) -> String {
+    format!(
+        r#"*nat
+:AWS-SNAT-CHAIN-0 - [0:0]
+:AWS-CONNMARK-CHAIN-0 - [0:0]
+-A POSTROUTING -m comment --comment "AWS SNAT CHAIN" -j AWS-SNAT-CHAIN-0
+-A AWS-SNAT-CHAIN-0 -d {vpc} -m comment --comment "AWS SNAT CHAIN" -j RETURN
+-A AWS-SNAT-CHAIN-0 ! -o vlan+ -m comment --comment "AWS, SNAT" -m addrtype ! --dst-type LOCAL -j SNAT --to-source {primary} --random-fully
+-A PREROUTING -i eni+ -m comment --comment "AWS, outbound connections" -j AWS-CONNMARK-CHAIN-0
+-A PREROUTING -m comment --comment "AWS, CONNMARK" -j CONNMARK --restore-mark --nfmask 0x80 --ctmask 0x80
+-A AWS-CONNMARK-CHAIN-0 -d {vpc} -m comment --comment "AWS CONNMARK CHAIN, VPC CIDR" -j RETURN
+-A AWS-CONNMARK-CHAIN-0 -m comment --comment "AWS, CONNMARK" -j CONNMARK --set-xmark 0x80/0x80
+COMMIT
+*mangle
+-A PREROUTING -i eth0 -m comment --comment "AWS, primary ENI" -m addrtype --dst-type LOCAL --limit-iface-in -j CONNMARK --set-xmark 0x80/0x80
+-A PREROUTING -i eni+ -m comment --comment "AWS, primary ENI" -j CONNMARK --restore-mark --nfmask 0x80 --ctmask 0x80
+-A PREROUTING -i vlan+ -m comment --comment "AWS, primary ENI" -j CONNMARK --restore-mark --nfmask 0x80 --ctmask 0x80
+COMMIT
+"#
+    )
+}
+
 /// What aws-node's ipamd sets up for the node: forwarding, its connmark rule, strict mode's
 /// move of the local rule, and its SNAT and connmark chains.
 fn node_wiring(lab: &Lab) {
     let node = &lab.node.netns;
     node.run("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
     node.run("sysctl", &["-qw", "net.ipv4.conf.eth0.rp_filter=2"]);
-    node.ip(&[
-        "rule",
-        "add",
-        "fwmark",
-        "0x80/0x80",
-        "lookup",
-        "main",
-        "priority",
-        "1024",
-    ]);
-    node.ip(&["rule", "add", "priority", "20", "lookup", "local"]);
-    node.ip(&["rule", "del", "priority", "0", "lookup", "local"]);
-    let primary = &lab.node.primary_ip;
-    let vpc = &lab.spec.vpc_cidrs[0];
-    let ipt = |args: &[&str]| {
-        node.run("iptables", args);
-    };
-    ipt(&["-t", "nat", "-N", "AWS-SNAT-CHAIN-0"]);
-    ipt(&[
-        "-t",
-        "nat",
-        "-A",
-        "POSTROUTING",
-        "-m",
-        "comment",
-        "--comment",
-        "AWS SNAT CHAIN",
-        "-j",
-        "AWS-SNAT-CHAIN-0",
-    ]);
-    ipt(&[
-        "-t",
-        "nat",
-        "-A",
-        "AWS-SNAT-CHAIN-0",
-        "-d",
-        vpc,
-        "-m",
-        "comment",
-        "--comment",
-        "AWS SNAT CHAIN",
-        "-j",
-        "RETURN",
-    ]);
-    ipt(&[
-        "-t",
-        "nat",
-        "-A",
-        "AWS-SNAT-CHAIN-0",
-        "!",
-        "-o",
-        "vlan+",
-        "-m",
-        "comment",
-        "--comment",
-        "AWS, SNAT",
-        "-m",
-        "addrtype",
-        "!",
-        "--dst-type",
-        "LOCAL",
-        "-j",
-        "SNAT",
-        "--to-source",
-        primary,
-        "--random-fully",
-    ]);
-    ipt(&["-t", "nat", "-N", "AWS-CONNMARK-CHAIN-0"]);
-    ipt(&[
-        "-t",
-        "nat",
-        "-A",
-        "PREROUTING",
-        "-i",
-        "eni+",
-        "-m",
-        "comment",
-        "--comment",
-        "AWS, outbound connections",
-        "-j",
-        "AWS-CONNMARK-CHAIN-0",
-    ]);
-    ipt(&[
-        "-t",
-        "nat",
-        "-A",
-        "PREROUTING",
-        "-m",
-        "comment",
-        "--comment",
-        "AWS, CONNMARK",
-        "-j",
-        "CONNMARK",
-        "--restore-mark",
-        "--mask",
-        "0x80",
-    ]);
-    ipt(&[
-        "-t",
-        "nat",
-        "-A",
-        "AWS-CONNMARK-CHAIN-0",
-        "-d",
-        vpc,
-        "-m",
-        "comment",
-        "--comment",
-        "AWS CONNMARK CHAIN, VPC CIDR",
-        "-j",
-        "RETURN",
-    ]);
-    ipt(&[
-        "-t",
-        "nat",
-        "-A",
-        "AWS-CONNMARK-CHAIN-0",
-        "-m",
-        "comment",
-        "--comment",
-        "AWS, CONNMARK",
-        "-j",
-        "CONNMARK",
-        "--set-xmark",
-        "0x80/0x80",
-    ]);
-    ipt(&[
-        "-t",
-        "mangle",
-        "-A",
-        "PREROUTING",
-        "-i",
-        "eth0",
-        "-m",
-        "comment",
-        "--comment",
-        "AWS, primary ENI",
-        "-m",
-        "addrtype",
-        "--dst-type",
-        "LOCAL",
-        "--limit-iface-in",
-        "-j",
-        "CONNMARK",
-        "--set-mark",
-        "0x80/0x80",
-    ]);
-    ipt(&[
-        "-t",
-        "mangle",
-        "-A",
-        "PREROUTING",
-        "-i",
-        "eni+",
-        "-m",
-        "comment",
-        "--comment",
-        "AWS, primary ENI",
-        "-j",
-        "CONNMARK",
-        "--restore-mark",
-        "--mask",
-        "0x80",
-    ]);
-    ipt(&[
-        "-t",
-        "mangle",
-        "-A",
-        "PREROUTING",
-        "-i",
-        "vlan+",
-        "-m",
-        "comment",
-        "--comment",
-        "AWS, primary ENI",
-        "-j",
-        "CONNMARK",
-        "--restore-mark",
-        "--mask",
-        "0x80",
-    ]);
+    ip(node, "rule add fwmark 0x80/0x80 lookup main priority 1024");
+    ip(node, "rule add priority 20 lookup local");
+    ip(node, "rule del priority 0 lookup local");
+    let rules = chains(&lab.node.primary_ip, &lab.spec.vpc_cidrs[0]);
+    let path = std::env::temp_dir().join(crate::unique_name("aws-chains"));
+    std::fs::write(&path, rules).unwrap();
+    node.run(
+        "iptables-restore",
+        &["--noflush", &path.display().to_string()],
+    );
+    let _ = std::fs::remove_file(&path);
 }
 
 /// A non-primary ENI at `device` as ipamd sets it up: its address with the subnet's prefix,
@@ -271,78 +132,49 @@ fn node_wiring(lab: &Lab) {
 /// and (not on the trunk) the `from <ENI address>` rule.
 fn eni_wiring(lab: &Lab, device: u32, address: &str, trunk: bool) {
     let node = &lab.node.netns;
-    let eth = format!("eth{device}");
-    let table = (device + 1).to_string();
+    let (eth, table) = (format!("eth{device}"), device + 1);
     let (cidr, gw, len) = subnet_of(lab);
     wait_for_link(node, &eth);
     node.run(
         "sysctl",
         &["-qw", &format!("net.ipv4.conf.{eth}.rp_filter=2")],
     );
-    node.ip(&["link", "set", &eth, "up"]);
-    node.ip(&["addr", "add", &format!("{address}/{len}"), "dev", &eth]);
-    node.ip(&["route", "del", &cidr, "dev", &eth, "table", "main"]);
-    node.ip(&[
-        "route",
-        "replace",
-        &format!("{gw}/32"),
-        "dev",
-        &eth,
-        "scope",
-        "link",
-        "table",
-        &table,
-    ]);
-    node.ip(&[
-        "route", "replace", "default", "via", &gw, "dev", &eth, "table", &table,
-    ]);
+    ip(node, &format!("link set {eth} up"));
+    ip(node, &format!("addr add {address}/{len} dev {eth}"));
+    ip(node, &format!("route del {cidr} dev {eth} table main"));
+    ip(
+        node,
+        &format!("route replace {gw}/32 dev {eth} scope link table {table}"),
+    );
+    ip(
+        node,
+        &format!("route replace default via {gw} dev {eth} table {table}"),
+    );
     if !trunk {
-        node.ip(&[
-            "rule", "add", "from", address, "lookup", &table, "priority", "32765",
-        ]);
+        ip(
+            node,
+            &format!("rule add from {address} lookup {table} priority 32765"),
+        );
     }
 }
 
-/// The veth pair and the pod side, as the plugin makes them.
-fn veth_and_pod_side(lab: &Lab, pod: &Pod) {
-    let node = &lab.node.netns;
-    node.add_veth(&pod.host_veth, &pod.netns, "eth0");
-    node.ip(&["link", "set", &pod.host_veth, "up"]);
+/// VPC CNI's pod side of a veth pair (`host_veth` on `node`, eth0 in `pod`): the pod's address
+/// as /32, the link route to 169.254.1.1 and the default route by it, and a permanent
+/// neighbour entry for 169.254.1.1 with the host veth's MAC.
+pub fn veth_and_pod_side(node: &Netns, pod: &Netns, host_veth: &str, addr: &str) {
+    node.add_veth(host_veth, pod, "eth0");
+    ip(node, &format!("link set {host_veth} up"));
     let links: Value =
-        serde_json::from_str(&node.ip(&["-j", "link", "show", "dev", &pod.host_veth])).unwrap();
+        serde_json::from_str(&node.ip(&["-j", "link", "show", "dev", host_veth])).unwrap();
     let host_mac = links[0]["address"].as_str().unwrap().to_owned();
-    let p = &pod.netns;
-    p.ip(&["link", "set", "eth0", "up"]);
-    p.ip(&[
-        "route",
-        "replace",
-        "169.254.1.1/32",
-        "dev",
-        "eth0",
-        "scope",
-        "link",
-    ]);
-    p.ip(&[
-        "route",
-        "add",
-        "default",
-        "via",
-        "169.254.1.1",
-        "dev",
-        "eth0",
-    ]);
-    p.ip(&["addr", "add", &format!("{}/32", pod.ip), "dev", "eth0"]);
-    p.ip(&[
-        "neigh",
-        "add",
-        "169.254.1.1",
-        "lladdr",
-        &host_mac,
-        "dev",
-        "eth0",
-        "nud",
-        "permanent",
-    ]);
+    ip(pod, "link set eth0 up");
+    ip(pod, "route replace 169.254.1.1/32 dev eth0 scope link");
+    ip(pod, "route add default via 169.254.1.1 dev eth0");
+    ip(pod, &format!("addr add {addr}/32 dev eth0"));
+    ip(
+        pod,
+        &format!("neigh add 169.254.1.1 lladdr {host_mac} dev eth0 nud permanent"),
+    );
 }
 
 /// Whether the kernel makes VLAN devices (VPC CNI's branch pods need them).
@@ -364,7 +196,7 @@ pub fn vlan_devices_supported(node: &Netns) -> bool {
     ])
     .is_some();
     if made {
-        node.ip(&["link", "del", probe]);
+        ip(node, &format!("link del {probe}"));
     }
     made
 }
@@ -372,37 +204,21 @@ pub fn vlan_devices_supported(node: &Netns) -> bool {
 /// A pod on an address of the pool: the host route and rules 512 (and 1536 off the primary).
 fn pool_pod(lab: &Lab, pod: &Pod, table: Option<u32>) {
     let node = &lab.node.netns;
-    veth_and_pod_side(lab, pod);
-    node.ip(&[
-        "route",
-        "replace",
-        &format!("{}/32", pod.ip),
-        "dev",
-        &pod.host_veth,
-        "scope",
-        "link",
-    ]);
-    node.ip(&[
-        "rule",
-        "add",
-        "to",
-        &format!("{}/32", pod.ip),
-        "lookup",
-        "main",
-        "priority",
-        "512",
-    ]);
+    let (addr, veth) = (&pod.ip, &pod.host_veth);
+    veth_and_pod_side(node, &pod.netns, veth, addr);
+    ip(
+        node,
+        &format!("route replace {addr}/32 dev {veth} scope link"),
+    );
+    ip(
+        node,
+        &format!("rule add to {addr}/32 lookup main priority 512"),
+    );
     if let Some(table) = table {
-        node.ip(&[
-            "rule",
-            "add",
-            "from",
-            &format!("{}/32", pod.ip),
-            "lookup",
-            &table.to_string(),
-            "priority",
-            "1536",
-        ]);
+        ip(
+            node,
+            &format!("rule add from {addr}/32 lookup {table} priority 1536"),
+        );
     }
 }
 
@@ -410,63 +226,35 @@ fn pool_pod(lab: &Lab, pod: &Pod, table: Option<u32>) {
 /// vlan + 100, the pod's route there, `iif` rules for the device and the veth.
 fn branch_pod(lab: &Lab, pod: &Pod, trunk_eth: &str, vlan: u16, mac: &str) {
     let node = &lab.node.netns;
-    let device = format!("vlan.eth.{vlan}");
-    let table = (u32::from(vlan) + 100).to_string();
+    let (addr, veth) = (&pod.ip, &pod.host_veth);
+    let (device, table) = (format!("vlan.eth.{vlan}"), u32::from(vlan) + 100);
     let (_, gw, _) = subnet_of(lab);
-    node.ip(&[
-        "link",
-        "add",
-        "link",
-        trunk_eth,
-        "name",
-        &device,
-        "address",
-        mac,
-        "type",
-        "vlan",
-        "id",
-        &vlan.to_string(),
-    ]);
-    node.ip(&["link", "set", &device, "up"]);
-    node.ip(&[
-        "route",
-        "replace",
-        &format!("{gw}/32"),
-        "dev",
-        &device,
-        "scope",
-        "link",
-        "table",
-        &table,
-    ]);
-    node.ip(&[
-        "route", "replace", "default", "via", &gw, "dev", &device, "table", &table,
-    ]);
-    veth_and_pod_side(lab, pod);
-    node.ip(&[
-        "route",
-        "replace",
-        &format!("{}/32", pod.ip),
-        "dev",
-        &pod.host_veth,
-        "scope",
-        "link",
-        "table",
-        &table,
-    ]);
-    node.ip(&[
-        "rule", "add", "iif", &device, "lookup", &table, "priority", "10",
-    ]);
-    node.ip(&[
-        "rule",
-        "add",
-        "iif",
-        &pod.host_veth,
-        "lookup",
-        &table,
-        "priority",
-        "10",
-    ]);
+    ip(
+        node,
+        &format!("link add link {trunk_eth} name {device} address {mac} type vlan id {vlan}"),
+    );
+    ip(node, &format!("link set {device} up"));
+    ip(
+        node,
+        &format!("route replace {gw}/32 dev {device} scope link table {table}"),
+    );
+    ip(
+        node,
+        &format!("route replace default via {gw} dev {device} table {table}"),
+    );
+    veth_and_pod_side(node, &pod.netns, veth, addr);
+    ip(
+        node,
+        &format!("route replace {addr}/32 dev {veth} scope link table {table}"),
+    );
+    ip(
+        node,
+        &format!("rule add iif {device} lookup {table} priority 10"),
+    );
+    ip(
+        node,
+        &format!("rule add iif {veth} lookup {table} priority 10"),
+    );
 }
 
 /// VPC CNI's checkpoint of the pool's pods (branch pods are not in it).
@@ -602,17 +390,11 @@ impl VpcCniNode {
         let mut recorded: Vec<&Pod> = pods.iter().collect();
         if inconsistent {
             let node = &lab.node.netns;
-            for ip in [STRAY_RULE_ADDRESS, ghost.ip.as_str()] {
-                node.ip(&[
-                    "rule",
-                    "add",
-                    "to",
-                    &format!("{ip}/32"),
-                    "lookup",
-                    "main",
-                    "priority",
-                    "512",
-                ]);
+            for addr in [STRAY_RULE_ADDRESS, ghost.ip.as_str()] {
+                ip(
+                    node,
+                    &format!("rule add to {addr}/32 lookup main priority 512"),
+                );
             }
             recorded.push(&ghost);
         }

@@ -4,10 +4,7 @@
 //! does the usual uninstall detach them. aws-node, started next, restores its checkpoint (it
 //! keeps the entries whose veth exists) and adds its node-wide rules and chains itself.
 
-use std::{
-    net::Ipv4Addr,
-    path::{Path, PathBuf},
-};
+use std::{net::Ipv4Addr, path::Path};
 
 use rtnetlink::{
     packet_route::{route::RouteScope, rule::RuleAction},
@@ -24,24 +21,15 @@ use crate::{
     ipam::{checkpoint, Allocation},
 };
 
-/// Where eniflow's and VPC CNI's files are (the agent's `run` settings, same names).
+/// What a handback needs to know, under the names `run` gives it.
 #[derive(clap::Args, Clone, Debug)]
 pub struct HandbackArgs {
     /// Hand the node's pods back to aws-node (VPC CNI) instead of leaving them unrouted.
     #[arg(long)]
     pub handback: bool,
-    #[arg(
-        long,
-        env = "ENIFLOW_CHECKPOINT",
-        default_value = "/var/run/eniflow/ipam.json"
-    )]
-    pub checkpoint: PathBuf,
-    #[arg(
-        long,
-        env = "AWS_VPC_K8S_CNI_BACKING_STORE",
-        default_value = "/var/run/aws-node/ipam.json"
-    )]
-    pub vpc_cni_checkpoint: PathBuf,
+    #[command(flatten)]
+    pub files: crate::files::NodeFiles,
+    /// The instance metadata endpoint (the ENIs' device numbers); unset: http://169.254.169.254.
     #[arg(long, env = "AWS_EC2_METADATA_SERVICE_ENDPOINT")]
     pub imds_endpoint: Option<String>,
     /// strict or standard, as aws-node will run (VPC CNI's branch pods are wired per mode).
@@ -51,12 +39,6 @@ pub struct HandbackArgs {
         default_value = "strict"
     )]
     pub sg_mode: String,
-    #[arg(
-        long,
-        env = "ENIFLOW_CNI_CONFLIST",
-        default_value = "/etc/cni/net.d/10-eniflow.conflist"
-    )]
-    pub cni_conflist: PathBuf,
     /// The host veths' prefix, as `run` names them.
     #[arg(long, env = "AWS_VPC_K8S_CNI_VETHPREFIX", default_value = "eni")]
     pub veth_prefix: String,
@@ -103,10 +85,10 @@ pub async fn write_vpc_cni_wiring(args: &HandbackArgs) -> Result<usize, Handback
             )))
         }
     };
-    let saved = checkpoint::load(&args.checkpoint)
+    let saved = checkpoint::load(&args.files.checkpoint)
         .map_err(|e| HandbackError(e.to_string()))?
         .unwrap_or_default();
-    let branch_file = args.checkpoint.with_file_name("branch-pods.json");
+    let branch_file = args.files.branch_pods();
     let branch_pods = BranchPods::open(&branch_file, std::time::Duration::ZERO)
         .map_err(|e| HandbackError(e.to_string()))?
         .all();
@@ -160,11 +142,19 @@ pub async fn write_vpc_cni_wiring(args: &HandbackArgs) -> Result<usize, Handback
         branches += 1;
     }
     let text = checkpoint::encode_vpc_cni(&handed);
-    crate::files::write_atomically(&args.vpc_cni_checkpoint, &text)
-        .map_err(|e| HandbackError(format!("write {}: {e}", args.vpc_cni_checkpoint.display())))?;
+    crate::files::write_atomically(&args.files.vpc_cni_checkpoint, &text).map_err(|e| {
+        HandbackError(format!(
+            "write {}: {e}",
+            args.files.vpc_cni_checkpoint.display()
+        ))
+    })?;
     // The runtime picks aws-node's conflist once eniflow's is gone; eniflow's checkpoints go
     // so that a later eniflow imports VPC CNI's afresh rather than restoring stale holds.
-    for path in [&args.cni_conflist, &args.checkpoint, &branch_file] {
+    for path in [
+        &args.files.cni_conflist,
+        &args.files.checkpoint,
+        &branch_file,
+    ] {
         remove_if_present(path)?;
     }
     Ok(handed.len() + branches)

@@ -133,8 +133,7 @@ fn sysctl(ns: &Netns, setting: &str) {
 /// A pod wired the way both routed ways share (VPC CNI's pod side): `addr`/32 on eth0, the
 /// 169.254.1.1 gateway with a permanent neighbour, and the node's /32 route to it.
 fn wire_pod(node: &Netns, pod: &Netns, host_veth: &str, addr: Ipv4Addr) {
-    node.add_veth(host_veth, pod, "eth0");
-    node.ip(&["link", "set", host_veth, "up"]);
+    eniflow_tests::vpc_cni::veth_and_pod_side(node, pod, host_veth, &addr.to_string());
     node.ip(&[
         "route",
         "add",
@@ -143,39 +142,6 @@ fn wire_pod(node: &Netns, pod: &Netns, host_veth: &str, addr: Ipv4Addr) {
         host_veth,
         "scope",
         "link",
-    ]);
-    let host_mac = mac_of(node, host_veth);
-    let host_mac = host_mac.map(|b| format!("{b:02x}")).join(":");
-    pod.ip(&["addr", "add", &format!("{addr}/32"), "dev", "eth0"]);
-    pod.ip(&["link", "set", "eth0", "up"]);
-    pod.ip(&[
-        "route",
-        "add",
-        "169.254.1.1",
-        "dev",
-        "eth0",
-        "scope",
-        "link",
-    ]);
-    pod.ip(&[
-        "route",
-        "add",
-        "default",
-        "via",
-        "169.254.1.1",
-        "dev",
-        "eth0",
-    ]);
-    pod.ip(&[
-        "neigh",
-        "add",
-        "169.254.1.1",
-        "lladdr",
-        &host_mac,
-        "dev",
-        "eth0",
-        "nud",
-        "permanent",
     ]);
 }
 
