@@ -158,6 +158,12 @@ async fn a_node_moves_from_aws_node_without_losing_a_ping_or_a_connection() {
             .collect()
     };
     let (stack_before, sent_before) = (to_stack(node), sent(node));
+    // Not one of their packets went to the stack since the programs took them: the pings and
+    // the connections' packets are all VPC traffic.
+    assert!(
+        stack_before.iter().all(|n| *n == 0),
+        "sent to the stack: {stack_before:?}"
+    );
     for (c, p) in connections.iter_mut().zip(&vpc.pods) {
         assert!(
             pings(&p.netns, &remote(node, p)),

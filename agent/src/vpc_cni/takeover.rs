@@ -401,6 +401,7 @@ async fn remove(nl: &Handle, plane: &Plane, report: &mut Report) -> Result<(), r
                 .push(format!("{kind}: VPC CNI's connmark chains are still there"));
             continue;
         }
+        let mut what = kind.to_string();
         if *kind == RuleKind::MovedLocal && !has_local_rule_at_zero(&all_rules) {
             // The local table is looked up first again before its rule at 20 goes.
             let restored = nl
@@ -416,14 +417,11 @@ async fn remove(nl: &Handle, plane: &Plane, report: &mut Report) -> Result<(), r
                 report.failed.push(format!("add rule 0: lookup local: {e}"));
                 continue;
             }
-            report
-                .removed
-                .push("rule 20: lookup local (back at 0)".into());
-        } else {
-            report.removed.push(kind.to_string());
+            what += " (back at 0)";
         }
-        if let Err(e) = nl.rule().del(rule.message.clone()).execute().await {
-            report.failed.push(format!("delete {kind}: {e}"));
+        match nl.rule().del(rule.message.clone()).execute().await {
+            Ok(()) => report.removed.push(what),
+            Err(e) => report.failed.push(format!("delete {what}: {e}")),
         }
     }
     Ok(())
