@@ -280,9 +280,6 @@ pub fn checkpoint(pods: &[&Pod]) -> Value {
 pub struct VpcCniNode {
     pub node: PodNode,
     pub pods: Vec<Pod>,
-    /// VPC CNI's checkpoint, as aws-node wrote it.
-    pub checkpoint: std::path::PathBuf,
-    pub trunk_eth: String,
     /// The address of the checkpoint entry without a veth (inconsistent nodes).
     pub ghost_ip: String,
 }
@@ -399,8 +396,9 @@ impl VpcCniNode {
             recorded.push(&ghost);
         }
         let node = PodNode::prepare(lab, extra, env);
-        let checkpoint = std::path::PathBuf::from(node.files.path("aws-node-ipam.json"));
-        std::fs::write(&checkpoint, format!("{}\n", self::checkpoint(&recorded))).unwrap();
+        // Where the agent's `--vpc-cni-checkpoint` points (`PoolFiles::args`).
+        let checkpoint = node.files.path("aws-node-ipam.json");
+        std::fs::write(checkpoint, format!("{}\n", self::checkpoint(&recorded))).unwrap();
         // aws-node's conflist, which sorts before eniflow's.
         std::fs::create_dir_all(node.files.cni_conf_dir()).unwrap();
         let conflist = json!({"cniVersion": "0.4.0", "name": "aws-cni", "disableCheck": true,
@@ -411,8 +409,6 @@ impl VpcCniNode {
             ghost_ip: ghost.ip.clone(),
             node,
             pods,
-            checkpoint,
-            trunk_eth: "eth2".into(),
         }
     }
 
