@@ -243,6 +243,11 @@ impl Ec2 {
         }
     }
 
+    /// Whether a throttled answer holds back the calls of `action`'s class now.
+    pub fn backing_off(&self, action: &str) -> bool {
+        self.budget.backing_off(action)
+    }
+
     /// Calls so far: (action, outcome) → count, outcome "ok" or the error code.
     pub fn calls(&self) -> BTreeMap<(&'static str, String), u64> {
         self.calls.lock().unwrap_or_else(|e| e.into_inner()).clone()

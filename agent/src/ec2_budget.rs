@@ -188,6 +188,13 @@ impl Budget {
         b.not_before = Some(b.not_before.map_or(until, |at| at.max(until)));
     }
 
+    /// Whether a throttle holds back the calls of `action`'s class now.
+    pub fn backing_off(&self, action: &str) -> bool {
+        self.bucket(action)
+            .not_before
+            .is_some_and(|at| at > Instant::now())
+    }
+
     /// EC2 answered a call of `action` without throttling it.
     pub fn answered(&self, action: &str) {
         self.bucket(action).streak = 0;
@@ -237,6 +244,8 @@ mod tests {
     async fn a_throttle_delays_the_next_call_of_its_class_only() {
         let budget = Budget::new("unlimited".parse().unwrap());
         budget.throttled("AssignPrivateIpAddresses");
+        assert!(budget.backing_off("CreateNetworkInterface"));
+        assert!(!budget.backing_off("DescribeSubnets"));
         let started = tokio::time::Instant::now();
         budget.acquire("DescribeSubnets").await;
         assert_eq!(started.elapsed(), Duration::ZERO, "another class waited");
@@ -245,6 +254,10 @@ mod tests {
         assert!(
             waited >= BACKOFF_FIRST / 2 && waited <= BACKOFF_FIRST,
             "{waited:?}"
+        );
+        assert!(
+            !budget.backing_off("CreateNetworkInterface"),
+            "past its end"
         );
         // A second throttle in a row doubles the bound.
         budget.throttled("CreateNetworkInterface");

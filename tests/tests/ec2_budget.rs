@@ -176,6 +176,15 @@ async fn a_throttled_call_holds_back_the_nodes_next_call_of_its_class() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
+    // EC2 logs the throttle before the node reads the answer: wait until the node has.
+    let read_by = std::time::Instant::now() + Duration::from_secs(30);
+    while !ec2.backing_off("UnassignPrivateIpAddresses") {
+        assert!(
+            std::time::Instant::now() < read_by,
+            "the node never backed off the throttled class"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     // Another call of the class, sent at once, reaches EC2 only after the class's backoff.
     let _ = ec2.unassign(&eni, &first, false).await;
     let log = vpc.emulator.call_log();
