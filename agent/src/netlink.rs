@@ -1,13 +1,16 @@
 //! The agent's one home for network namespaces and route netlink: entering a namespace, opening a
-//! route socket in the current namespace or in a pod's, and finding a link by name or index with
-//! its MAC.
+//! route socket in the current namespace or in a pod's, finding a link by name or index with
+//! its MAC, and the on-link /32 route every pod and gateway gets.
 
-use std::{fs::File, io, os::fd::AsRawFd, path::Path};
+use std::{fs::File, io, net::Ipv4Addr, os::fd::AsRawFd, path::Path};
 
 use futures_util::TryStreamExt;
 use rtnetlink::{
-    packet_route::link::{LinkAttribute, LinkMessage},
-    Handle,
+    packet_route::{
+        link::{LinkAttribute, LinkMessage},
+        route::RouteScope,
+    },
+    Handle, RouteMessageBuilder,
 };
 
 /// Moves the calling thread into the network namespace at `path` (e.g. `/run/netns/node`).
@@ -127,11 +130,18 @@ pub async fn link_by_name(nl: &Handle, name: &str) -> Result<Option<Link>, rtnet
     }
 }
 
-/// The MAC of the peer of veth `ifindex` (a pod's eth0, for a pod's host veth), read in the
-/// peer's namespace through its namespace id: exact whether or not the pod has sent anything,
-/// where the host's neighbour entry for the pod may be missing or stale. None when the link has
-/// no peer in another namespace.
-pub async fn veth_peer_mac(nl: &Handle, ifindex: u32) -> Result<Option<[u8; 6]>, rtnetlink::Error> {
+/// The MACs of both ends of veth `ifindex`.
+pub struct VethMacs {
+    pub host: [u8; 6],
+    /// The peer's, in its own namespace (a pod's eth0, for a pod's host veth).
+    pub peer: [u8; 6],
+}
+
+/// The MACs of veth `ifindex` and of its peer, the peer's read in its namespace through its
+/// namespace id: exact whether or not the pod has sent anything, where the host's neighbour
+/// entry for the pod may be missing or stale. None when the link is gone, has no MAC or has no
+/// peer in another namespace.
+pub async fn veth_macs(nl: &Handle, ifindex: u32) -> Result<Option<VethMacs>, rtnetlink::Error> {
     let Some(host) = nl
         .link()
         .get()
@@ -150,7 +160,7 @@ pub async fn veth_peer_mac(nl: &Handle, ifindex: u32) -> Result<Option<[u8; 6]>,
             _ => {}
         }
     }
-    let (Some(peer), Some(netns)) = (peer, netns) else {
+    let (Some(host), Some(peer), Some(netns)) = (Link::from_message(&host).mac, peer, netns) else {
         return Ok(None);
     };
     let mut request = nl.link().get().match_index(peer);
@@ -159,7 +169,17 @@ pub async fn veth_peer_mac(nl: &Handle, ifindex: u32) -> Result<Option<[u8; 6]>,
         .attributes
         .push(LinkAttribute::IfNetnsId(netns));
     let found = request.execute().try_next().await?;
-    Ok(found.and_then(|m| Link::from_message(&m).mac))
+    Ok(found
+        .and_then(|m| Link::from_message(&m).mac)
+        .map(|peer| VethMacs { host, peer }))
+}
+
+/// A route to `dest`/32 straight on link `ifindex`, no gateway (in main unless given a table).
+pub fn link_route(dest: Ipv4Addr, ifindex: u32) -> RouteMessageBuilder<Ipv4Addr> {
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(dest, 32)
+        .output_interface(ifindex)
+        .scope(RouteScope::Link)
 }
 
 /// Every link of the socket's namespace.

@@ -1,5 +1,5 @@
-//! A lab node wired as aws-node (Amazon VPC CNI 1.18–1.22, iptables connmark chains, strict
-//! security-group mode) wires it, before eniflow starts there: pods on the primary ENI, on a
+//! A lab node wired as aws-node (Amazon VPC CNI 1.18–1.22 with iptables connmark chains, or 1.23
+//! with its nftables connmark table; strict security-group mode) wires it, before eniflow starts there: pods on the primary ENI, on a
 //! secondary ENI and on a branch ENI, with VPC CNI's veth names, pod side, host routes, per-pod
 //! `ip rule`s, per-ENI tables, the branch pod's VLAN device, table and rules, its node rules
 //! and chains, and `/var/run/aws-node/ipam.json`. Written from VPC CNI's behaviour
@@ -83,22 +83,29 @@ fn ip(ns: &Netns, line: &str) {
     ns.ip(&line.split_whitespace().collect::<Vec<_>>());
 }
 
-/// VPC CNI's iptables rules (1.18–1.22, and 1.23 on iptables-legacy hosts), as
-/// iptables-restore reads them: its SNAT chain, its connmark chain and the mangle rules that
-/// keep the connmark.
-fn chains(primary: &str, vpc: &str) -> String {
-    format!(
-        r#"*nat
-:AWS-SNAT-CHAIN-0 - [0:0]
-:AWS-CONNMARK-CHAIN-0 - [0:0]
--A POSTROUTING -m comment --comment "AWS SNAT CHAIN" -j AWS-SNAT-CHAIN-0
--A AWS-SNAT-CHAIN-0 -d {vpc} -m comment --comment "AWS SNAT CHAIN" -j RETURN
--A AWS-SNAT-CHAIN-0 ! -o vlan+ -m comment --comment "AWS, SNAT" -m addrtype ! --dst-type LOCAL -j SNAT --to-source {primary} --random-fully
+/// VPC CNI's iptables rules, as iptables-restore reads them: its SNAT chain, its connmark chain
+/// unless 1.23 put that in nftables (`nft_connmark`), and the mangle rules that keep the
+/// connmark.
+fn chains(primary: &str, vpc: &str, nft_connmark: bool) -> String {
+    let connmark = if nft_connmark {
+        String::new()
+    } else {
+        format!(
+            r#":AWS-CONNMARK-CHAIN-0 - [0:0]
 -A PREROUTING -i eni+ -m comment --comment "AWS, outbound connections" -j AWS-CONNMARK-CHAIN-0
 -A PREROUTING -m comment --comment "AWS, CONNMARK" -j CONNMARK --restore-mark --nfmask 0x80 --ctmask 0x80
 -A AWS-CONNMARK-CHAIN-0 -d {vpc} -m comment --comment "AWS CONNMARK CHAIN, VPC CIDR" -j RETURN
 -A AWS-CONNMARK-CHAIN-0 -m comment --comment "AWS, CONNMARK" -j CONNMARK --set-xmark 0x80/0x80
-COMMIT
+"#
+        )
+    };
+    format!(
+        r#"*nat
+:AWS-SNAT-CHAIN-0 - [0:0]
+-A POSTROUTING -m comment --comment "AWS SNAT CHAIN" -j AWS-SNAT-CHAIN-0
+-A AWS-SNAT-CHAIN-0 -d {vpc} -m comment --comment "AWS SNAT CHAIN" -j RETURN
+-A AWS-SNAT-CHAIN-0 ! -o vlan+ -m comment --comment "AWS, SNAT" -m addrtype ! --dst-type LOCAL -j SNAT --to-source {primary} --random-fully
+{connmark}COMMIT
 *mangle
 -A PREROUTING -i eth0 -m comment --comment "AWS, primary ENI" -m addrtype --dst-type LOCAL --limit-iface-in -j CONNMARK --set-xmark 0x80/0x80
 -A PREROUTING -i eni+ -m comment --comment "AWS, primary ENI" -j CONNMARK --restore-mark --nfmask 0x80 --ctmask 0x80
@@ -108,22 +115,65 @@ COMMIT
     )
 }
 
+/// VPC CNI 1.23's connmark table on hosts whose iptables is the nftables backend, as `nft -f`
+/// reads it (VPC CNI writes the same over netlink). A node left `inconsistent` also has a chain
+/// of someone else's in it.
+fn nft_connmark(vpc: &str, inconsistent: bool) -> String {
+    let foreign = if inconsistent {
+        "    chain someone-elses {\n    }\n"
+    } else {
+        ""
+    };
+    format!(
+        r#"table ip aws-cni {{
+    chain nat-prerouting {{
+        type nat hook prerouting priority -90; policy accept;
+        fib daddr type local return
+        iifname "eni*" counter jump snat-mark
+        counter meta mark set ct mark and 0x80
+    }}
+    chain snat-mark {{
+        counter ip daddr {vpc} return
+        counter ct mark set ct mark or 0x80
+    }}
+{foreign}}}
+"#
+    )
+}
+
+/// Which VPC CNI wired the node, and how consistently.
+#[derive(Clone, Copy, Default)]
+pub struct Wiring {
+    /// VPC CNI 1.23 on an nftables host: its connmark rules in `table ip aws-cni`, not in
+    /// `AWS-CONNMARK-CHAIN-0`.
+    pub nft_connmark: bool,
+    /// VPC CNI's state also holds a rule for an address no pod has (`STRAY_RULE_ADDRESS`), a
+    /// checkpoint entry, with its rule, whose veth is gone, and (with `nft_connmark`) a chain
+    /// in its table that is not its own.
+    pub inconsistent: bool,
+}
+
 /// What aws-node's ipamd sets up for the node: forwarding, its connmark rule, strict mode's
-/// move of the local rule, and its SNAT and connmark chains.
-fn node_wiring(lab: &Lab) {
+/// move of the local rule, and its SNAT and connmark chains (or table).
+fn node_wiring(lab: &Lab, wiring: Wiring) {
     let node = &lab.node.netns;
     node.run("sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
     node.run("sysctl", &["-qw", "net.ipv4.conf.eth0.rp_filter=2"]);
     ip(node, "rule add fwmark 0x80/0x80 lookup main priority 1024");
     ip(node, "rule add priority 20 lookup local");
     ip(node, "rule del priority 0 lookup local");
-    let rules = chains(&lab.node.primary_ip, &lab.spec.vpc_cidrs[0]);
+    let vpc = &lab.spec.vpc_cidrs[0];
+    let rules = chains(&lab.node.primary_ip, vpc, wiring.nft_connmark);
     let path = std::env::temp_dir().join(crate::unique_name("aws-chains"));
     std::fs::write(&path, rules).unwrap();
     node.run(
         "iptables-restore",
         &["--noflush", &path.display().to_string()],
     );
+    if wiring.nft_connmark {
+        std::fs::write(&path, nft_connmark(vpc, wiring.inconsistent)).unwrap();
+        node.run("nft", &["-f", &path.display().to_string()]);
+    }
     let _ = std::fs::remove_file(&path);
 }
 
@@ -289,13 +339,11 @@ impl VpcCniNode {
     /// primary ENI, a secondary ENI with two, a trunk and one branch ENI on VLAN 5), then the
     /// node and one pod of each kind wired VPC CNI's way.
     ///
-    /// With `inconsistent`, VPC CNI's state also holds a rule for an address no pod has
-    /// (`STRAY_RULE_ADDRESS`) and a checkpoint entry, with its rule, whose veth is gone.
     pub async fn start(
         lab: Lab,
         extra: &[&str],
         env: &[(&str, &str)],
-        inconsistent: bool,
+        wiring: Wiring,
     ) -> VpcCniNode {
         let ec2 = lab.ec2();
         ec2.assign_private_ip_addresses()
@@ -340,7 +388,7 @@ impl VpcCniNode {
             .await;
         let branch_eni = describe(&lab, &branch).await;
 
-        node_wiring(&lab);
+        node_wiring(&lab, wiring);
         eni_wiring(&lab, 1, &secondary_primary, false);
         eni_wiring(&lab, 2, &trunk_primary, true);
         let pod = |name: &str, ip: &str, kind: Kind| {
@@ -385,7 +433,7 @@ impl VpcCniNode {
         }
         let ghost = pod("ghost", &on_primary[1], Kind::Primary);
         let mut recorded: Vec<&Pod> = pods.iter().collect();
-        if inconsistent {
+        if wiring.inconsistent {
             let node = &lab.node.netns;
             for addr in [STRAY_RULE_ADDRESS, ghost.ip.as_str()] {
                 ip(

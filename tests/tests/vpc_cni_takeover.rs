@@ -9,18 +9,18 @@ use eniflow_tests::{
     cni::{pings, pod_args, PodNode},
     lab::{Lab, LabSpec},
     require_root,
-    vpc_cni::{self, echo_server, Connection, Kind, Pinger, VpcCniNode, DEFAULT_RULES},
+    vpc_cni::{self, echo_server, Connection, Kind, Pinger, VpcCniNode, Wiring, DEFAULT_RULES},
 };
 use serde_json::Value;
 
 /// Security-group pods on (strict, as VPC CNI's default); the pool kept small.
 const ENV: [(&str, &str); 2] = [("ENABLE_POD_ENI", "true"), ("WARM_IP_TARGET", "1")];
 
-async fn aws_node_node(extra_rules: bool) -> VpcCniNode {
+async fn aws_node_node(wiring: Wiring) -> VpcCniNode {
     let lab = Lab::start(LabSpec::default())
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let node = VpcCniNode::start(lab, &[], &ENV, extra_rules).await;
+    let node = VpcCniNode::start(lab, &[], &ENV, wiring).await;
     // The fixture is sound: VPC CNI's wiring carries every pod before eniflow starts.
     for pod in &node.pods {
         assert!(
@@ -45,6 +45,12 @@ fn takeover_report(node: &PodNode) -> Value {
     serde_json::from_slice(&std::fs::read(&path).expect("takeover.json")).unwrap()
 }
 
+/// Whether the node has VPC CNI 1.23's nftables table.
+fn has_nft_table(node: &PodNode) -> bool {
+    let tables = node.lab.node.netns.run("nft", &["list", "tables"]);
+    tables.lines().any(|l| l.trim() == "table ip aws-cni")
+}
+
 fn iptables(node: &PodNode, table: &str) -> String {
     node.lab.node.netns.run("iptables", &["-t", table, "-S"])
 }
@@ -61,7 +67,8 @@ fn routes_in(node: &PodNode, table: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_moves_from_aws_node_without_losing_a_ping_or_a_connection() {
     require_root();
-    let mut vpc = aws_node_node(false).await;
+    // VPC CNI 1.18–1.22: its connmark rules in iptables.
+    let mut vpc = aws_node_node(Wiring::default()).await;
     let servers: Vec<_> = vpc
         .pods
         .iter()
@@ -252,9 +259,29 @@ async fn a_node_moves_from_aws_node_without_losing_a_ping_or_a_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handback_leaves_the_pods_to_aws_node_answering() {
     require_root();
-    let mut vpc = aws_node_node(false).await;
+    // VPC CNI 1.23 on an nftables host: its connmark rules in its own nftables table.
+    let nft = Wiring {
+        nft_connmark: true,
+        ..Wiring::default()
+    };
+    let mut vpc = aws_node_node(nft).await;
+    assert!(
+        has_nft_table(&vpc.node),
+        "the fixture made no nftables table"
+    );
     vpc.node.start_agent_and_wait().await;
     assert_eq!(vpc_cni::rules(&vpc.node.lab.node.netns), DEFAULT_RULES);
+    assert!(
+        !has_nft_table(&vpc.node),
+        "VPC CNI's nftables table is left"
+    );
+    let report = takeover_report(&vpc.node);
+    assert!(
+        report["removed"]
+            .to_string()
+            .contains("nftables table ip aws-cni"),
+        "{report:#}"
+    );
     vpc.node.agent.take().unwrap().stop();
     let node = &vpc.node;
     let handback_checkpoint = node.files.path("handed-back-ipam.json");
@@ -345,11 +372,31 @@ async fn what_is_not_consistent_is_reported_and_kept() {
     require_root();
     // A rule for an address no checkpoint entry names, and a checkpoint entry whose veth is
     // gone (its pod was deleted while nobody served the node), with its rule.
-    let mut vpc = aws_node_node(true).await;
+    // And VPC CNI 1.23's nftables table holds a chain that is not its own.
+    let mut vpc = aws_node_node(Wiring {
+        nft_connmark: true,
+        inconsistent: true,
+    })
+    .await;
     vpc.node.start_agent_and_wait().await;
     let node = &vpc.node;
     let report = takeover_report(node);
     let kept = report["kept"].to_string();
+    // The table with someone else's chain stays, and so does the connmark rule it serves.
+    assert!(
+        kept.contains("nftables table ip aws-cni") && kept.contains("someone-elses"),
+        "the nftables table is not reported as kept: {report:#}"
+    );
+    assert!(
+        has_nft_table(node),
+        "a table with a foreign chain was deleted"
+    );
+    assert!(
+        vpc_cni::rules(&node.lab.node.netns)
+            .iter()
+            .any(|r| r.starts_with("1024:")),
+        "the connmark rule went while VPC CNI's table still marks"
+    );
     for ip in [vpc_cni::STRAY_RULE_ADDRESS, &vpc.ghost_ip] {
         assert!(
             kept.contains(ip),

@@ -17,6 +17,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "iproute2",
     "iptables",
+    // `nft`, with which the lab wires a node as VPC CNI 1.23 does on nftables hosts.
+    "nftables",
     "iputils-ping",
     "tcpdump",
     "procps",

@@ -17,7 +17,6 @@ use rtnetlink::{
         address::AddressAttribute,
         link::{InfoData, InfoKind, InfoVeth},
         neighbour::NeighbourState,
-        route::RouteScope,
     },
     Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
 };
@@ -209,11 +208,7 @@ async fn wire(host: &Handle, inside: &Handle, pod: &Pod) -> Result<Wired, Plumbi
         .execute()
         .await
         .map_err(failed(format!("add {}/32 to {}", pod.ipv4, pod.ifname)))?;
-    let to_gateway = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(GATEWAY, 32)
-        .output_interface(pod_index)
-        .scope(RouteScope::Link)
-        .build();
+    let to_gateway = crate::netlink::link_route(GATEWAY, pod_index).build();
     inside
         .route()
         .add(to_gateway)
@@ -245,11 +240,7 @@ async fn wire(host: &Handle, inside: &Handle, pod: &Pod) -> Result<Wired, Plumbi
         .execute()
         .await
         .map_err(failed(format!("set {} up", pod.host_veth)))?;
-    let to_pod = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(pod.ipv4, 32)
-        .output_interface(host_index)
-        .scope(RouteScope::Link)
-        .build();
+    let to_pod = crate::netlink::link_route(pod.ipv4, host_index).build();
     host.route()
         .add(to_pod)
         .execute()

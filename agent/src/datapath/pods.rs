@@ -172,6 +172,8 @@ impl Plane {
         let (mut adopted, mut taken_over) = (0, 0);
         // An ENI that did not come is not waited for again by its next pod.
         let mut missing = std::collections::BTreeSet::new();
+        // One socket for every pod taken over.
+        let nl = crate::netlink::connect();
         for pod in known {
             let Ok(ifindex) = super::ifindex(&pod.host_veth) else {
                 continue;
@@ -186,7 +188,10 @@ impl Plane {
                     branch: pod.branch.clone(),
                 },
                 Some(_) => continue,
-                None => match self.take_over(pod, ifindex, &mut missing).await {
+                None => match self
+                    .take_over(nl.as_ref(), pod, ifindex, &mut missing)
+                    .await
+                {
                     Ok(port) => port,
                     Err(e) => {
                         tracing::warn!(
@@ -238,6 +243,7 @@ impl Plane {
     /// veth's MAC, the pod's eth0 MAC (from the pod's namespace), once its ENI is set up.
     async fn take_over(
         &self,
+        nl: Result<&rtnetlink::Handle, &std::io::Error>,
         pod: &KnownPod,
         ifindex: u32,
         missing: &mut std::collections::BTreeSet<String>,
@@ -250,22 +256,17 @@ impl Plane {
                 pod.eni_id
             ));
         }
-        let nl = crate::netlink::connect().map_err(|e| format!("netlink socket: {e}"))?;
-        let host = crate::netlink::link_by_name(&nl, &pod.host_veth)
+        let nl = nl.map_err(|e| format!("netlink socket: {e}"))?;
+        let macs = crate::netlink::veth_macs(nl, ifindex)
             .await
-            .map_err(|e| format!("read the veth: {e}"))?
-            .and_then(|l| l.mac)
-            .ok_or("the veth has no MAC")?;
-        let peer = crate::netlink::veth_peer_mac(&nl, ifindex)
-            .await
-            .map_err(|e| format!("read its peer in the pod: {e}"))?
-            .ok_or("the veth has no peer in another namespace")?;
+            .map_err(|e| format!("read the veth pair: {e}"))?
+            .ok_or("the veth has no MAC or no peer in another namespace")?;
         Ok(PodPort {
             addr: pod.addr,
             eni_id: pod.eni_id.clone(),
             host_ifindex: ifindex,
-            host_mac: host,
-            pod_mac: peer,
+            host_mac: macs.host,
+            pod_mac: macs.peer,
             branch: pod.branch.clone(),
         })
     }

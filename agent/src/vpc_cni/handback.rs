@@ -7,8 +7,7 @@
 use std::{net::Ipv4Addr, path::Path};
 
 use rtnetlink::{
-    packet_route::{route::RouteScope, rule::RuleAction},
-    Handle, LinkUnspec, LinkVlan, RouteMessageBuilder,
+    packet_route::rule::RuleAction, Handle, LinkUnspec, LinkVlan, RouteMessageBuilder,
 };
 
 use super::{
@@ -217,10 +216,7 @@ async fn gateway_routes(
     gateway: Ipv4Addr,
     ifindex: u32,
 ) -> Result<(), HandbackError> {
-    let link = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(gateway, 32)
-        .output_interface(ifindex)
-        .scope(RouteScope::Link)
+    let link = crate::netlink::link_route(gateway, ifindex)
         .table_id(table)
         .build();
     route(nl, link, format!("route {gateway}/32 table {table}")).await?;
@@ -308,10 +304,7 @@ async fn branch_wiring(
     if !strict {
         return pod_rules(nl, addr, table).await;
     }
-    let to_pod = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(addr, 32)
-        .output_interface(veth)
-        .scope(RouteScope::Link)
+    let to_pod = crate::netlink::link_route(addr, veth)
         .table_id(table)
         .build();
     route(nl, to_pod, format!("route {addr}/32 table {table}")).await?;

@@ -1,11 +1,12 @@
 //! What Amazon VPC CNI leaves on a node, as eniflow recognises it: its `ip rule`s by priority and
-//! exact selectors, its per-ENI and per-VLAN route tables, its `vlan.eth.<id>` devices and its
-//! iptables chains. `takeover` moves its pods onto eniflow's maps and then removes what served
+//! exact selectors, its per-ENI and per-VLAN route tables, its `vlan.eth.<id>` devices, its
+//! iptables chains and its nftables connmark table. `takeover` moves its pods onto eniflow's maps and then removes what served
 //! them; `handback` writes it back for aws-node. Anything of another shape is not VPC CNI's and
 //! is left alone.
 
 pub mod chains;
 pub mod handback;
+pub mod nft_connmark;
 pub mod takeover;
 
 use std::net::{IpAddr, Ipv4Addr};

@@ -7,15 +7,12 @@
 
 use std::{collections::BTreeSet, net::Ipv4Addr, time::Duration};
 
-use rtnetlink::{
-    packet_route::{route::RouteScope, rule::RuleAction},
-    Handle, RouteMessageBuilder,
-};
+use rtnetlink::{packet_route::rule::RuleAction, Handle};
 use serde::Serialize;
 
 use super::{
-    chains, routes, rules, vlan_devices, RuleKind, VlanDevice, BRANCH_VETH_PREFIX, LOCAL_TABLE,
-    MAIN_TABLE, VLAN_TABLE_BASE,
+    chains, nft_connmark, routes, rules, vlan_devices, RuleKind, VlanDevice, BRANCH_VETH_PREFIX,
+    LOCAL_TABLE, MAIN_TABLE, VLAN_TABLE_BASE,
 };
 use crate::{
     cni::branch::{taken_over_owner, Branch, BranchPod},
@@ -246,11 +243,7 @@ async fn remove(nl: &Handle, plane: &Plane, report: &mut Report) -> Result<(), r
                 && r.oif == Some(c.pod.host_ifindex)
         });
         if !in_main {
-            let route = RouteMessageBuilder::<Ipv4Addr>::new()
-                .destination_prefix(c.pod.addr, 32)
-                .output_interface(c.pod.host_ifindex)
-                .scope(RouteScope::Link)
-                .build();
+            let route = crate::netlink::link_route(c.pod.addr, c.pod.host_ifindex).build();
             match nl.route().add(route).replace().execute().await {
                 Ok(()) => {}
                 Err(e) => report
@@ -390,15 +383,37 @@ async fn remove(nl: &Handle, plane: &Plane, report: &mut Report) -> Result<(), r
         }
     }
     let (removed, failed) = chains::remove();
-    let chains_gone = failed.is_empty();
+    let mut chains_gone = failed.is_empty();
     report.removed.extend(removed);
     report.failed.extend(failed);
+    let table = format!("nftables table ip {}", nft_connmark::TABLE);
+    match nft_connmark::remove() {
+        Ok(nft_connmark::Outcome::Absent) => {}
+        Ok(nft_connmark::Outcome::Removed) => report.removed.push(table),
+        Ok(nft_connmark::Outcome::Kept { foreign }) => {
+            chains_gone = false;
+            report.kept.push(format!(
+                "{table}: it holds chains VPC CNI does not make ({})",
+                foreign.join(", ")
+            ));
+        }
+        Ok(nft_connmark::Outcome::Unsure { unreadable }) => {
+            chains_gone = false;
+            report.kept.push(format!(
+                "{table}: {unreadable} of the node's nftables chains could not be read, so whether it holds another's is not known"
+            ));
+        }
+        Err(e) => {
+            chains_gone = false;
+            report.failed.push(format!("delete {table}: {e}"));
+        }
+    }
     for rule in node_rules {
         let kind = rule.kind.as_ref().expect("classified");
         if *kind == RuleKind::Connmark && !chains_gone {
-            report
-                .kept
-                .push(format!("{kind}: VPC CNI's connmark chains are still there"));
+            report.kept.push(format!(
+                "{kind}: VPC CNI's connmark chains or table are still there"
+            ));
             continue;
         }
         let mut what = kind.to_string();
