@@ -97,8 +97,15 @@ impl Node {
         let subnet = self.vpc.subnet(cidr, "us-west-2a").await;
         self.launched = self.vpc.launch(instance_type, &subnet).await;
         self.vpc.emulator.select_imds(&self.launched.id);
+        self.remove_checkpoint_dir();
         let dir = std::env::temp_dir().join(eniflow_tests::unique_name("ipam"));
         self.checkpoint = dir.join("ipam.json");
+    }
+
+    fn remove_checkpoint_dir(&self) {
+        if let Some(dir) = self.checkpoint.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 
     async fn tag(&self, resource: &str, tags: &[(&str, &str)]) {
@@ -208,9 +215,7 @@ impl Node {
 
 impl Drop for Node {
     fn drop(&mut self) {
-        if let Some(dir) = self.checkpoint.parent() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        self.remove_checkpoint_dir();
     }
 }
 
