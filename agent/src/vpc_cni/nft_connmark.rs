@@ -51,11 +51,17 @@ pub fn remove() -> std::io::Result<Outcome> {
         Err(e) if absent(&e) => return Ok(Outcome::Absent),
         opened => opened?,
     };
-    let dump = NfTablesMessage::GetChain(ChainMessage { attributes: vec![] });
-    let listed = match nfnl.request(vec![(dump, NLM_F_REQUEST | NLM_F_DUMP)]) {
-        Err(e) if absent(&e) => return Ok(Outcome::Absent),
-        listed => listed?,
+    let name = || vec![TableAttribute::Name(TABLE.to_owned())];
+    let get = NfTablesMessage::GetTable(TableMessage { attributes: name() });
+    match nfnl.request(get, NLM_F_REQUEST | NLM_F_ACK) {
+        Err(e) if absent(&e) || e.raw_os_error() == Some(libc::ENOENT) => {
+            return Ok(Outcome::Absent)
+        }
+        found => found?,
     };
+    // The kernel does not filter a chain dump by table: every IPv4 chain comes.
+    let dump = NfTablesMessage::GetChain(ChainMessage { attributes: vec![] });
+    let listed = nfnl.request(dump, NLM_F_REQUEST | NLM_F_DUMP)?;
     let chains: Vec<String> = listed
         .messages
         .into_iter()
@@ -89,17 +95,8 @@ pub fn remove() -> std::io::Result<Outcome> {
             unreadable: listed.unreadable,
         });
     }
-    let delete = NfTablesMessage::DeleteTable(TableMessage {
-        attributes: vec![TableAttribute::Name(TABLE.to_owned())],
-    });
-    match nfnl.batch(delete) {
-        Ok(()) => Ok(Outcome::Removed),
-        // A table with no chains is not seen by the dump: only the delete says whether it is.
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) && chains.is_empty() => {
-            Ok(Outcome::Absent)
-        }
-        Err(e) => Err(e),
-    }
+    let delete = NfTablesMessage::DeleteTable(TableMessage { attributes: name() });
+    nfnl.batch(delete).map(|()| Outcome::Removed)
 }
 
 /// What nf_tables answered a request with.
@@ -143,18 +140,12 @@ impl Nfnl {
         (self.seq, bytes)
     }
 
-    /// Sends each (message, flags) and collects the answers until the last is done (its dump
-    /// ended or it was acknowledged); an error answer is returned as the error it carries.
-    fn request(&mut self, sent: Vec<(NfTablesMessage, u16)>) -> std::io::Result<Answers> {
-        let mut bytes = Vec::new();
-        let mut last = 0;
-        for (msg, flags) in sent {
-            let (seq, b) = self.message(msg, NetfilterProtoFamily::IPv4, 0, flags);
-            bytes.extend(b);
-            last = seq;
-        }
+    /// Sends `msg` and collects the answers until it is done (its dump ended or it was
+    /// acknowledged); an error answer is returned as the error it carries.
+    fn request(&mut self, msg: NfTablesMessage, flags: u16) -> std::io::Result<Answers> {
+        let (seq, bytes) = self.message(msg, NetfilterProtoFamily::IPv4, 0, flags);
         self.socket.send(&bytes, 0)?;
-        self.answers(last)
+        self.answers(seq)
     }
 
     /// Sends `msg` alone in a batch, as nf_tables takes changes, and waits for its ack.
